@@ -1,0 +1,52 @@
+//! Errors of the store and the ingest pipeline.
+
+use thiserror::Error;
+
+/// Failures of the SurrealDB-backed store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database answered with an error or could not be reached.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A row did not have the shape the code expects (a bug or a foreign write).
+    #[error("stored data is malformed: {0}")]
+    Malformed(String),
+    /// A unique index refused the write.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database holds a newer schema than this binary understands.
+    #[error("database schema version {found} is newer than this binary's {supported}")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// The store URL is not one this node can open.
+    #[error("unsupported store url '{0}': use surrealkv://PATH, mem:// or ws://HOST:PORT")]
+    UnsupportedUrl(String),
+}
+
+impl From<surrealdb::Error> for StoreError {
+    fn from(err: surrealdb::Error) -> Self {
+        let text = err.to_string();
+        if text.contains("already contains") {
+            StoreError::Conflict(text)
+        } else {
+            StoreError::Database(text)
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(err: serde_json::Error) -> Self {
+        StoreError::Malformed(err.to_string())
+    }
+}
+
+impl StoreError {
+    /// Whether retrying the same transaction may succeed (optimistic-concurrency conflicts).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Database(text) => {
+                text.contains("can be retried") || text.contains("conflict")
+            }
+            _ => false,
+        }
+    }
+}

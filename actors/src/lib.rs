@@ -1,0 +1,19 @@
+//! The orchestration core: the domain model, the SurrealDB store, CSV ingest, and (as dispatch
+//! lands) the ractor actors that parcel items out to robots.
+//!
+//! ```text
+//!   web (warp) ──► ingest ──► csv_ingest (parser)
+//!        │            │
+//!        └────────────┴──► store ──► SurrealDB (surrealkv:// | mem:// | ws://)
+//! ```
+
+pub mod csv_ingest;
+pub mod domain;
+pub mod error;
+pub mod ingest;
+pub mod security;
+pub mod store;
+pub mod upload_sweeper;
+
+pub use error::StoreError;
+pub use store::{Store, StoreConfig};

@@ -1,0 +1,226 @@
+//! The SurrealDB-backed store: the single source of truth for users, processes, robots, tasks and
+//! items. SurrealQL lives only in this module tree, one file per table family.
+//!
+//! ```text
+//!   web handlers ──┐
+//!   actors ────────┼──► Store ──► Surreal<Any> ──► surrealkv:// | mem:// | ws:// (shared server)
+//!   ingest ────────┘
+//! ```
+
+mod processes;
+mod robots;
+mod schema;
+mod settings;
+mod tasks;
+mod users;
+
+pub use processes::{NewProcess, ProcessPatch};
+pub use robots::{NewRobot, RobotPatch};
+pub use schema::SCHEMA_VERSION;
+pub use tasks::{ItemFilter, NewItem, Stats, TaskFilter};
+pub use users::{NewUser, UserPatch};
+
+use crate::error::StoreError;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::time::Duration;
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+use tracing::{debug, info};
+
+/// Where the store lives and how to sign in to it.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `surrealkv://PATH`, `mem://` or `ws://HOST:PORT`.
+    pub url: String,
+    /// Root user for a `ws://` server.
+    pub username: String,
+    /// Root password for a `ws://` server.
+    pub password: String,
+    pub namespace: String,
+    pub database: String,
+}
+
+impl StoreConfig {
+    /// An in-memory store, as tests use.
+    pub fn memory() -> Self {
+        StoreConfig {
+            url: "mem://".into(),
+            username: "root".into(),
+            password: "root".into(),
+            namespace: "orchestrator".into(),
+            database: "orchestrator".into(),
+        }
+    }
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Surreal<Any>,
+}
+
+const CONFLICT_RETRIES: usize = 20;
+
+impl Store {
+    /// Opens (creating when absent) the store at `config.url` and applies the schema.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let url = config.url.trim();
+        let db = if let Some(path) = url.strip_prefix("surrealkv://") {
+            if path.is_empty() {
+                return Err(StoreError::UnsupportedUrl(url.into()));
+            }
+            std::fs::create_dir_all(path).map_err(|e| {
+                StoreError::Database(format!("cannot create store directory {path}: {e}"))
+            })?;
+            surrealdb::engine::any::connect(url).await?
+        } else if url == "mem://" || url == "memory" {
+            surrealdb::engine::any::connect("mem://").await?
+        } else if url.starts_with("ws://") || url.starts_with("wss://") {
+            let db = surrealdb::engine::any::connect(url).await?;
+            db.signin(surrealdb::opt::auth::Root {
+                username: config.username.clone(),
+                password: config.password.clone(),
+            })
+            .await?;
+            db
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.into()));
+        };
+        db.use_ns(config.namespace.clone())
+            .use_db(config.database.clone())
+            .await?;
+        let store = Store { db };
+        store.apply_schema().await?;
+        Ok(store)
+    }
+
+    async fn apply_schema(&self) -> Result<(), StoreError> {
+        // SurrealDB 3 refuses to read a table that does not exist: define `setting` first.
+        self.retry_conflicts(|| async {
+            self.db.query(schema::SETTINGS_TABLE).await?.check()?;
+            Ok(())
+        })
+        .await?;
+        let found: Option<i64> = self.setting("schema").await?;
+        if let Some(found) = found
+            && found > SCHEMA_VERSION
+        {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        self.retry_conflicts(|| async {
+            self.db.query(schema::SCHEMA).await?.check()?;
+            Ok(())
+        })
+        .await?;
+        self.put_setting("schema", Value::from(SCHEMA_VERSION))
+            .await?;
+        info!(version = SCHEMA_VERSION, "schema applied");
+        Ok(())
+    }
+
+    /// Runs `sql` with `vars` (a JSON object) and deserializes the rows of statement `index`.
+    pub(crate) async fn rows<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        vars: Value,
+        index: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut response = self.db.query(sql).bind(unset_nulls(vars)).await?.check()?;
+        let rows: Vec<Value> = response.take(index)?;
+        rows.into_iter()
+            .map(|row| serde_json::from_value(row).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Like [`Store::rows`] but expects at most one row.
+    pub(crate) async fn row<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        vars: Value,
+        index: usize,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.rows(sql, vars, index).await?.into_iter().next())
+    }
+
+    /// Runs statements for their effect, failing if any statement failed.
+    pub(crate) async fn exec(&self, sql: &str, vars: Value) -> Result<(), StoreError> {
+        self.db.query(sql).bind(unset_nulls(vars)).await?.check()?;
+        Ok(())
+    }
+
+    /// Retries `op` while it fails with an optimistic-concurrency conflict.
+    pub(crate) async fn retry_conflicts<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(err) if err.is_retryable() && attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    debug!(attempt, error = %err, "retrying after a write conflict");
+                    tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reserves `count` consecutive ids for `table`; returns the first.
+    pub async fn reserve_ids(&self, table: &str, count: i64) -> Result<i64, StoreError> {
+        let sql = "UPSERT type::record('counter', $table) SET last = (last ?? 0) + $count \
+                   RETURN AFTER;";
+        let vars = serde_json::json!({ "table": table, "count": count });
+        self.retry_conflicts(|| async {
+            let row: Option<Value> = self.row(sql, vars.clone(), 0).await?;
+            let last = row
+                .as_ref()
+                .and_then(|r| r.get("last"))
+                .and_then(Value::as_i64)
+                .ok_or_else(|| StoreError::Malformed(format!("counter {table} has no value")))?;
+            Ok(last - count + 1)
+        })
+        .await
+    }
+
+    /// Reads a setting.
+    pub async fn setting<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        settings::get(self, name).await
+    }
+
+    /// Writes a setting.
+    pub async fn put_setting(&self, name: &str, value: Value) -> Result<(), StoreError> {
+        settings::put(self, name, value).await
+    }
+
+    /// How many rows `table` holds, staged ones included (a full count: for tests and tools,
+    /// never on a request path).
+    pub async fn count_rows(&self, table: &str) -> Result<i64, StoreError> {
+        let sql = "SELECT count() AS n FROM type::table($table) GROUP ALL;";
+        let row: Option<Value> = self
+            .row(sql, serde_json::json!({ "table": table }), 0)
+            .await?;
+        Ok(row.and_then(|r| r["n"].as_i64()).unwrap_or(0))
+    }
+
+    /// Whether the store answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.db.query("RETURN 1;").await.is_ok()
+    }
+}
+
+/// Drops top-level `null` variables so they read as NONE in SurrealQL: `option<T>` fields accept
+/// NONE but refuse NULL, and `$x ?? field` treats both alike.
+pub(crate) fn unset_nulls(vars: Value) -> Value {
+    match vars {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
+}

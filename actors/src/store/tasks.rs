@@ -1,0 +1,284 @@
+//! `task:<id>` and `item:<id>` rows: staged uploads, listings, and the counters the dashboard reads.
+//!
+//! An upload is staged: the task is written as UPLOADING (invisible to every listing), its items
+//! are inserted in batches, and one final write flips the task to CREATED with its counts. A failed
+//! upload deletes what it staged; a node that died mid-upload leaves a task whose `touched_at`
+//! stops moving, and [`Store::discard_stale_uploads`] removes it.
+
+use super::Store;
+use crate::domain::{ItemCounts, ItemStatus, Millis, Task, TaskStatus, now_millis};
+use crate::error::StoreError;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+const TASK_FIELDS: &str = "record::id(id) AS id, process AS process_id, owner AS owner_id, status, \
+                           priority, item_count, counts, columns, filename, created_at, \
+                           started_at, ended_at";
+
+const ITEM_FIELDS: &str = "record::id(id) AS id, task AS task_id, line, values, status, \
+                           robot AS robot_id, attempt, lease_id, lease_expires_at, observation, \
+                           output, fail_kind, created_at, started_at, ended_at";
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only tasks of this owner (operators see their own).
+    pub owner_id: Option<i64>,
+    pub status: Option<TaskStatus>,
+    pub process_id: Option<i64>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// Which items of a task to list.
+#[derive(Debug, Clone)]
+pub struct ItemFilter {
+    pub status: Option<ItemStatus>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// Figures for the dashboard, all read from counters and small tables, never by scanning items.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    pub robots_total: i64,
+    pub robots_active: i64,
+    pub robots_connected: i64,
+    pub tasks_total: i64,
+    pub tasks_by_status: Map<String, Value>,
+    pub items: ItemCounts,
+}
+
+/// One parsed CSV row ready to become an item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewItem {
+    pub line: i64,
+    pub values: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CountRow {
+    n: i64,
+}
+
+impl Store {
+    /// Writes an invisible UPLOADING task that items can be staged under.
+    pub async fn create_staged_task(
+        &self,
+        owner_id: i64,
+        columns: &[String],
+        filename: Option<&str>,
+        priority: i64,
+    ) -> Result<i64, StoreError> {
+        let id = self.reserve_ids("task", 1).await?;
+        let now = now_millis();
+        self.exec(
+            "CREATE type::record('task', $id) SET process = 0, owner = $owner, \
+             status = 'UPLOADING', priority = $priority, item_count = 0, \
+             counts = { pending: 0, assigned: 0, started: 0, completed: 0, failed: 0, abandoned: 0 }, \
+             columns = $columns, filename = $filename, id_ranges = [], created_at = $now, \
+             touched_at = $now;",
+            json!({ "id": id, "owner": owner_id, "priority": priority, "columns": columns,
+                    "filename": filename, "now": now }),
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Inserts one batch of PENDING items with ids `first_id..first_id + items.len()`.
+    pub async fn insert_staged_items(
+        &self,
+        task_id: i64,
+        first_id: i64,
+        items: Vec<NewItem>,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        let rows: Vec<Value> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                json!({
+                    "id": first_id + i as i64, "task": task_id, "line": item.line,
+                    "values": item.values, "status": "PENDING", "attempt": 0,
+                    "lease_expiries": 0, "created_at": now,
+                })
+            })
+            .collect();
+        self.exec(
+            "INSERT INTO item $rows RETURN NONE; \
+             UPDATE type::record('task', $task) SET touched_at = $now RETURN NONE;",
+            json!({ "rows": rows, "task": task_id, "now": now }),
+        )
+        .await
+    }
+
+    /// Makes a staged task visible as CREATED with `item_count` PENDING items; returns it.
+    /// `None` when the task is no longer staged (it was discarded meanwhile).
+    pub async fn commit_staged_task(
+        &self,
+        task_id: i64,
+        process_id: i64,
+        item_count: i64,
+        id_ranges: &[(i64, i64)],
+    ) -> Result<Option<Task>, StoreError> {
+        let ranges: Vec<[i64; 2]> = id_ranges.iter().map(|(a, b)| [*a, *b]).collect();
+        let sql = format!(
+            "UPDATE type::record('task', $id) SET status = 'CREATED', process = $process, \
+             item_count = $count, counts.pending = $count, id_ranges = $ranges, \
+             created_at = $now, touched_at = $now WHERE status = 'UPLOADING' \
+             RETURN {TASK_FIELDS};"
+        );
+        let vars = json!({ "id": task_id, "process": process_id, "count": item_count,
+                           "ranges": ranges, "now": now_millis() });
+        self.retry_conflicts(|| self.row(&sql, vars.clone(), 0))
+            .await
+    }
+
+    /// Deletes a staged task and every item staged under it.
+    pub async fn discard_staged_task(&self, task_id: i64) -> Result<(), StoreError> {
+        self.retry_conflicts(|| {
+            self.exec(
+                "DELETE item WHERE task = $id; \
+                 DELETE type::record('task', $id) WHERE status = 'UPLOADING';",
+                json!({ "id": task_id }),
+            )
+        })
+        .await
+    }
+
+    /// Discards uploads whose writer stopped touching them before `cutoff` (a node died mid-upload).
+    pub async fn discard_stale_uploads(&self, cutoff: Millis) -> Result<Vec<i64>, StoreError> {
+        let stale: Vec<Value> = self
+            .rows(
+                "SELECT record::id(id) AS id FROM task \
+                 WHERE status = 'UPLOADING' AND touched_at < $cutoff;",
+                json!({ "cutoff": cutoff }),
+                0,
+            )
+            .await?;
+        let ids: Vec<i64> = stale.iter().filter_map(|r| r["id"].as_i64()).collect();
+        for id in &ids {
+            self.discard_staged_task(*id).await?;
+        }
+        Ok(ids)
+    }
+
+    /// One visible task by id.
+    pub async fn task(&self, id: i64) -> Result<Option<Task>, StoreError> {
+        let sql = format!(
+            "SELECT {TASK_FIELDS} FROM type::record('task', $id) WHERE status != 'UPLOADING';"
+        );
+        self.row(&sql, json!({ "id": id }), 0).await
+    }
+
+    /// Visible tasks matching `filter`, newest first, with the total count that matches.
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, i64), StoreError> {
+        let mut cond = String::from("status != 'UPLOADING'");
+        if filter.owner_id.is_some() {
+            cond.push_str(" AND owner = $owner");
+        }
+        if filter.status.is_some() {
+            cond.push_str(" AND status = $status");
+        }
+        if filter.process_id.is_some() {
+            cond.push_str(" AND process = $process");
+        }
+        let sql = format!(
+            "SELECT {TASK_FIELDS} FROM task WHERE {cond} ORDER BY id DESC LIMIT $limit START $offset; \
+             SELECT count() AS n FROM task WHERE {cond} GROUP ALL;"
+        );
+        let vars = json!({
+            "owner": filter.owner_id, "status": filter.status.map(TaskStatus::as_str),
+            "process": filter.process_id, "limit": filter.limit, "offset": filter.offset,
+        });
+        let mut response = self
+            .db
+            .query(&sql)
+            .bind(super::unset_nulls(vars))
+            .await?
+            .check()?;
+        let rows: Vec<Value> = response.take(0)?;
+        let counts: Vec<Value> = response.take(1)?;
+        let tasks = rows
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<Vec<Task>, _>>()?;
+        let total = counts
+            .into_iter()
+            .next()
+            .map(serde_json::from_value::<CountRow>)
+            .transpose()?
+            .map_or(0, |c| c.n);
+        Ok((tasks, total))
+    }
+
+    /// Items of a task in id (file) order, optionally of one status.
+    pub async fn list_items(
+        &self,
+        task_id: i64,
+        filter: &ItemFilter,
+    ) -> Result<Vec<crate::domain::Item>, StoreError> {
+        let status_cond = if filter.status.is_some() {
+            " AND status = $status"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {ITEM_FIELDS} FROM item WHERE task = $task{status_cond} \
+             ORDER BY id LIMIT $limit START $offset;"
+        );
+        let vars = json!({
+            "task": task_id, "status": filter.status.map(ItemStatus::as_str),
+            "limit": filter.limit, "offset": filter.offset,
+        });
+        self.rows(&sql, vars, 0).await
+    }
+
+    /// Dashboard figures; `connected_since` counts robots that pulsed at or after it.
+    pub async fn stats(&self, connected_since: Millis) -> Result<Stats, StoreError> {
+        let sql = "SELECT count() AS total, \
+                     count(status = 'ACTIVE') AS active, \
+                     count(last_pulse_at != NONE AND last_pulse_at >= $since) AS connected \
+                   FROM robot GROUP ALL; \
+                   SELECT status, count() AS n FROM task WHERE status != 'UPLOADING' GROUP BY status; \
+                   SELECT math::sum(counts.pending) AS pending, math::sum(counts.assigned) AS assigned, \
+                     math::sum(counts.started) AS started, math::sum(counts.completed) AS completed, \
+                     math::sum(counts.failed) AS failed, math::sum(counts.abandoned) AS abandoned \
+                   FROM task WHERE status != 'UPLOADING' GROUP ALL;";
+        let mut response = self
+            .db
+            .query(sql)
+            .bind(json!({ "since": connected_since }))
+            .await?
+            .check()?;
+        let robots: Vec<Value> = response.take(0)?;
+        let by_status: Vec<Value> = response.take(1)?;
+        let items: Vec<Value> = response.take(2)?;
+        let robots = robots.into_iter().next().unwrap_or_default();
+        let mut stats = Stats {
+            robots_total: robots["total"].as_i64().unwrap_or(0),
+            robots_active: robots["active"].as_i64().unwrap_or(0),
+            robots_connected: robots["connected"].as_i64().unwrap_or(0),
+            ..Stats::default()
+        };
+        for status in TaskStatus::ALL
+            .iter()
+            .filter(|s| **s != TaskStatus::Uploading)
+        {
+            stats
+                .tasks_by_status
+                .insert(status.as_str().into(), json!(0));
+        }
+        for row in by_status {
+            let n = row["n"].as_i64().unwrap_or(0);
+            stats.tasks_total += n;
+            if let Some(status) = row["status"].as_str() {
+                stats.tasks_by_status.insert(status.into(), json!(n));
+            }
+        }
+        if let Some(row) = items.into_iter().next() {
+            stats.items = serde_json::from_value(row)?;
+        }
+        Ok(stats)
+    }
+}

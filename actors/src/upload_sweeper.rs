@@ -1,0 +1,84 @@
+//! Removes uploads abandoned mid-stream (the node handling them died): a staged task whose
+//! `touched_at` stopped moving is deleted with its items. Runs at start and on a timer.
+
+use crate::domain::now_millis;
+use crate::store::Store;
+use ractor::{Actor, ActorProcessingErr, ActorRef, Message};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// The sweeper actor.
+#[derive(Debug)]
+pub struct UploadSweeper;
+
+/// Messages of the [`UploadSweeper`].
+#[derive(Debug)]
+pub enum UploadSweeperMsg {
+    /// Discard staged uploads idle for longer than the configured age.
+    Sweep,
+}
+
+impl Message for UploadSweeperMsg {}
+
+/// Start-up arguments.
+#[derive(Debug, Clone)]
+pub struct UploadSweeperArgs {
+    pub store: Store,
+    /// How often to sweep.
+    pub period: Duration,
+    /// A staged upload untouched for this long is abandoned.
+    pub stale_after: Duration,
+}
+
+/// Running state: the arguments and the timer to cancel on stop.
+#[derive(Debug)]
+pub struct UploadSweeperState {
+    args: UploadSweeperArgs,
+    timer: JoinHandle<()>,
+}
+
+impl Actor for UploadSweeper {
+    type Msg = UploadSweeperMsg;
+    type State = UploadSweeperState;
+    type Arguments = UploadSweeperArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_message(UploadSweeperMsg::Sweep)?;
+        let timer = myself.send_interval(args.period, || UploadSweeperMsg::Sweep);
+        Ok(UploadSweeperState { args, timer })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.timer.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            UploadSweeperMsg::Sweep => {
+                let cutoff = now_millis() - state.args.stale_after.as_millis() as i64;
+                match state.args.store.discard_stale_uploads(cutoff).await {
+                    Ok(ids) if !ids.is_empty() => info!(?ids, "discarded abandoned uploads"),
+                    Ok(_) => {}
+                    // The next tick tries again; a sweep is idempotent.
+                    Err(err) => warn!(error = %err, "stale upload sweep failed"),
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! Node configuration in one place, layered: defaults < TOML file (`--config`) < `ORCH_*`
+//! environment variables < command-line flags; validated before anything starts.
+
+use clap::{Args, Parser, Subcommand};
+use orchestrator_actors::StoreConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// A configuration problem, reported before the node starts.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+/// The `orchestrator` command line.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about = "Orchestrator RPA node")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a node: HTTP surfaces, dispatch, and the store.
+    Serve(ServeArgs),
+}
+
+/// Flags of `orchestrator serve`; each also reads an `ORCH_*` variable and a TOML key.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys in snake_case).
+    #[arg(long, env = "ORCH_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8000].
+    #[arg(long, env = "ORCH_LISTEN")]
+    pub listen: Option<String>,
+    /// Store URL: surrealkv://PATH, mem://, or ws://HOST:PORT [default: surrealkv://./data/orchestrator].
+    #[arg(long, env = "ORCH_DB")]
+    pub db: Option<String>,
+    /// Root user for a ws:// store [default: root].
+    #[arg(long, env = "ORCH_DB_USER")]
+    pub db_user: Option<String>,
+    /// Root password for a ws:// store [default: root].
+    #[arg(long, env = "ORCH_DB_PASS", hide_env_values = true)]
+    pub db_pass: Option<String>,
+    /// Namespace [default: orchestrator].
+    #[arg(long, env = "ORCH_DB_NAMESPACE")]
+    pub db_namespace: Option<String>,
+    /// Database [default: orchestrator].
+    #[arg(long, env = "ORCH_DB_DATABASE")]
+    pub db_database: Option<String>,
+    /// Secret for signing login tokens [default: generated once and kept in the store].
+    #[arg(long, env = "ORCH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// How long a login stays valid, e.g. 12h [default: 12h].
+    #[arg(long, env = "ORCH_JWT_TTL")]
+    pub jwt_ttl: Option<String>,
+    /// Largest CSV upload, e.g. 1GiB, 500MB, 1048576 [default: 1GiB].
+    #[arg(long, env = "ORCH_MAX_UPLOAD")]
+    pub max_upload: Option<String>,
+    /// A robot silent this long is disconnected, e.g. 30s [default: 30s].
+    #[arg(long, env = "ORCH_PULSE_TIMEOUT")]
+    pub pulse_timeout: Option<String>,
+    /// A staged upload untouched this long was abandoned by a dead node [default: 10m].
+    #[arg(long, env = "ORCH_STALE_UPLOAD_AFTER")]
+    pub stale_upload_after: Option<String>,
+    /// Password of the bootstrap `admin` user, used only when the store has no users.
+    #[arg(long, env = "ORCH_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Log filter, e.g. info or orchestrator=debug [default: info].
+    #[arg(long, env = "ORCH_LOG")]
+    pub log: Option<String>,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub store: StoreConfig,
+    pub jwt_secret: Option<String>,
+    pub jwt_ttl: Duration,
+    pub max_upload_bytes: u64,
+    pub pulse_timeout: Duration,
+    pub stale_upload_after: Duration,
+    pub admin_password: Option<String>,
+    pub log: String,
+}
+
+impl NodeConfig {
+    /// A node on an in-memory store and a free loopback port, for tests.
+    pub fn for_tests() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: StoreConfig::memory(),
+            jwt_secret: Some("test-secret".into()),
+            jwt_ttl: Duration::from_secs(3600),
+            max_upload_bytes: 1 << 30,
+            pulse_timeout: Duration::from_secs(30),
+            stale_upload_after: Duration::from_secs(600),
+            admin_password: Some("admin-password".into()),
+            log: "warn".into(),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Fills what flags and environment left unset from the TOML file, then applies defaults.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<ServeArgs>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => ServeArgs::default(),
+        };
+        let merged = self.over(file);
+        let listen_text = merged.listen.unwrap_or_else(|| "127.0.0.1:8000".into());
+        let listen = listen_text.parse().map_err(|e| ConfigError::Invalid {
+            setting: "listen",
+            message: format!("'{listen_text}' is not an address: {e}"),
+        })?;
+        let url = merged
+            .db
+            .unwrap_or_else(|| "surrealkv://./data/orchestrator".into());
+        if !(url.starts_with("surrealkv://") && url.len() > "surrealkv://".len()
+            || url == "mem://"
+            || url.starts_with("ws://")
+            || url.starts_with("wss://"))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "db",
+                message: format!("'{url}' is not surrealkv://PATH, mem:// or ws://HOST:PORT"),
+            });
+        }
+        let pulse_timeout = duration("pulse_timeout", merged.pulse_timeout, "30s")?;
+        Ok(NodeConfig {
+            listen,
+            store: StoreConfig {
+                url,
+                username: merged.db_user.unwrap_or_else(|| "root".into()),
+                password: merged.db_pass.unwrap_or_else(|| "root".into()),
+                namespace: merged.db_namespace.unwrap_or_else(|| "orchestrator".into()),
+                database: merged.db_database.unwrap_or_else(|| "orchestrator".into()),
+            },
+            jwt_secret: merged.jwt_secret.filter(|s| !s.is_empty()),
+            jwt_ttl: duration("jwt_ttl", merged.jwt_ttl, "12h")?,
+            max_upload_bytes: byte_size(
+                "max_upload",
+                merged.max_upload.as_deref().unwrap_or("1GiB"),
+            )?,
+            pulse_timeout,
+            stale_upload_after: duration("stale_upload_after", merged.stale_upload_after, "10m")?,
+            admin_password: merged.admin_password.filter(|s| !s.is_empty()),
+            log: merged.log.unwrap_or_else(|| "info".into()),
+        })
+    }
+
+    /// `self` wins field by field; `lower` fills the gaps.
+    fn over(self, lower: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            listen: self.listen.or(lower.listen),
+            db: self.db.or(lower.db),
+            db_user: self.db_user.or(lower.db_user),
+            db_pass: self.db_pass.or(lower.db_pass),
+            db_namespace: self.db_namespace.or(lower.db_namespace),
+            db_database: self.db_database.or(lower.db_database),
+            jwt_secret: self.jwt_secret.or(lower.jwt_secret),
+            jwt_ttl: self.jwt_ttl.or(lower.jwt_ttl),
+            max_upload: self.max_upload.or(lower.max_upload),
+            pulse_timeout: self.pulse_timeout.or(lower.pulse_timeout),
+            stale_upload_after: self.stale_upload_after.or(lower.stale_upload_after),
+            admin_password: self.admin_password.or(lower.admin_password),
+            log: self.log.or(lower.log),
+        }
+    }
+}
+
+/// Parses `500ms`, `3s`, `5m`, `12h`; zero is refused.
+pub fn duration(
+    setting: &'static str,
+    text: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = text.unwrap_or_else(|| default.to_string());
+    let parsed = humantime::parse_duration(text.trim()).map_err(|e| ConfigError::Invalid {
+        setting,
+        message: format!("'{text}' is not a duration like 500ms, 3s or 5m: {e}"),
+    })?;
+    if parsed.is_zero() {
+        return Err(ConfigError::Invalid {
+            setting,
+            message: "must be longer than zero".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// Parses `1048576`, `64KiB`, `500MB`, `1GiB` (KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024).
+pub fn byte_size(setting: &'static str, text: &str) -> Result<u64, ConfigError> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if factor > 0 && n > 0 => Ok(n.saturating_mul(factor)),
+        _ => Err(ConfigError::Invalid {
+            setting,
+            message: format!("'{text}' is not a size like 1048576, 500MB or 1GiB"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(
+            duration("x", Some("500ms".into()), "1s").ok(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            duration("x", None, "5m").ok(),
+            Some(Duration::from_secs(300))
+        );
+        assert!(duration("x", Some("soon".into()), "1s").is_err());
+        assert!(duration("x", Some("0s".into()), "1s").is_err());
+        assert_eq!(byte_size("x", "1GiB").ok(), Some(1 << 30));
+        assert_eq!(byte_size("x", "500MB").ok(), Some(500_000_000));
+        assert_eq!(byte_size("x", "1048576").ok(), Some(1 << 20));
+        assert!(byte_size("x", "lots").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9100\"\npulse_timeout = \"3s\"\ndb = \"mem://\"\n",
+        )
+        .expect("write");
+        let flags = ServeArgs {
+            config: Some(path),
+            pulse_timeout: Some("500ms".into()),
+            ..ServeArgs::default()
+        };
+        let config = flags.resolve().expect("valid");
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.pulse_timeout, Duration::from_millis(500));
+        assert_eq!(config.store.url, "mem://");
+        assert_eq!(config.jwt_ttl, Duration::from_secs(12 * 3600));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = ServeArgs {
+            db: Some("postgres://x".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("db: "), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").expect("write");
+        let err = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

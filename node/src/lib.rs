@@ -1,0 +1,204 @@
+//! The `orchestrator` node: configuration, store bootstrap, actors and the HTTP server, wired
+//! together so that `main` stays thin and tests can start a whole node in-process.
+//!
+//! ```text
+//!   NodeConfig ──► Store::open ──► bootstrap admin, JWT secret
+//!                       │
+//!                       ├──► actors (UploadSweeper, …)
+//!                       └──► warp server (web::routes) on `listen`
+//! ```
+
+pub mod config;
+
+pub use config::{Cli, Command, ConfigError, NodeConfig, ServeArgs};
+
+use orchestrator_actors::domain::Role;
+use orchestrator_actors::security::{hash_password, random_password, random_secret};
+use orchestrator_actors::store::NewUser;
+use orchestrator_actors::upload_sweeper::{UploadSweeper, UploadSweeperArgs, UploadSweeperMsg};
+use orchestrator_actors::{Store, StoreError};
+use orchestrator_web::auth::JwtKeys;
+use orchestrator_web::{AppState, WebConfig};
+use ractor::{Actor, ActorRef};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start actor: {0}")]
+    Actor(String),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    addr: SocketAddr,
+    store: Store,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    sweeper: ActorRef<UploadSweeperMsg>,
+}
+
+impl Node {
+    /// Opens the store, bootstraps it, starts the actors and begins serving HTTP.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let store = Store::open(&config.store).await?;
+        bootstrap_admin(&store, config.admin_password.as_deref()).await?;
+        let secret = match &config.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => {
+                store
+                    .setting_or_insert("jwt_secret", &random_secret())
+                    .await?
+            }
+        };
+        let (sweeper, _) = Actor::spawn(
+            None,
+            UploadSweeper,
+            UploadSweeperArgs {
+                store: store.clone(),
+                period: (config.stale_upload_after / 4).max(Duration::from_millis(100)),
+                stale_after: config.stale_upload_after,
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(e.to_string()))?;
+        let state = AppState {
+            store: store.clone(),
+            jwt: Arc::new(JwtKeys::new(&secret)),
+            config: Arc::new(WebConfig {
+                max_upload_bytes: config.max_upload_bytes,
+                max_json_bytes: 1 << 20,
+                jwt_ttl: config.jwt_ttl,
+                pulse_timeout: config.pulse_timeout,
+            }),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let routes = orchestrator_web::routes(state);
+        let server = tokio::spawn(
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = stop.await;
+                })
+                .run(),
+        );
+        info!(%addr, store = %config.store.url, "node ready");
+        Ok(Node {
+            addr,
+            store,
+            shutdown: Some(shutdown),
+            server,
+            sweeper,
+        })
+    }
+
+    /// The address the HTTP server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's store handle.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops accepting connections, finishes in-flight requests and stops the actors.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+        let _ = self
+            .sweeper
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        info!("node stopped");
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        info!("shutdown requested");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Creates user `admin` on a store with no users. Without a configured password a random one is
+/// generated and logged once.
+async fn bootstrap_admin(store: &Store, password: Option<&str>) -> Result<(), StoreError> {
+    if store.count_users().await? > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match password {
+        Some(p) => (p.to_string(), false),
+        None => (random_password(), true),
+    };
+    let new = NewUser {
+        username: "admin".into(),
+        password_hash: hash_password(&password),
+        role: Role::Admin,
+    };
+    match store.create_user(&new).await {
+        Ok(_) if generated => warn!(
+            username = "admin",
+            password = %password,
+            "created the first admin with a generated password; it is shown only now, change it"
+        ),
+        Ok(_) => info!(
+            username = "admin",
+            "created the first admin from ORCH_ADMIN_PASSWORD"
+        ),
+        // Another node sharing the store created it first.
+        Err(StoreError::Conflict(_)) => {}
+        Err(err) => return Err(err),
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The `orchestrator` binary as an operator runs it: flags, readiness, the generated admin
+//! password printed once, and a graceful exit on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+#[test]
+fn serve_prints_the_generated_admin_password_and_stops_on_sigterm() -> anyhow::Result<()> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args([
+            "serve",
+            "--db",
+            "mem://",
+            "--listen",
+            "127.0.0.1:0",
+            "--pulse-timeout",
+            "3s",
+        ])
+        .env_remove("ORCH_ADMIN_PASSWORD")
+        .env("ORCH_JWT_TTL", "5m")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut password = None;
+    let mut addr = None;
+    while addr.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(60))?;
+        if line.contains("generated password") {
+            password = field(&line, "password=");
+        }
+        if line.contains("node ready") {
+            addr = field(&line, "addr=");
+        }
+    }
+    let (addr, password) = (addr.unwrap_or_default(), password.unwrap_or_default());
+    assert_eq!(password.len(), 20, "a generated password is printed once");
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let health = http.get(format!("http://{addr}/healthz")).send().await?;
+        assert_eq!(health.status(), 200);
+        let login = http
+            .post(format!("http://{addr}/api/v1/auth/login"))
+            .json(&serde_json::json!({ "username": "admin", "password": password }))
+            .send()
+            .await?;
+        assert_eq!(login.status(), 200);
+        anyhow::Ok(())
+    })?;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = child.wait()?;
+    assert!(exit.success(), "graceful exit, got {exit}");
+    Ok(())
+}
+
+#[test]
+fn invalid_settings_are_refused_before_start() -> anyhow::Result<()> {
+    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["serve", "--db", "mem://", "--pulse-timeout", "soon"])
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pulse_timeout"), "{stderr}");
+    Ok(())
+}
+
+/// The value after `key` in a tracing log line, up to white space.
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(key)? + key.len();
+    Some(
+        line[start..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}

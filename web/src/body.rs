@@ -1,0 +1,55 @@
+//! Request bodies with a size limit on every route that reads one.
+
+use crate::error::ApiError;
+use bytes::{Buf, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection};
+
+/// Reads at most `max` bytes of body and parses it as JSON into `T`; an empty body is `{}`.
+pub fn json_body<T: DeserializeOwned + Send>(
+    max: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<u64>, body| async move {
+            read_json::<T, _, _>(length, body, max)
+                .await
+                .map_err(warp::reject::custom)
+        })
+}
+
+async fn read_json<T, S, B>(length: Option<u64>, body: S, max: u64) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {max} bytes"),
+        )
+    };
+    if length.is_some_and(|l| l > max) {
+        return Err(too_large());
+    }
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        if buf.len() as u64 + chunk.remaining() as u64 > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(chunk.chunk());
+    }
+    let slice: &[u8] = if buf.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &buf
+    };
+    serde_json::from_slice::<T>(slice)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+}

@@ -1,0 +1,156 @@
+//! One error type for every HTTP surface, and the one place that maps errors to responses:
+//! `{"error": {"code", "message"}}` with a fitting status.
+
+use orchestrator_actors::StoreError;
+use orchestrator_actors::csv_ingest::CsvError;
+use orchestrator_actors::ingest::IngestError;
+use serde_json::json;
+use std::convert::Infallible;
+use tracing::error;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The JSON response for this error.
+    pub fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(message) => ApiError::conflict(message),
+            other => {
+                error!(error = %other, "store failure");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(err: IngestError) -> Self {
+        let message = err.to_string();
+        match err {
+            IngestError::Csv(csv) => ApiError::unprocessable(csv_code(&csv), message),
+            IngestError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            IngestError::ProcessNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "process_not_found", message)
+            }
+            IngestError::ProcessDisabled(_) => {
+                ApiError::new(StatusCode::CONFLICT, "process_disabled", message)
+            }
+            IngestError::MissingProcess => ApiError::bad_request("missing_process", message),
+            IngestError::Body(_) => ApiError::bad_request("upload_interrupted", message),
+            IngestError::Store(store) => store.into(),
+        }
+    }
+}
+
+fn csv_code(err: &CsvError) -> &'static str {
+    match err {
+        CsvError::Empty => "csv_empty",
+        CsvError::NoRows => "csv_no_rows",
+        CsvError::EmptyHeaderName { .. } | CsvError::DuplicateHeader { .. } => "csv_bad_header",
+        CsvError::RaggedRow { .. } => "csv_ragged_row",
+        CsvError::InvalidUtf8 { .. } => "csv_invalid_utf8",
+        CsvError::Malformed { .. } => "csv_malformed",
+        CsvError::Read(_) => "upload_interrupted",
+    }
+}
+
+/// Turns any handler outcome into a response, errors included, so they never fall through to
+/// other routes.
+pub fn respond<R: Reply>(outcome: Result<R, ApiError>) -> Response {
+    match outcome {
+        Ok(reply) => reply.into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Maps warp's rejections (no route, bad method, auth filters) to the JSON error body.
+pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    let err = if let Some(api) = rejection.find::<ApiError>() {
+        api.clone()
+    } else if rejection.is_not_found() {
+        ApiError::not_found("no such route")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        )
+    } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        ApiError::bad_request("invalid_body", e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::bad_request("invalid_query", e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request("invalid_header", e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::bad_request("missing_header", e.to_string())
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the body is too large",
+        )
+    } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        )
+    } else {
+        error!(?rejection, "unhandled rejection");
+        ApiError::internal("unhandled rejection")
+    };
+    Ok(err.into_response())
+}

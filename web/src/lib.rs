@@ -1,0 +1,55 @@
+//! The HTTP surfaces of a node, as warp filters. `web` holds no per-robot state: it
+//! authenticates, parses, and hands each request to the store (and, for dispatch, to actors).
+//!
+//! ```text
+//!   /healthz          readiness
+//!   /api/v1/...       user API (Bearer JWT)          user_api::user_api
+//! ```
+
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod query;
+pub mod state;
+pub mod user_api;
+pub mod views;
+
+pub use state::{AppState, WebConfig};
+
+use warp::Filter;
+use warp::Reply;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+/// `GET /healthz`: 200 while the store answers, 503 otherwise.
+pub fn health(state: AppState) -> BoxedFilter<(Response,)> {
+    warp::path!("healthz")
+        .and(warp::get())
+        .and(state::with_state(state))
+        .then(|state: AppState| async move {
+            if state.store.ping().await {
+                warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response()
+            } else {
+                error::ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store does not answer",
+                )
+                .into_response()
+            }
+        })
+        .boxed()
+}
+
+/// Every route of the node, with errors rendered as JSON and each request traced.
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    health(state.clone())
+        .or(user_api::user_api(state))
+        .unify()
+        .recover(error::handle_rejection)
+        .unify()
+        .with(warp::trace::request())
+}

@@ -1,0 +1,33 @@
+//! `GET /api/v1/stats`: dashboard figures from counters, never from scanning items.
+
+use crate::auth::{AuthUser, signed_in};
+use crate::error::{ApiError, respond};
+use crate::state::{AppState, with_state};
+use orchestrator_actors::domain::now_millis;
+use serde_json::json;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "v1" / "stats")
+        .and(warp::get())
+        .and(signed_in(state.clone()))
+        .and(with_state(state))
+        .then(|_user: AuthUser, state: AppState| async move {
+            respond(
+                async {
+                    let since = now_millis() - state.config.pulse_timeout.as_millis() as i64;
+                    let s = state.store.stats(since).await?;
+                    Ok::<_, ApiError>(warp::reply::json(&json!({
+                        "robots": { "total": s.robots_total, "active": s.robots_active,
+                                    "connected": s.robots_connected },
+                        "tasks": { "total": s.tasks_total, "by_status": s.tasks_by_status },
+                        "items": s.items,
+                    })))
+                }
+                .await,
+            )
+        })
+        .boxed()
+}
