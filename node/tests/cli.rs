@@ -93,3 +93,19 @@ fn field(line: &str, key: &str) -> Option<String> {
             .to_string(),
     )
 }
+
+#[test]
+fn the_example_config_file_is_valid() -> anyhow::Result<()> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ops/orchestrator.example.toml"
+    );
+    let args = orchestrator_node::ServeArgs {
+        config: Some(path.into()),
+        ..Default::default()
+    };
+    let config = args.resolve()?;
+    assert_eq!(config.listen.port(), 8000);
+    assert_eq!(config.store.url, "surrealkv:///var/lib/orchestrator/data");
+    Ok(())
+}
