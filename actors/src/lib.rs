@@ -8,11 +8,17 @@
 //! ```
 
 pub mod csv_ingest;
+pub mod dispatcher;
 pub mod domain;
 pub mod error;
 pub mod ingest;
+pub mod lifecycle;
+pub mod recovery;
+pub mod robot_registry;
+pub mod robot_session;
 pub mod security;
 pub mod store;
+pub mod task_director;
 pub mod upload_sweeper;
 
 pub use error::StoreError;

@@ -79,6 +79,18 @@ pub struct ServeArgs {
     /// A robot silent this long is disconnected, e.g. 30s [default: 30s].
     #[arg(long, env = "ORCH_PULSE_TIMEOUT")]
     pub pulse_timeout: Option<String>,
+    /// How long a robot holds an item before it must renew, e.g. 5m [default: 5m].
+    #[arg(long, env = "ORCH_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
+    /// How often silent robots and expired leases are looked for [default: 1s].
+    #[arg(long, env = "ORCH_SWEEP_PERIOD")]
+    pub sweep_period: Option<String>,
+    /// First retry delay after an application failure; doubles per attempt [default: 5s].
+    #[arg(long, env = "ORCH_RETRY_BACKOFF")]
+    pub retry_backoff: Option<String>,
+    /// This node's name in the store and the cluster [default: node-<random>].
+    #[arg(long, env = "ORCH_NODE_ID")]
+    pub node_id: Option<String>,
     /// A staged upload untouched this long was abandoned by a dead node [default: 10m].
     #[arg(long, env = "ORCH_STALE_UPLOAD_AFTER")]
     pub stale_upload_after: Option<String>,
@@ -100,6 +112,10 @@ pub struct NodeConfig {
     pub max_upload_bytes: u64,
     pub pulse_timeout: Duration,
     pub stale_upload_after: Duration,
+    pub lease_ttl: Duration,
+    pub sweep_period: Duration,
+    pub retry_backoff: Duration,
+    pub node_id: String,
     pub admin_password: Option<String>,
     pub log: String,
 }
@@ -115,6 +131,10 @@ impl NodeConfig {
             max_upload_bytes: 1 << 30,
             pulse_timeout: Duration::from_secs(30),
             stale_upload_after: Duration::from_secs(600),
+            lease_ttl: Duration::from_secs(300),
+            sweep_period: Duration::from_millis(200),
+            retry_backoff: Duration::from_millis(100),
+            node_id: "test-node".into(),
             admin_password: Some("admin-password".into()),
             log: "warn".into(),
         }
@@ -174,6 +194,13 @@ impl ServeArgs {
             )?,
             pulse_timeout,
             stale_upload_after: duration("stale_upload_after", merged.stale_upload_after, "10m")?,
+            lease_ttl: duration("lease_ttl", merged.lease_ttl, "5m")?,
+            sweep_period: duration("sweep_period", merged.sweep_period, "1s")?,
+            retry_backoff: duration("retry_backoff", merged.retry_backoff, "5s")?,
+            node_id: merged
+                .node_id
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| format!("node-{:06x}", rand_suffix())),
             admin_password: merged.admin_password.filter(|s| !s.is_empty()),
             log: merged.log.unwrap_or_else(|| "info".into()),
         })
@@ -194,10 +221,22 @@ impl ServeArgs {
             max_upload: self.max_upload.or(lower.max_upload),
             pulse_timeout: self.pulse_timeout.or(lower.pulse_timeout),
             stale_upload_after: self.stale_upload_after.or(lower.stale_upload_after),
+            lease_ttl: self.lease_ttl.or(lower.lease_ttl),
+            sweep_period: self.sweep_period.or(lower.sweep_period),
+            retry_backoff: self.retry_backoff.or(lower.retry_backoff),
+            node_id: self.node_id.or(lower.node_id),
             admin_password: self.admin_password.or(lower.admin_password),
             log: self.log.or(lower.log),
         }
     }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ std::process::id())
+        .unwrap_or_default()
+        & 0xff_ffff
 }
 
 /// Parses `500ms`, `3s`, `5m`, `12h`; zero is refused.

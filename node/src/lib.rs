@@ -12,6 +12,7 @@ pub mod config;
 
 pub use config::{Cli, Command, ConfigError, NodeConfig, ServeArgs};
 
+use orchestrator_actors::dispatcher::{DispatchConfig, Dispatcher};
 use orchestrator_actors::domain::Role;
 use orchestrator_actors::security::{hash_password, random_password, random_secret};
 use orchestrator_actors::store::NewUser;
@@ -52,6 +53,7 @@ pub struct Node {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     sweeper: ActorRef<UploadSweeperMsg>,
+    dispatcher: Dispatcher,
 }
 
 impl Node {
@@ -78,8 +80,22 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Actor(e.to_string()))?;
+        let dispatcher = Dispatcher::start(
+            store.clone(),
+            DispatchConfig {
+                node_id: config.node_id.clone(),
+                pulse_timeout: config.pulse_timeout,
+                lease_ttl: config.lease_ttl,
+                sweep_period: config.sweep_period,
+                backoff_base: config.retry_backoff,
+                dispatch_delay: Duration::from_millis(2),
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Actor(e.to_string()))?;
         let state = AppState {
             store: store.clone(),
+            dispatcher: dispatcher.clone(),
             jwt: Arc::new(JwtKeys::new(&secret)),
             config: Arc::new(WebConfig {
                 max_upload_bytes: config.max_upload_bytes,
@@ -115,12 +131,18 @@ impl Node {
             shutdown: Some(shutdown),
             server,
             sweeper,
+            dispatcher,
         })
     }
 
     /// The address the HTTP server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The node's dispatch handle.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
     }
 
     /// The node's store handle.
@@ -138,6 +160,7 @@ impl Node {
             .sweeper
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
+        self.dispatcher.shutdown().await;
         info!("node stopped");
     }
 

@@ -195,3 +195,92 @@ pub fn seed_csv(rows: usize) -> String {
     }
     csv
 }
+
+/// A robot speaking the REST API v1, for tests.
+#[derive(Debug, Clone)]
+pub struct RestRobot {
+    pub id: i64,
+    pub token: String,
+    pub base: String,
+    pub http: Client,
+}
+
+impl RestRobot {
+    /// Creates a robot through the admin API and makes it ACTIVE with a pulse.
+    pub async fn create(node: &TestNode, name: &str, body: Value) -> Result<RestRobot> {
+        let (id, token) = node.robot(name, body).await?;
+        let robot = RestRobot {
+            id,
+            token,
+            base: node.base.clone(),
+            http: node.http.clone(),
+        };
+        robot.pulse(Some("ACTIVE")).await?;
+        Ok(robot)
+    }
+
+    fn post(&self, path: &str) -> RequestBuilder {
+        self.http
+            .post(format!("{}{}", self.base, path))
+            .header("authorization", format!("Token {}", self.token))
+    }
+
+    /// `POST /api/v1/robot/pulse`.
+    pub async fn pulse(&self, status: Option<&str>) -> Result<Value> {
+        let body = match status {
+            Some(s) => json!({ "status": s }),
+            None => json!({}),
+        };
+        expect(
+            self.post("/api/v1/robot/pulse").json(&body).send().await?,
+            StatusCode::OK,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/robot/items/claim?max=&wait=`.
+    pub async fn claim(&self, max: usize, wait_secs: f64) -> Result<Vec<Value>> {
+        let resp = self
+            .post(&format!(
+                "/api/v1/robot/items/claim?max={max}&wait={wait_secs}"
+            ))
+            .send()
+            .await?;
+        let body = expect(resp, StatusCode::OK).await?;
+        Ok(body.as_array().cloned().unwrap_or_default())
+    }
+
+    /// `POST /api/v1/robot/items/{id}/{verb}` with the item's lease; returns the raw response.
+    pub async fn act(&self, item: &Value, verb: &str, extra: Value) -> Result<Response> {
+        let mut body = extra;
+        body["lease_id"] = item["lease_id"].clone();
+        Ok(self
+            .post(&format!("/api/v1/robot/items/{}/{verb}", item["id"]))
+            .json(&body)
+            .send()
+            .await?)
+    }
+
+    /// Starts and completes an item, expecting success.
+    pub async fn finish(&self, item: &Value) -> Result<()> {
+        expect(self.act(item, "start", json!({})).await?, StatusCode::OK).await?;
+        let done = self
+            .act(
+                item,
+                "complete",
+                json!({ "observation": format!("done by {}", self.id) }),
+            )
+            .await?;
+        expect(done, StatusCode::OK).await?;
+        Ok(())
+    }
+}
+
+/// Polls the task until its status is `status`.
+pub async fn wait_for_task_status(node: &TestNode, task_id: i64, status: &str) -> Result<Value> {
+    eventually(Duration::from_secs(60), || async {
+        let task = node.get(&format!("/api/v1/tasks/{task_id}")).await?;
+        Ok((task["status"] == status).then_some(task))
+    })
+    .await
+}

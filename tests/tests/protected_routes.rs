@@ -25,6 +25,8 @@ const PROTECTED: &[(&str, &str)] = &[
     ("POST", "/api/v1/tasks?process_id=1"),
     ("GET", "/api/v1/tasks/1"),
     ("GET", "/api/v1/tasks/1/items"),
+    ("POST", "/api/v1/tasks/1/cancel"),
+    ("POST", "/api/v1/tasks/1/retry-failed"),
     ("GET", "/api/v1/stats"),
 ];
 
@@ -64,6 +66,63 @@ async fn every_protected_route_refuses_missing_and_robot_credentials() -> Result
         )
         .await
         .map_err(|e| e.context(format!("{method} {path} with a robot token")))?;
+    }
+    assert_eq!(
+        t.snapshot().await?,
+        before,
+        "refused requests changed nothing"
+    );
+    Ok(())
+}
+
+const ROBOT_ROUTES: &[&str] = &[
+    "/api/v1/robot/pulse",
+    "/api/v1/robot/items/claim",
+    "/api/v1/robot/items/1/start",
+    "/api/v1/robot/items/1/renew",
+    "/api/v1/robot/items/1/complete",
+    "/api/v1/robot/items/1/fail",
+    "/api/v1/robot/items/1/release",
+];
+
+#[tokio::test]
+async fn every_robot_route_refuses_missing_and_user_credentials() -> Result<()> {
+    let t = TestNode::start().await?;
+    let before = t.snapshot().await?;
+    for path in ROBOT_ROUTES {
+        let anonymous = t.http.post(t.url(path)).body("{}").send().await?;
+        expect_error(anonymous, StatusCode::UNAUTHORIZED, "unauthorized", "Token")
+            .await
+            .map_err(|e| e.context(format!("POST {path} without credentials")))?;
+        let user = t
+            .http
+            .post(t.url(path))
+            .bearer_auth(&t.admin)
+            .body("{}")
+            .send()
+            .await?;
+        expect_error(
+            user,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "user tokens",
+        )
+        .await
+        .map_err(|e| e.context(format!("POST {path} with a user token")))?;
+        let unknown = t
+            .http
+            .post(t.url(path))
+            .header("authorization", "Token AAAAA-BBBBB")
+            .body("{}")
+            .send()
+            .await?;
+        expect_error(
+            unknown,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown robot token",
+        )
+        .await?;
     }
     assert_eq!(
         t.snapshot().await?,

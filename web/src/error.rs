@@ -3,7 +3,9 @@
 
 use orchestrator_actors::StoreError;
 use orchestrator_actors::csv_ingest::CsvError;
+use orchestrator_actors::dispatcher::DispatchError;
 use orchestrator_actors::ingest::IngestError;
+use orchestrator_actors::lifecycle::TransitionError;
 use serde_json::json;
 use std::convert::Infallible;
 use tracing::error;
@@ -91,6 +93,28 @@ impl From<IngestError> for ApiError {
             IngestError::MissingProcess => ApiError::bad_request("missing_process", message),
             IngestError::Body(_) => ApiError::bad_request("upload_interrupted", message),
             IngestError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<DispatchError> for ApiError {
+    fn from(err: DispatchError) -> Self {
+        let message = err.to_string();
+        match err {
+            DispatchError::ItemNotFound(_) => ApiError::not_found(message),
+            DispatchError::Transition(TransitionError::NotYours { .. }) => {
+                ApiError::new(StatusCode::FORBIDDEN, "not_your_item", message)
+            }
+            DispatchError::Transition(TransitionError::StaleLease { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "stale_lease", message)
+            }
+            DispatchError::Transition(TransitionError::Illegal { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
+            }
+            DispatchError::Store(store) => store.into(),
+            DispatchError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
         }
     }
 }

@@ -4,12 +4,14 @@
 //! ```text
 //!   /healthz          readiness
 //!   /api/v1/...       user API (Bearer JWT)          user_api::user_api
+//!   /api/v1/robot/... robot API v1 (Token)           robot_api::robot_api
 //! ```
 
 pub mod auth;
 pub mod body;
 pub mod error;
 pub mod query;
+pub mod robot_api;
 pub mod state;
 pub mod user_api;
 pub mod views;
@@ -47,7 +49,9 @@ pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     health(state.clone())
-        .or(user_api::user_api(state))
+        .or(user_api::user_api(state.clone()))
+        .unify()
+        .or(robot_api::robot_api(state))
         .unify()
         .recover(error::handle_rejection)
         .unify()

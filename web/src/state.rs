@@ -2,6 +2,7 @@
 
 use crate::auth::JwtKeys;
 use orchestrator_actors::Store;
+use orchestrator_actors::dispatcher::Dispatcher;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub struct WebConfig {
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Store,
+    pub dispatcher: Dispatcher,
     pub jwt: Arc<JwtKeys>,
     pub config: Arc<WebConfig>,
 }

@@ -7,6 +7,7 @@
 //!   ingest ────────┘
 //! ```
 
+mod items;
 mod processes;
 mod robots;
 mod schema;
@@ -14,6 +15,7 @@ mod settings;
 mod tasks;
 mod users;
 
+pub use items::{Grant, LeasedItem, PendingItem};
 pub use processes::{NewProcess, ProcessPatch};
 pub use robots::{NewRobot, RobotPatch};
 pub use schema::SCHEMA_VERSION;
@@ -196,6 +198,19 @@ impl Store {
     /// Writes a setting.
     pub async fn put_setting(&self, name: &str, value: Value) -> Result<(), StoreError> {
         settings::put(self, name, value).await
+    }
+
+    /// Runs raw SurrealQL and returns every statement's result as JSON (for tools and tests).
+    pub async fn query_all(&self, sql: &str, vars: Value) -> Result<Vec<Value>, StoreError> {
+        let mut response = self.db.query(sql).bind(unset_nulls(vars)).await?;
+        let mut out = Vec::new();
+        for index in 0..response.num_statements() {
+            match response.take::<surrealdb::types::Value>(index) {
+                Ok(v) => out.push(v.into_json_value()),
+                Err(e) => out.push(serde_json::json!({ "ERROR": e.to_string() })),
+            }
+        }
+        Ok(out)
     }
 
     /// How many rows `table` holds, staged ones included (a full count: for tests and tools,

@@ -171,6 +171,12 @@ impl Store {
         self.row(&sql, json!({ "id": id }), 0).await
     }
 
+    /// Tasks matching a fixed SurrealQL condition, by id.
+    pub(crate) async fn list_tasks_where(&self, cond: &str) -> Result<Vec<Task>, StoreError> {
+        let sql = format!("SELECT {TASK_FIELDS} FROM task WHERE {cond} ORDER BY id;");
+        self.rows(&sql, json!({}), 0).await
+    }
+
     /// Visible tasks matching `filter`, newest first, with the total count that matches.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, i64), StoreError> {
         let mut cond = String::from("status != 'UPLOADING'");

@@ -236,6 +236,7 @@ async fn patch(
         .update_robot(id, &patch)
         .await?
         .ok_or_else(|| not_found(id))?;
+    state.dispatcher.robot_changed(&robot);
     Ok(warp::reply::json(&views::robot(
         &robot,
         state.config.pulse_timeout,

@@ -81,10 +81,51 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let items = warp::path!("api" / "v1" / "tasks" / i64 / "items")
         .and(warp::get())
         .and(signed_in(state.clone()))
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .and(query::<ItemsQuery>())
         .then(|id, user, state, q| async move { respond(items(id, user, state, q).await) });
+    let cancel = warp::path!("api" / "v1" / "tasks" / i64 / "cancel")
+        .and(warp::post())
+        .and(signed_in(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|id: i64, user: AuthUser, state: AppState| async move {
+            respond(async {
+                visible_task(&state, &user, id).await?;
+                if !state.dispatcher.cancel(id).await? {
+                    return Err(ApiError::conflict(format!(
+                        "task {id} is not running; only CREATED or STARTED tasks can be cancelled"
+                    )));
+                }
+                let task = visible_task(&state, &user, id).await?;
+                Ok(warp::reply::json(&views::task(&task)))
+            }
+            .await)
+        });
+    let retry = warp::path!("api" / "v1" / "tasks" / i64 / "retry-failed")
+        .and(warp::post())
+        .and(signed_in(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|id: i64, user: AuthUser, state: AppState| async move {
+            respond(
+                async {
+                    let task = visible_task(&state, &user, id).await?;
+                    if task.status == TaskStatus::Cancelled {
+                        return Err(ApiError::conflict(format!("task {id} is cancelled")));
+                    }
+                    let reopened = state.dispatcher.retry_failed(id).await?;
+                    let task = visible_task(&state, &user, id).await?;
+                    let mut body = views::task(&task);
+                    body["reopened"] = json!(reopened);
+                    Ok(warp::reply::json(&body))
+                }
+                .await,
+            )
+        });
     upload
+        .or(cancel)
+        .unify()
+        .or(retry)
+        .unify()
         .or(list)
         .unify()
         .or(get)
@@ -153,6 +194,7 @@ where
         }
         Some(boundary) => upload_multipart(&state, q, options, body, boundary).await?,
     };
+    state.dispatcher.task_ready(task.id);
     Ok(warp::reply::with_status(
         warp::reply::json(&views::task(&task)),
         StatusCode::CREATED,

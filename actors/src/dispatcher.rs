@@ -1,0 +1,290 @@
+//! The handle the web layer and the node use to reach dispatch: it starts the registry and the
+//! director, and turns robot requests into store transitions plus the messages that keep the
+//! actors' view of load and pending work current. Cheap to clone.
+
+use crate::domain::{ItemStatus, Robot, now_millis};
+use crate::error::StoreError;
+use crate::lifecycle::{ItemState, Plan, RobotAction, TransitionError, plan_robot_action};
+use crate::recovery::{self, PolicyDefaults};
+use crate::robot_registry::{RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg};
+use crate::robot_session::RobotSessionMsg;
+use crate::store::{LeasedItem, PendingItem, Store};
+use crate::task_director::{TaskDirector, TaskDirectorArgs, TaskDirectorMsg};
+use ractor::{Actor, ActorRef};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Timers and identity of a node's dispatch.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub node_id: String,
+    /// A robot silent this long is lost.
+    pub pulse_timeout: Duration,
+    /// Lease length unless the process overrides it.
+    pub lease_ttl: Duration,
+    /// How often silent robots and expired leases are looked for.
+    pub sweep_period: Duration,
+    /// First retry delay after an application failure (doubles per attempt).
+    pub backoff_base: Duration,
+    /// How long a dispatch round gathers changes before it writes.
+    pub dispatch_delay: Duration,
+}
+
+/// Why a dispatch request failed.
+#[derive(Debug, Error)]
+pub enum DispatchError {
+    #[error("item {0} not found")]
+    ItemNotFound(i64),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("dispatch is unavailable: {0}")]
+    Unavailable(String),
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Entry point to the dispatch actors.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    store: Store,
+    registry: ActorRef<RobotRegistryMsg>,
+    director: ActorRef<TaskDirectorMsg>,
+    config: DispatchConfig,
+}
+
+impl Dispatcher {
+    /// Starts the registry and the director, rebuilding task queues from the store.
+    pub async fn start(store: Store, config: DispatchConfig) -> Result<Dispatcher, DispatchError> {
+        let defaults = PolicyDefaults {
+            lease_ttl: config.lease_ttl,
+            backoff_base: config.backoff_base,
+        };
+        let (registry, _) = Actor::spawn(
+            None,
+            RobotRegistry,
+            RegistryArgs {
+                store: store.clone(),
+                node_id: config.node_id.clone(),
+                pulse_timeout: config.pulse_timeout,
+                sweep_period: config.sweep_period,
+                dispatch_delay: config.dispatch_delay,
+                defaults,
+            },
+        )
+        .await
+        .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
+        let (director, _) = Actor::spawn(
+            None,
+            TaskDirector,
+            TaskDirectorArgs {
+                store: store.clone(),
+                registry: registry.clone(),
+                default_lease_ttl: config.lease_ttl,
+            },
+        )
+        .await
+        .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
+        registry
+            .send_message(RobotRegistryMsg::AttachDirector {
+                director: director.clone(),
+            })
+            .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
+        Ok(Dispatcher {
+            store,
+            registry,
+            director,
+            config,
+        })
+    }
+
+    /// Node configuration of dispatch.
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    fn defaults(&self) -> PolicyDefaults {
+        PolicyDefaults {
+            lease_ttl: self.config.lease_ttl,
+            backoff_base: self.config.backoff_base,
+        }
+    }
+
+    /// Records a pulse from `robot` and returns its session (started if needed).
+    pub async fn connect(&self, robot: &Robot) -> Result<ActorRef<RobotSessionMsg>, DispatchError> {
+        let robot = robot.clone();
+        self.registry
+            .call(
+                |reply| RobotRegistryMsg::Connect { robot, reply },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+            .map_err(|e| DispatchError::Unavailable(e.to_string()))?
+            .success_or(DispatchError::Unavailable(
+                "robot registry timed out".into(),
+            ))
+    }
+
+    /// Items leased to `robot` not yet handed out, waiting up to `wait` for some to arrive.
+    pub async fn claim(
+        &self,
+        robot: &Robot,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<LeasedItem>, DispatchError> {
+        let session = self.connect(robot).await?;
+        let mut items = session
+            .call(
+                |reply| RobotSessionMsg::Claim { max, wait, reply },
+                Some(wait + CALL_TIMEOUT),
+            )
+            .await
+            .map_err(|e| DispatchError::Unavailable(e.to_string()))?
+            .success_or(DispatchError::Unavailable("robot session timed out".into()))?;
+        let mut processes = std::collections::HashMap::new();
+        for item in &mut items {
+            let process = match processes.get(&item.task_id) {
+                Some(process) => *process,
+                None => {
+                    let process = self.store.task(item.task_id).await?.map(|t| t.process_id);
+                    processes.insert(item.task_id, process);
+                    process
+                }
+            };
+            item.process_id = process;
+        }
+        Ok(items)
+    }
+
+    /// Applies a robot's action to one of its items; returns the item's new state.
+    pub async fn act(
+        &self,
+        robot_id: i64,
+        item_id: i64,
+        lease: Option<&str>,
+        action: &RobotAction,
+    ) -> Result<ItemState, DispatchError> {
+        for _ in 0..10 {
+            let old = self
+                .store
+                .item_state(item_id)
+                .await?
+                .ok_or(DispatchError::ItemNotFound(item_id))?;
+            let policy = self.store.task_policy(old.task_id, self.defaults()).await?;
+            let now = now_millis();
+            let new = match plan_robot_action(&old, robot_id, lease, action, &policy, now)? {
+                Plan::Unchanged => return Ok(old),
+                Plan::Write(new) => *new,
+            };
+            if self
+                .store
+                .apply_transitions(&[(old.clone(), new.clone())], now)
+                .await?
+            {
+                self.after_transition(&old, &new);
+                return Ok(new);
+            }
+        }
+        Err(DispatchError::Unavailable(format!(
+            "item {item_id} kept changing; try again"
+        )))
+    }
+
+    fn after_transition(&self, old: &ItemState, new: &ItemState) {
+        let in_flight = |s: ItemStatus| matches!(s, ItemStatus::Assigned | ItemStatus::Started);
+        if in_flight(old.status)
+            && !in_flight(new.status)
+            && let Some(robot_id) = old.robot_id
+        {
+            let _ = self
+                .registry
+                .send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count: 1 });
+        }
+        if new.status == ItemStatus::Pending {
+            let _ = self.director.send_message(TaskDirectorMsg::Requeued {
+                task_id: new.task_id,
+                items: vec![PendingItem {
+                    id: new.id,
+                    not_before: new.not_before,
+                }],
+            });
+        }
+    }
+
+    /// A task was uploaded or reopened: start dispatching it.
+    pub fn task_ready(&self, task_id: i64) {
+        let _ = self
+            .director
+            .send_message(TaskDirectorMsg::Activate { task_id });
+    }
+
+    /// Cancels a task: dispatch stops and unstarted items go back to PENDING. `false` when the
+    /// task was not dispatchable.
+    pub async fn cancel(&self, task_id: i64) -> Result<bool, DispatchError> {
+        let now = now_millis();
+        if !self.store.cancel_task(task_id, now).await? {
+            return Ok(false);
+        }
+        let _ = self
+            .director
+            .send_message(TaskDirectorMsg::Cancelled { task_id });
+        let released =
+            recovery::release_unstarted_of_task(&self.store, task_id, self.defaults(), now).await?;
+        for (robot_id, count) in released.left_flight {
+            let _ = self
+                .registry
+                .send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count });
+        }
+        Ok(true)
+    }
+
+    /// Puts a task's FAILED and ABANDONED items back to PENDING; returns how many.
+    pub async fn retry_failed(&self, task_id: i64) -> Result<i64, DispatchError> {
+        let n = self.store.retry_failed(task_id, now_millis()).await?;
+        if n > 0 {
+            self.task_ready(task_id);
+        }
+        Ok(n)
+    }
+
+    /// A robot's settings changed (status, capacity, processes).
+    pub fn robot_changed(&self, robot: &Robot) {
+        let _ = self.registry.send_message(RobotRegistryMsg::RobotChanged {
+            robot: robot.clone(),
+        });
+    }
+
+    /// A robot was deleted or its token rotated.
+    pub fn robot_revoked(&self, robot_id: i64) {
+        let _ = self
+            .registry
+            .send_message(RobotRegistryMsg::RobotRevoked { robot_id });
+    }
+
+    /// Loads of robots connected to this node.
+    pub async fn loads(&self) -> Result<Vec<RobotLoad>, DispatchError> {
+        self.registry
+            .call(
+                |reply| RobotRegistryMsg::Loads { reply },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+            .map_err(|e| DispatchError::Unavailable(e.to_string()))?
+            .success_or(DispatchError::Unavailable(
+                "robot registry timed out".into(),
+            ))
+    }
+
+    /// Stops the actors (sessions with them); leases stay in the store.
+    pub async fn shutdown(&self) {
+        let _ = self
+            .director
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        let _ = self
+            .registry
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+    }
+}

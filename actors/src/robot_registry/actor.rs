@@ -1,0 +1,447 @@
+//! The RobotRegistry actor.
+
+use super::model::{LoadBoard, RobotSlot, TaskDemand};
+use crate::domain::{Millis, Robot, RobotStatus, now_millis};
+use crate::recovery::{self, PolicyDefaults, Released};
+use crate::robot_session::{RobotSession, RobotSessionArgs, RobotSessionMsg};
+use crate::store::{RobotPatch, Store};
+use crate::task_director::{GrantRequest, TaskDirectorMsg, TaskMsg};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Message, RpcReplyPort,
+    SupervisionEvent,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// The registry actor.
+#[derive(Debug)]
+pub struct RobotRegistry;
+
+/// A connected robot's load, for the dashboard and tests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RobotLoad {
+    pub robot_id: i64,
+    pub in_flight: i64,
+    pub capacity: i64,
+    pub active: bool,
+    pub last_pulse_at: Millis,
+}
+
+/// Messages of the [`RobotRegistry`].
+#[derive(Debug)]
+pub enum RobotRegistryMsg {
+    /// Hands the registry the director to tell about items handed back.
+    AttachDirector { director: ActorRef<TaskDirectorMsg> },
+    /// A robot made a request (a pulse): ensure its session, reply with it.
+    Connect {
+        robot: Robot,
+        reply: RpcReplyPort<ActorRef<RobotSessionMsg>>,
+    },
+    /// A robot's settings changed; INACTIVE drains its unstarted items.
+    RobotChanged { robot: Robot },
+    /// A robot was deleted or its token rotated: end the session, release everything it holds.
+    RobotRevoked { robot_id: i64 },
+    /// Items held by a robot left flight (completed, failed, released).
+    ItemsLeftFlight { robot_id: i64, count: i64 },
+    /// A task can lease `pending` items now.
+    TaskDemand {
+        task_id: i64,
+        process_id: i64,
+        priority: i64,
+        pending: i64,
+        actor: ActorRef<TaskMsg>,
+    },
+    /// A task used its grants: slots it could not use per robot, and what it has left.
+    GrantsSettled {
+        task_id: i64,
+        unused: Vec<(i64, i64)>,
+        pending: i64,
+    },
+    /// A task actor stopped.
+    TaskGone { task_id: i64 },
+    /// Run a dispatch round (scheduled shortly after a change so writes batch up).
+    Dispatch,
+    /// Timer: end silent sessions, expire leases.
+    Sweep,
+    /// Loads of the connected robots.
+    Loads { reply: RpcReplyPort<Vec<RobotLoad>> },
+}
+
+impl Message for RobotRegistryMsg {}
+
+/// Start-up arguments.
+#[derive(Debug, Clone)]
+pub struct RegistryArgs {
+    pub store: Store,
+    pub node_id: String,
+    pub pulse_timeout: Duration,
+    pub sweep_period: Duration,
+    /// How long a dispatch round waits to gather changes (group commit).
+    pub dispatch_delay: Duration,
+    pub defaults: PolicyDefaults,
+}
+
+struct Session {
+    actor: ActorRef<RobotSessionMsg>,
+    last_pulse: Millis,
+    persisted_pulse: Millis,
+}
+
+/// Running state.
+pub struct RegistryState {
+    args: RegistryArgs,
+    board: LoadBoard,
+    sessions: HashMap<i64, Session>,
+    by_actor: HashMap<ActorId, i64>,
+    task_actors: HashMap<i64, ActorRef<TaskMsg>>,
+    outstanding: HashMap<i64, Vec<(i64, i64)>>,
+    director: Option<ActorRef<TaskDirectorMsg>>,
+    dispatch_scheduled: bool,
+    timer: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RegistryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryState")
+            .field("sessions", &self.sessions.len())
+            .field("tasks", &self.board.tasks.len())
+            .finish()
+    }
+}
+
+impl RegistryState {
+    fn schedule_dispatch(&mut self, myself: &ActorRef<RobotRegistryMsg>) {
+        if !self.dispatch_scheduled {
+            self.dispatch_scheduled = true;
+            myself.send_after(self.args.dispatch_delay, || RobotRegistryMsg::Dispatch);
+        }
+    }
+
+    fn slot_from(robot: &Robot, in_flight: i64, stamp: u64) -> RobotSlot {
+        RobotSlot {
+            capacity: robot.capacity,
+            in_flight,
+            processes: robot.processes.clone(),
+            active: robot.status == RobotStatus::Active,
+            last_served: stamp,
+        }
+    }
+
+    /// Applies a release: items leave flight, PENDING ones go back to their tasks.
+    fn absorb(&mut self, released: Released) {
+        for (robot_id, n) in released.left_flight {
+            if let Some(slot) = self.board.robots.get_mut(&robot_id) {
+                slot.in_flight = (slot.in_flight - n).max(0);
+            }
+        }
+        if let Some(director) = &self.director {
+            for (task_id, items) in released.requeued {
+                let _ = director.send_message(TaskDirectorMsg::Requeued { task_id, items });
+            }
+        }
+    }
+
+    fn end_session(&mut self, robot_id: i64) {
+        if let Some(session) = self.sessions.remove(&robot_id) {
+            self.by_actor.remove(&session.actor.get_id());
+            session.actor.stop(Some("session ended".into()));
+        }
+        self.board.robots.remove(&robot_id);
+    }
+}
+
+impl Actor for RobotRegistry {
+    type Msg = RobotRegistryMsg;
+    type State = RegistryState;
+    type Arguments = RegistryArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let timer = myself.send_interval(args.sweep_period, || RobotRegistryMsg::Sweep);
+        Ok(RegistryState {
+            args,
+            board: LoadBoard::default(),
+            sessions: HashMap::new(),
+            by_actor: HashMap::new(),
+            task_actors: HashMap::new(),
+            outstanding: HashMap::new(),
+            director: None,
+            dispatch_scheduled: false,
+            timer,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.timer.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RobotRegistryMsg::AttachDirector { director } => state.director = Some(director),
+            RobotRegistryMsg::Connect { robot, reply } => {
+                let now = now_millis();
+                let robot_id = robot.id;
+                if !state.sessions.contains_key(&robot_id) {
+                    let in_flight = state
+                        .args
+                        .store
+                        .robot_items_in_flight(robot_id)
+                        .await?
+                        .len();
+                    let args = RobotSessionArgs {
+                        robot_id,
+                        store: state.args.store.clone(),
+                        capacity: robot.capacity as usize,
+                    };
+                    let (actor, _) =
+                        Actor::spawn_linked(None, RobotSession, args, myself.get_cell()).await?;
+                    state.by_actor.insert(actor.get_id(), robot_id);
+                    state.sessions.insert(
+                        robot_id,
+                        Session {
+                            actor,
+                            last_pulse: now,
+                            persisted_pulse: 0,
+                        },
+                    );
+                    info!(robot_id, in_flight, "robot connected");
+                    let stamp = state.board.next_stamp();
+                    state.board.robots.insert(
+                        robot_id,
+                        RegistryState::slot_from(&robot, in_flight as i64, stamp),
+                    );
+                }
+                if let Some(slot) = state.board.robots.get_mut(&robot_id) {
+                    slot.capacity = robot.capacity;
+                    slot.processes = robot.processes.clone();
+                    slot.active = robot.status == RobotStatus::Active;
+                }
+                let persist_every = (state.args.pulse_timeout.as_millis() as i64 / 4).max(200);
+                let mut persist = false;
+                if let Some(session) = state.sessions.get_mut(&robot_id) {
+                    session.last_pulse = now;
+                    persist = now - session.persisted_pulse >= persist_every;
+                    if persist {
+                        session.persisted_pulse = now;
+                    }
+                    let _ = reply.send(session.actor.clone());
+                }
+                if persist {
+                    state
+                        .args
+                        .store
+                        .record_pulse(robot_id, now, &state.args.node_id)
+                        .await?;
+                }
+                state.schedule_dispatch(&myself);
+            }
+            RobotRegistryMsg::RobotChanged { robot } => {
+                let Some(slot) = state.board.robots.get_mut(&robot.id) else {
+                    return Ok(());
+                };
+                slot.capacity = robot.capacity;
+                slot.processes = robot.processes.clone();
+                let was_active = slot.active;
+                slot.active = robot.status == RobotStatus::Active;
+                if was_active && !slot.active {
+                    let released = recovery::release_robot(
+                        &state.args.store,
+                        robot.id,
+                        true,
+                        state.args.defaults,
+                        now_millis(),
+                    )
+                    .await?;
+                    info!(robot_id = robot.id, "robot drained");
+                    state.absorb(released);
+                }
+                state.schedule_dispatch(&myself);
+            }
+            RobotRegistryMsg::RobotRevoked { robot_id } => {
+                state.end_session(robot_id);
+                let released = recovery::release_robot(
+                    &state.args.store,
+                    robot_id,
+                    false,
+                    state.args.defaults,
+                    now_millis(),
+                )
+                .await?;
+                state.absorb(released);
+                state.schedule_dispatch(&myself);
+            }
+            RobotRegistryMsg::ItemsLeftFlight { robot_id, count } => {
+                if let Some(slot) = state.board.robots.get_mut(&robot_id) {
+                    slot.in_flight = (slot.in_flight - count).max(0);
+                }
+                state.schedule_dispatch(&myself);
+            }
+            RobotRegistryMsg::TaskDemand {
+                task_id,
+                process_id,
+                priority,
+                pending,
+                actor,
+            } => {
+                state.task_actors.insert(task_id, actor);
+                // Slots granted and not yet settled are already counted against `pending`.
+                let served = state.board.tasks.get(&task_id).map_or(0, |t| t.served);
+                if state.outstanding.contains_key(&task_id) {
+                    return Ok(());
+                }
+                state.board.tasks.insert(
+                    task_id,
+                    TaskDemand {
+                        process_id,
+                        priority,
+                        pending,
+                        served,
+                    },
+                );
+                state.schedule_dispatch(&myself);
+            }
+            RobotRegistryMsg::GrantsSettled {
+                task_id,
+                unused,
+                pending,
+            } => {
+                state.outstanding.remove(&task_id);
+                state.board.settle(task_id, &unused, pending);
+                state.schedule_dispatch(&myself);
+            }
+            RobotRegistryMsg::TaskGone { task_id } => {
+                if let Some(reserved) = state.outstanding.remove(&task_id) {
+                    state.board.settle(task_id, &reserved, 0);
+                }
+                state.board.tasks.remove(&task_id);
+                state.task_actors.remove(&task_id);
+                state.schedule_dispatch(&myself);
+            }
+            RobotRegistryMsg::Dispatch => {
+                state.dispatch_scheduled = false;
+                let plan = state.board.plan();
+                let mut per_task: BTreeMap<i64, Vec<GrantRequest>> = BTreeMap::new();
+                for grant in plan {
+                    let Some(session) = state.sessions.get(&grant.robot_id) else {
+                        continue;
+                    };
+                    per_task
+                        .entry(grant.task_id)
+                        .or_default()
+                        .push(GrantRequest {
+                            robot_id: grant.robot_id,
+                            count: grant.count,
+                            session: session.actor.clone(),
+                        });
+                }
+                for (task_id, grants) in per_task {
+                    let reserved: Vec<(i64, i64)> =
+                        grants.iter().map(|g| (g.robot_id, g.count)).collect();
+                    let sent = state
+                        .task_actors
+                        .get(&task_id)
+                        .map(|actor| actor.send_message(TaskMsg::Lease { grants }).is_ok())
+                        .unwrap_or(false);
+                    if sent {
+                        state.outstanding.insert(task_id, reserved);
+                    } else {
+                        state.board.settle(task_id, &reserved, 0);
+                    }
+                }
+            }
+            RobotRegistryMsg::Sweep => {
+                let now = now_millis();
+                let timeout = state.args.pulse_timeout.as_millis() as i64;
+                let silent: Vec<i64> = state
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| now - s.last_pulse > timeout)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for robot_id in silent {
+                    warn!(robot_id, "robot went silent; releasing its items");
+                    state.end_session(robot_id);
+                    let patch = RobotPatch {
+                        status: Some(RobotStatus::Inactive),
+                        ..RobotPatch::default()
+                    };
+                    state.args.store.update_robot(robot_id, &patch).await?;
+                    let released = recovery::release_robot(
+                        &state.args.store,
+                        robot_id,
+                        false,
+                        state.args.defaults,
+                        now,
+                    )
+                    .await?;
+                    state.absorb(released);
+                }
+                let expired =
+                    recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;
+                if !expired.left_flight.is_empty() {
+                    warn!(
+                        items = expired.left_flight.values().sum::<i64>(),
+                        "leases expired"
+                    );
+                }
+                state.absorb(expired);
+                state.schedule_dispatch(&myself);
+            }
+            RobotRegistryMsg::Loads { reply } => {
+                let loads = state
+                    .board
+                    .robots
+                    .iter()
+                    .map(|(id, slot)| RobotLoad {
+                        robot_id: *id,
+                        in_flight: slot.in_flight,
+                        capacity: slot.capacity,
+                        active: slot.active,
+                        last_pulse_at: state.sessions.get(id).map_or(0, |s| s.last_pulse),
+                    })
+                    .collect();
+                let _ = reply.send(loads);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ended: Option<ActorCell> = match event {
+            SupervisionEvent::ActorTerminated(actor, _, _) => Some(actor),
+            SupervisionEvent::ActorFailed(actor, err) => {
+                warn!(error = %err, "robot session failed");
+                Some(actor)
+            }
+            _ => None,
+        };
+        if let Some(actor) = ended
+            && let Some(robot_id) = state.by_actor.remove(&actor.get_id())
+        {
+            // The robot reconnects with its next request; its leases stay in the store.
+            state.sessions.remove(&robot_id);
+            state.board.robots.remove(&robot_id);
+        }
+        Ok(())
+    }
+}

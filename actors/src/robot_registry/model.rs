@@ -1,0 +1,255 @@
+//! Load bookkeeping and the dispatch plan, as plain data: which robot gets how many items of which
+//! task. No IO; the registry actor turns a plan into messages.
+//!
+//! Rules: a robot receives work only while connected and ACTIVE, only for processes it is eligible
+//! for (empty list = all), never above its capacity. Each item goes to the eligible robot with the
+//! fewest items in flight; ties go to the robot that has waited longest since its last item.
+//! Tasks of higher priority go first; among equal priority, the task served least so far goes
+//! next, so one huge upload does not starve the rest.
+
+use std::collections::BTreeMap;
+
+/// What the registry knows about one connected robot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RobotSlot {
+    pub capacity: i64,
+    /// Items held (ASSIGNED or STARTED), plus slots granted to a task and not yet reported back.
+    pub in_flight: i64,
+    /// Eligible process ids; empty means all.
+    pub processes: Vec<i64>,
+    pub active: bool,
+    /// Monotonic stamp of the last grant to this robot; lower waited longer.
+    pub last_served: u64,
+}
+
+impl RobotSlot {
+    pub fn free(&self) -> i64 {
+        (self.capacity - self.in_flight).max(0)
+    }
+
+    pub fn accepts(&self, process_id: i64) -> bool {
+        self.active
+            && self.free() > 0
+            && (self.processes.is_empty() || self.processes.contains(&process_id))
+    }
+}
+
+/// A task that has pending items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskDemand {
+    pub process_id: i64,
+    pub priority: i64,
+    /// Items the task said it can lease now.
+    pub pending: i64,
+    /// Items granted to this task so far (fair share).
+    pub served: u64,
+}
+
+/// One grant of the plan: `count` items of `task_id` for `robot_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedGrant {
+    pub task_id: i64,
+    pub robot_id: i64,
+    pub count: i64,
+}
+
+/// Registry bookkeeping: robots, task demand, and a stamp counter for idle ordering.
+#[derive(Debug, Clone, Default)]
+pub struct LoadBoard {
+    pub robots: BTreeMap<i64, RobotSlot>,
+    pub tasks: BTreeMap<i64, TaskDemand>,
+    stamp: u64,
+}
+
+impl LoadBoard {
+    /// A fresh stamp; robots that join get one so newcomers queue behind those already waiting.
+    pub fn next_stamp(&mut self) -> u64 {
+        self.stamp += 1;
+        self.stamp
+    }
+
+    /// Assigns as many items as capacity and demand allow, reserving the slots it grants.
+    pub fn plan(&mut self) -> Vec<PlannedGrant> {
+        let mut grants: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        while let Some(task_id) = self.next_task() {
+            let process_id = self.tasks[&task_id].process_id;
+            let Some(robot_id) = self.least_loaded(process_id) else {
+                break;
+            };
+            let stamp = self.next_stamp();
+            if let Some(robot) = self.robots.get_mut(&robot_id) {
+                robot.in_flight += 1;
+                robot.last_served = stamp;
+            }
+            if let Some(task) = self.tasks.get_mut(&task_id) {
+                task.pending -= 1;
+                task.served += 1;
+            }
+            *grants.entry((task_id, robot_id)).or_default() += 1;
+        }
+        grants
+            .into_iter()
+            .map(|((task_id, robot_id), count)| PlannedGrant {
+                task_id,
+                robot_id,
+                count,
+            })
+            .collect()
+    }
+
+    /// Gives back slots a task could not use and records what it has left.
+    pub fn settle(&mut self, task_id: i64, unused: &[(i64, i64)], pending: i64) {
+        for (robot_id, n) in unused {
+            if let Some(robot) = self.robots.get_mut(robot_id) {
+                robot.in_flight = (robot.in_flight - n).max(0);
+            }
+        }
+        match self.tasks.get_mut(&task_id) {
+            Some(task) if pending > 0 => task.pending = pending,
+            Some(_) => {
+                self.tasks.remove(&task_id);
+            }
+            None => {}
+        }
+    }
+
+    /// The next task to serve: highest priority, then least served, among tasks some robot can take.
+    fn next_task(&self) -> Option<i64> {
+        self.tasks
+            .iter()
+            .filter(|(_, t)| t.pending > 0 && self.robots.values().any(|r| r.accepts(t.process_id)))
+            .max_by(|(a_id, a), (b_id, b)| {
+                a.priority
+                    .cmp(&b.priority)
+                    .then(b.served.cmp(&a.served))
+                    .then(b_id.cmp(a_id))
+            })
+            .map(|(id, _)| *id)
+    }
+
+    fn least_loaded(&self, process_id: i64) -> Option<i64> {
+        self.robots
+            .iter()
+            .filter(|(_, r)| r.accepts(process_id))
+            .min_by_key(|(id, r)| (r.in_flight, r.last_served, **id))
+            .map(|(id, _)| *id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn robot(capacity: i64, in_flight: i64, processes: Vec<i64>) -> RobotSlot {
+        RobotSlot {
+            capacity,
+            in_flight,
+            processes,
+            active: true,
+            last_served: 0,
+        }
+    }
+
+    fn demand(process_id: i64, priority: i64, pending: i64) -> TaskDemand {
+        TaskDemand {
+            process_id,
+            priority,
+            pending,
+            served: 0,
+        }
+    }
+
+    fn per_robot(grants: &[PlannedGrant]) -> BTreeMap<i64, i64> {
+        let mut out = BTreeMap::new();
+        for g in grants {
+            *out.entry(g.robot_id).or_default() += g.count;
+        }
+        out
+    }
+
+    #[test]
+    fn fills_the_least_loaded_robots_first_and_never_above_capacity() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(4, 3, vec![]));
+        board.robots.insert(2, robot(4, 0, vec![]));
+        board.robots.insert(3, robot(2, 1, vec![]));
+        board.tasks.insert(10, demand(1, 0, 3));
+        let grants = board.plan();
+        // Robot 2 (empty) gets items until it is level with the others.
+        assert_eq!(per_robot(&grants), BTreeMap::from([(2, 2), (3, 1)]));
+        assert!(board.robots.values().all(|r| r.in_flight <= r.capacity));
+        board.tasks.insert(10, demand(1, 0, 100));
+        board.plan();
+        assert_eq!(
+            board
+                .robots
+                .values()
+                .map(|r| r.in_flight)
+                .collect::<Vec<_>>(),
+            [4, 4, 2],
+            "everyone full, nobody over"
+        );
+    }
+
+    #[test]
+    fn ties_go_to_the_robot_idle_longest() {
+        let mut board = LoadBoard::default();
+        let mut a = robot(1, 0, vec![]);
+        a.last_served = 9;
+        let mut b = robot(1, 0, vec![]);
+        b.last_served = 2;
+        board.robots.insert(1, a);
+        board.robots.insert(2, b);
+        board.tasks.insert(10, demand(1, 0, 1));
+        assert_eq!(per_robot(&board.plan()), BTreeMap::from([(2, 1)]));
+    }
+
+    #[test]
+    fn respects_eligibility_and_activity() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(5, 0, vec![7]));
+        let mut inactive = robot(5, 0, vec![]);
+        inactive.active = false;
+        board.robots.insert(2, inactive);
+        board.robots.insert(3, robot(5, 0, vec![]));
+        board.tasks.insert(10, demand(8, 0, 10));
+        assert_eq!(per_robot(&board.plan()), BTreeMap::from([(3, 5)]));
+    }
+
+    #[test]
+    fn equal_priority_tasks_share_and_higher_priority_goes_first() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(10, 0, vec![]));
+        board.tasks.insert(10, demand(1, 0, 1_000));
+        board.tasks.insert(11, demand(1, 0, 1_000));
+        let grants = board.plan();
+        let by_task: Vec<i64> = grants.iter().map(|g| g.count).collect();
+        assert_eq!(by_task, [5, 5], "a huge task does not starve another");
+
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(3, 0, vec![]));
+        board.tasks.insert(10, demand(1, 0, 10));
+        board.tasks.insert(11, demand(1, 5, 10));
+        let grants = board.plan();
+        assert_eq!(
+            grants,
+            [PlannedGrant {
+                task_id: 11,
+                robot_id: 1,
+                count: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn settle_returns_unused_slots_and_forgets_drained_tasks() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(4, 0, vec![]));
+        board.tasks.insert(10, demand(1, 0, 4));
+        board.plan();
+        assert_eq!(board.robots[&1].in_flight, 4);
+        board.settle(10, &[(1, 3)], 0);
+        assert_eq!(board.robots[&1].in_flight, 1);
+        assert!(board.tasks.is_empty());
+    }
+}

@@ -1,0 +1,347 @@
+//! Item transitions. Every write is a compare-and-set on the item's old status and lease, in one
+//! transaction with the task's counters, so counters never drift and two writers never both win.
+
+use super::Store;
+use crate::domain::{ItemCounts, Millis};
+use crate::error::StoreError;
+use crate::lifecycle::{ItemState, add_counts, count_delta};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+const STATE_FIELDS: &str = "record::id(id) AS id, task AS task_id, status, robot AS robot_id, \
+                            attempt, lease_id, lease_expires_at, lease_expiries, observation, \
+                            output, fail_kind, not_before, started_at, ended_at";
+
+const CONFLICT: &str = "item transition conflict";
+
+/// An item as delivered to a robot.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+pub struct LeasedItem {
+    pub id: i64,
+    pub task_id: i64,
+    /// Filled in on delivery (not stored on items).
+    #[serde(default)]
+    pub process_id: Option<i64>,
+    pub line: i64,
+    pub values: Map<String, Value>,
+    pub attempt: i64,
+    pub lease_id: String,
+    pub lease_expires_at: Millis,
+}
+
+/// Items of one task to lease to one robot.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub robot_id: i64,
+    pub item_ids: Vec<i64>,
+    pub lease_id: String,
+    pub lease_expires_at: Millis,
+}
+
+/// A pending item id and the earliest time it may run again (application-failure backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct PendingItem {
+    pub id: i64,
+    pub not_before: Option<Millis>,
+}
+
+impl Store {
+    /// The current state of one item.
+    pub async fn item_state(&self, id: i64) -> Result<Option<ItemState>, StoreError> {
+        let sql = format!("SELECT {STATE_FIELDS} FROM type::record('item', $id);");
+        self.row(&sql, json!({ "id": id }), 0).await
+    }
+
+    /// Items held by `robot` (ASSIGNED or STARTED).
+    pub async fn robot_items_in_flight(&self, robot: i64) -> Result<Vec<ItemState>, StoreError> {
+        let sql = format!(
+            "SELECT {STATE_FIELDS} FROM item WHERE robot = $robot \
+             AND status IN ['ASSIGNED', 'STARTED'] ORDER BY id;"
+        );
+        self.rows(&sql, json!({ "robot": robot }), 0).await
+    }
+
+    /// ASSIGNED items of a task.
+    pub async fn assigned_items_of_task(&self, task_id: i64) -> Result<Vec<ItemState>, StoreError> {
+        let sql =
+            format!("SELECT {STATE_FIELDS} FROM item WHERE task = $task AND status = 'ASSIGNED';");
+        self.rows(&sql, json!({ "task": task_id }), 0).await
+    }
+
+    /// The dispatch policy of a task's process.
+    pub async fn task_policy(
+        &self,
+        task_id: i64,
+        defaults: crate::recovery::PolicyDefaults,
+    ) -> Result<crate::lifecycle::Policy, StoreError> {
+        let row: Option<Value> = self
+            .row(
+                "SELECT process.lease_ttl_ms AS ttl, process.max_attempts AS max_attempts,                  process.on_lost AS on_lost FROM (SELECT type::record('process', process) AS process                  FROM type::record('task', $id));",
+                json!({ "id": task_id }),
+                0,
+            )
+            .await?;
+        let row = row.unwrap_or_default();
+        Ok(crate::lifecycle::Policy {
+            lease_ttl_ms: row["ttl"]
+                .as_i64()
+                .unwrap_or(defaults.lease_ttl.as_millis() as i64),
+            max_attempts: row["max_attempts"].as_i64().unwrap_or(3),
+            on_lost: row["on_lost"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(crate::domain::LostItemPolicy::Abandon),
+            backoff_base_ms: defaults.backoff_base.as_millis() as i64,
+        })
+    }
+
+    /// Items in flight whose lease expired before `now` (at most `limit`).
+    pub async fn expired_leases(
+        &self,
+        now: Millis,
+        limit: i64,
+    ) -> Result<Vec<ItemState>, StoreError> {
+        let sql = format!(
+            "SELECT {STATE_FIELDS} FROM item WHERE lease_expires_at < $now \
+             AND status IN ['ASSIGNED', 'STARTED'] LIMIT $limit;"
+        );
+        self.rows(&sql, json!({ "now": now, "limit": limit }), 0)
+            .await
+    }
+
+    /// ASSIGNED items of `robot` with their payload, oldest first, for delivery.
+    pub async fn leased_items_of(
+        &self,
+        robot: i64,
+        limit: i64,
+    ) -> Result<Vec<LeasedItem>, StoreError> {
+        let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
+                   lease_expires_at FROM item WHERE robot = $robot AND status = 'ASSIGNED' \
+                   ORDER BY id LIMIT $limit;";
+        self.rows(sql, json!({ "robot": robot, "limit": limit }), 0)
+            .await
+    }
+
+    /// Payloads of the given items if still ASSIGNED to `robot` under `lease`.
+    pub async fn leased_items(&self, ids: &[i64]) -> Result<Vec<LeasedItem>, StoreError> {
+        let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
+                   lease_expires_at FROM array::map($ids, |$i| type::record('item', $i)) \
+                   WHERE status = 'ASSIGNED';";
+        self.rows(sql, json!({ "ids": ids }), 0).await
+    }
+
+    /// Writes `changes` (old state, new state) all or nothing. `Ok(false)` when another writer
+    /// changed one of the items first: re-read and re-plan.
+    pub async fn apply_transitions(
+        &self,
+        changes: &[(ItemState, ItemState)],
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        if changes.is_empty() {
+            return Ok(true);
+        }
+        let mut per_task: BTreeMap<i64, ItemCounts> = BTreeMap::new();
+        let mut rows = Vec::with_capacity(changes.len());
+        for (old, new) in changes {
+            add_counts(
+                per_task.entry(old.task_id).or_default(),
+                &count_delta(old.status, new.status),
+            );
+            let mut row = serde_json::to_value(new)?;
+            row["expect_status"] = json!(old.status);
+            row["expect_lease"] = json!(old.lease_id);
+            rows.push(super::unset_nulls(row));
+        }
+        let tasks: Vec<Value> = per_task
+            .iter()
+            .map(|(task, d)| json!({ "id": task, "d": d }))
+            .collect();
+        let sql = format!(
+            "BEGIN; \
+             FOR $c IN $changes {{ \
+               LET $hit = (UPDATE type::record('item', $c.id) SET status = $c.status, \
+                 robot = $c.robot_id, attempt = $c.attempt, lease_id = $c.lease_id, \
+                 lease_expires_at = $c.lease_expires_at, lease_expiries = $c.lease_expiries, \
+                 observation = $c.observation, output = $c.output, fail_kind = $c.fail_kind, \
+                 not_before = $c.not_before, started_at = $c.started_at, ended_at = $c.ended_at \
+                 WHERE status = $c.expect_status AND lease_id = $c.expect_lease RETURN VALUE 1); \
+               IF array::len($hit) = 0 {{ THROW '{CONFLICT}' }}; \
+             }}; \
+             FOR $t IN $tasks {{ \
+               UPDATE type::record('task', $t.id) SET counts.pending += $t.d.pending, \
+                 counts.assigned += $t.d.assigned, counts.started += $t.d.started, \
+                 counts.completed += $t.d.completed, counts.failed += $t.d.failed, \
+                 counts.abandoned += $t.d.abandoned; \
+             }}; \
+             {COMPLETE_FINISHED_TASKS} \
+             COMMIT;"
+        );
+        let vars = json!({
+            "changes": rows, "tasks": tasks, "now": now,
+            "task_ids": per_task.keys().collect::<Vec<_>>(),
+        });
+        match self.exec(&sql, vars).await {
+            Ok(()) => Ok(true),
+            Err(err) if err.to_string().contains(CONFLICT) || err.is_retryable() => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Leases PENDING items of `task_id` to robots in one transaction; returns what was leased
+    /// per grant (items that stopped being PENDING meanwhile are skipped).
+    pub async fn assign_items(
+        &self,
+        task_id: i64,
+        grants: &[Grant],
+        now: Millis,
+    ) -> Result<Vec<Vec<LeasedItem>>, StoreError> {
+        if grants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from("BEGIN; ");
+        let mut vars = Map::new();
+        for (i, grant) in grants.iter().enumerate() {
+            sql.push_str(&format!(
+                "LET $d{i} = (UPDATE array::map($ids{i}, |$x| type::record('item', $x)) SET \
+                 status = 'ASSIGNED', robot = $robot{i}, lease_id = $lease{i}, \
+                 lease_expires_at = $exp{i}, attempt += 1, not_before = NONE \
+                 WHERE status = 'PENDING' AND task = $task \
+                 RETURN record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
+                 lease_expires_at); "
+            ));
+            vars.insert(format!("ids{i}"), json!(grant.item_ids));
+            vars.insert(format!("robot{i}"), json!(grant.robot_id));
+            vars.insert(format!("lease{i}"), json!(grant.lease_id));
+            vars.insert(format!("exp{i}"), json!(grant.lease_expires_at));
+        }
+        let lens: Vec<String> = (0..grants.len())
+            .map(|i| format!("array::len($d{i})"))
+            .collect();
+        let all: Vec<String> = (0..grants.len()).map(|i| format!("$d{i}")).collect();
+        sql.push_str(&format!(
+            "LET $n = {sum}; \
+             UPDATE type::record('task', $task) SET counts.pending -= $n, counts.assigned += $n, \
+               started_at = started_at ?? $now, \
+               status = IF status = 'CREATED' AND $n > 0 THEN 'STARTED' ELSE status END; \
+             RETURN [{all}]; \
+             COMMIT;",
+            sum = lens.join(" + "),
+            all = all.join(", "),
+        ));
+        vars.insert("task".into(), json!(task_id));
+        vars.insert("now".into(), json!(now));
+        let return_index = grants.len() + 3;
+        let leased: Vec<Vec<LeasedItem>> = self
+            .retry_conflicts(|| async {
+                let mut response = self
+                    .db
+                    .query(sql.as_str())
+                    .bind(Value::Object(vars.clone()))
+                    .await?
+                    .check()?;
+                let value: surrealdb::types::Value = response.take(return_index)?;
+                Ok(serde_json::from_value(value.into_json_value())?)
+            })
+            .await?;
+        Ok(leased)
+    }
+
+    /// Up to `limit` PENDING items of `task_id` with ids in `[from, to]`, in id order.
+    pub async fn pending_in_range(
+        &self,
+        task_id: i64,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<PendingItem>, StoreError> {
+        // Integer bounds are formatted in: record-id ranges cannot take parameters.
+        let sql = format!(
+            "SELECT record::id(id) AS id, not_before FROM item:{from}..={to} \
+             WHERE task = $task AND status = 'PENDING';"
+        );
+        self.rows(&sql, json!({ "task": task_id }), 0).await
+    }
+
+    /// The id ranges a task's items occupy.
+    pub async fn task_id_ranges(&self, task_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        let row: Option<Value> = self
+            .row(
+                "SELECT id_ranges FROM type::record('task', $id);",
+                json!({ "id": task_id }),
+                0,
+            )
+            .await?;
+        let ranges: Vec<[i64; 2]> = match row {
+            Some(mut r) => serde_json::from_value(r["id_ranges"].take())?,
+            None => Vec::new(),
+        };
+        Ok(ranges.into_iter().map(|[a, b]| (a, b)).collect())
+    }
+
+    /// Ids of tasks that may still dispatch (CREATED or STARTED).
+    pub async fn dispatchable_tasks(&self) -> Result<Vec<crate::domain::Task>, StoreError> {
+        self.list_tasks_where("status IN ['CREATED', 'STARTED']")
+            .await
+    }
+
+    /// Marks a task CANCELLED; its ASSIGNED items go back to PENDING (not dispatched again).
+    pub async fn cancel_task(&self, task_id: i64, now: Millis) -> Result<bool, StoreError> {
+        let sql = "UPDATE type::record('task', $id) SET status = 'CANCELLED', ended_at = $now \
+                   WHERE status IN ['CREATED', 'STARTED'] RETURN VALUE 1;";
+        let hit: Vec<Value> = self
+            .rows(sql, json!({ "id": task_id, "now": now }), 0)
+            .await?;
+        Ok(!hit.is_empty())
+    }
+
+    /// Puts FAILED and ABANDONED items of a task back to PENDING and reopens the task; returns
+    /// how many items were reopened.
+    pub async fn retry_failed(&self, task_id: i64, now: Millis) -> Result<i64, StoreError> {
+        let sql = "BEGIN; \
+             LET $f = (UPDATE item SET status = 'PENDING', robot = NONE, lease_id = NONE, \
+               lease_expires_at = NONE, lease_expiries = 0, fail_kind = NONE, not_before = NONE, \
+               ended_at = NONE, started_at = NONE, attempt = 0 \
+               WHERE task = $task AND status = 'FAILED' RETURN VALUE 1); \
+             LET $a = (UPDATE item SET status = 'PENDING', robot = NONE, lease_id = NONE, \
+               lease_expires_at = NONE, lease_expiries = 0, not_before = NONE, ended_at = NONE, \
+               started_at = NONE, attempt = 0 \
+               WHERE task = $task AND status = 'ABANDONED' RETURN VALUE 1); \
+             LET $n = array::len($f) + array::len($a); \
+             UPDATE type::record('task', $task) SET counts.failed -= array::len($f), \
+               counts.abandoned -= array::len($a), counts.pending += $n, \
+               status = IF $n > 0 AND status != 'CANCELLED' THEN 'STARTED' ELSE status END, \
+               ended_at = IF $n > 0 AND status != 'CANCELLED' THEN NONE ELSE ended_at END; \
+             RETURN $n; \
+             COMMIT;";
+        self.retry_conflicts(|| async {
+            let mut response = self
+                .db
+                .query(sql)
+                .bind(json!({ "task": task_id, "now": now }))
+                .await?
+                .check()?;
+            let n: surrealdb::types::Value = response.take(5)?;
+            Ok(n.into_json_value().as_i64().unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Records a pulse from `robot` at `now` on node `node`.
+    pub async fn record_pulse(
+        &self,
+        robot: i64,
+        now: Millis,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE type::record('robot', $id) SET last_pulse_at = $now, node = $node;",
+            json!({ "id": robot, "now": now, "node": node }),
+        )
+        .await
+    }
+}
+
+/// Completes tasks that have nothing left in flight or pending (used after item transitions).
+const COMPLETE_FINISHED_TASKS: &str = "UPDATE array::map($task_ids, |$t| type::record('task', $t)) \
+     SET status = 'COMPLETED', ended_at = $now WHERE status IN ['CREATED', 'STARTED'] \
+     AND counts.pending + counts.assigned + counts.started = 0;";

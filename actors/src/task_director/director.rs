@@ -1,0 +1,167 @@
+//! The TaskDirector: spawns and supervises TaskActors, routes hand-backs to them.
+
+use super::task_actor::{TaskActor, TaskArgs, TaskMsg};
+use crate::domain::TaskStatus;
+use crate::robot_registry::RobotRegistryMsg;
+use crate::store::{PendingItem, Store};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, SupervisionEvent};
+use std::collections::HashMap;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// The director actor.
+#[derive(Debug)]
+pub struct TaskDirector;
+
+/// Messages of the [`TaskDirector`].
+#[derive(Debug)]
+pub enum TaskDirectorMsg {
+    /// A task was uploaded or reopened: make sure an actor dispatches it.
+    Activate { task_id: i64 },
+    /// Items of a task went back to PENDING.
+    Requeued {
+        task_id: i64,
+        items: Vec<PendingItem>,
+    },
+    /// A task was cancelled: stop dispatching it.
+    Cancelled { task_id: i64 },
+}
+
+impl Message for TaskDirectorMsg {}
+
+/// Start-up arguments.
+#[derive(Debug, Clone)]
+pub struct TaskDirectorArgs {
+    pub store: Store,
+    pub registry: ActorRef<RobotRegistryMsg>,
+    pub default_lease_ttl: Duration,
+}
+
+/// Running state: the live task actors, by task id and by actor.
+#[derive(Debug)]
+pub struct DirectorState {
+    args: TaskDirectorArgs,
+    tasks: HashMap<i64, ActorRef<TaskMsg>>,
+    by_actor: HashMap<ractor::ActorId, i64>,
+}
+
+impl DirectorState {
+    async fn ensure(
+        &mut self,
+        myself: &ActorRef<TaskDirectorMsg>,
+        task_id: i64,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.tasks.contains_key(&task_id) {
+            return Ok(());
+        }
+        let Some(task) = self.args.store.task(task_id).await? else {
+            return Ok(());
+        };
+        if !matches!(task.status, TaskStatus::Created | TaskStatus::Started) {
+            return Ok(());
+        }
+        let lease_ttl = match self.args.store.process(task.process_id).await? {
+            Some(p) => p
+                .lease_ttl_ms
+                .map(|ms| Duration::from_millis(ms as u64))
+                .unwrap_or(self.args.default_lease_ttl),
+            None => self.args.default_lease_ttl,
+        };
+        let args = TaskArgs {
+            task_id,
+            process_id: task.process_id,
+            priority: task.priority,
+            lease_ttl,
+            store: self.args.store.clone(),
+            registry: self.args.registry.clone(),
+        };
+        let supervisor: ActorCell = myself.get_cell();
+        match Actor::spawn_linked(None, TaskActor, args, supervisor).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), task_id);
+                self.tasks.insert(task_id, actor);
+            }
+            Err(err) => warn!(task_id, error = %err, "task actor did not start"),
+        }
+        Ok(())
+    }
+
+    fn forget(&mut self, actor: &ActorCell) -> Option<i64> {
+        let task_id = self.by_actor.remove(&actor.get_id())?;
+        self.tasks.remove(&task_id);
+        let _ = self
+            .args
+            .registry
+            .send_message(RobotRegistryMsg::TaskGone { task_id });
+        Some(task_id)
+    }
+}
+
+impl Actor for TaskDirector {
+    type Msg = TaskDirectorMsg;
+    type State = DirectorState;
+    type Arguments = TaskDirectorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = DirectorState {
+            args,
+            tasks: HashMap::new(),
+            by_actor: HashMap::new(),
+        };
+        // Rebuild from the store: every task that may still dispatch gets an actor.
+        for task in state.args.store.dispatchable_tasks().await? {
+            state.ensure(&myself, task.id).await?;
+        }
+        info!(tasks = state.tasks.len(), "task director started");
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TaskDirectorMsg::Activate { task_id } => state.ensure(&myself, task_id).await?,
+            TaskDirectorMsg::Requeued { task_id, items } => match state.tasks.get(&task_id) {
+                Some(actor) => actor.send_message(TaskMsg::Requeued { items })?,
+                // A fresh actor scans the store and finds them.
+                None => state.ensure(&myself, task_id).await?,
+            },
+            TaskDirectorMsg::Cancelled { task_id } => {
+                if let Some(actor) = state.tasks.get(&task_id) {
+                    actor.stop(Some("task cancelled".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(actor, _, _) => {
+                state.forget(&actor);
+            }
+            SupervisionEvent::ActorFailed(actor, err) => {
+                if let Some(task_id) = state.forget(&actor) {
+                    warn!(task_id, error = %err, "task actor failed; restarting from the store");
+                    myself.send_after(Duration::from_millis(200), move || {
+                        TaskDirectorMsg::Activate { task_id }
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

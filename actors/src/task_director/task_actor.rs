@@ -1,0 +1,191 @@
+//! The TaskActor: one per task this node dispatches.
+
+use super::queue::PendingQueue;
+use crate::domain::now_millis;
+use crate::lifecycle::new_lease_id;
+use crate::robot_registry::RobotRegistryMsg;
+use crate::robot_session::RobotSessionMsg;
+use crate::store::{Grant, PendingItem, Store};
+use ractor::{Actor, ActorProcessingErr, ActorRef, Message};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+/// Ready items a task keeps loaded before it announces demand.
+const READY_TARGET: usize = 1_000;
+
+/// The task actor.
+#[derive(Debug)]
+pub struct TaskActor;
+
+/// `count` items for robot `robot_id`, delivered to its session.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    pub robot_id: i64,
+    pub count: i64,
+    pub session: ActorRef<RobotSessionMsg>,
+}
+
+/// Messages of a [`TaskActor`].
+#[derive(Debug)]
+pub enum TaskMsg {
+    /// Lease items to robots as the registry granted.
+    Lease { grants: Vec<GrantRequest> },
+    /// Items of this task went back to PENDING.
+    Requeued { items: Vec<PendingItem> },
+    /// Timer: release items whose backoff ended.
+    Tick,
+}
+
+impl Message for TaskMsg {}
+
+/// Start-up arguments.
+#[derive(Debug, Clone)]
+pub struct TaskArgs {
+    pub task_id: i64,
+    pub process_id: i64,
+    pub priority: i64,
+    pub lease_ttl: Duration,
+    pub store: Store,
+    pub registry: ActorRef<RobotRegistryMsg>,
+}
+
+/// Running state.
+#[derive(Debug)]
+pub struct TaskState {
+    args: TaskArgs,
+    queue: PendingQueue,
+    timer: JoinHandle<()>,
+}
+
+impl TaskState {
+    /// Scans the store until `want` items are ready or every range was read.
+    async fn fill(&mut self, want: usize) -> Result<(), ActorProcessingErr> {
+        while self.queue.ready_len() < want {
+            let Some((from, to)) = self.queue.next_window() else {
+                break;
+            };
+            let found = self
+                .args
+                .store
+                .pending_in_range(self.args.task_id, from, to)
+                .await?;
+            self.queue.scanned(to, &found, now_millis());
+        }
+        Ok(())
+    }
+
+    fn announce(&self, myself: &ActorRef<TaskMsg>) -> Result<(), ActorProcessingErr> {
+        self.args
+            .registry
+            .send_message(RobotRegistryMsg::TaskDemand {
+                task_id: self.args.task_id,
+                process_id: self.args.process_id,
+                priority: self.args.priority,
+                pending: self.queue.ready_len() as i64,
+                actor: myself.clone(),
+            })?;
+        Ok(())
+    }
+}
+
+impl Actor for TaskActor {
+    type Msg = TaskMsg;
+    type State = TaskState;
+    type Arguments = TaskArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ranges = args.store.task_id_ranges(args.task_id).await?;
+        let timer = myself.send_interval(Duration::from_millis(250), || TaskMsg::Tick);
+        let mut state = TaskState {
+            args,
+            queue: PendingQueue::new(ranges),
+            timer,
+        };
+        state.fill(READY_TARGET).await?;
+        state.announce(&myself)?;
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.timer.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TaskMsg::Lease { grants } => {
+                let wanted: i64 = grants.iter().map(|g| g.count).sum();
+                state.fill(wanted as usize).await?;
+                let now = now_millis();
+                let expires = now + state.args.lease_ttl.as_millis() as i64;
+                let store_grants: Vec<Grant> = grants
+                    .iter()
+                    .map(|g| Grant {
+                        robot_id: g.robot_id,
+                        item_ids: state.queue.take(g.count as usize),
+                        lease_id: new_lease_id(g.robot_id),
+                        lease_expires_at: expires,
+                    })
+                    .collect();
+                let leased = state
+                    .args
+                    .store
+                    .assign_items(state.args.task_id, &store_grants, now)
+                    .await?;
+                let mut unused = Vec::new();
+                for (grant, items) in grants.iter().zip(leased) {
+                    let got = items.len() as i64;
+                    if got < grant.count {
+                        unused.push((grant.robot_id, grant.count - got));
+                    }
+                    if !items.is_empty() {
+                        // A session that ended meanwhile loses nothing: the lease stays in the
+                        // store and is released when the robot is declared lost.
+                        let _ = grant
+                            .session
+                            .send_message(RobotSessionMsg::Deliver { items });
+                    }
+                }
+                state.fill(READY_TARGET).await?;
+                debug!(task_id = state.args.task_id, wanted, ?unused, "leased");
+                state
+                    .args
+                    .registry
+                    .send_message(RobotRegistryMsg::GrantsSettled {
+                        task_id: state.args.task_id,
+                        unused,
+                        pending: state.queue.ready_len() as i64,
+                    })?;
+                if state.queue.is_exhausted() {
+                    myself.stop(Some("no pending items".into()));
+                }
+            }
+            TaskMsg::Requeued { items } => {
+                state.queue.push(&items, now_millis());
+                state.announce(&myself)?;
+            }
+            TaskMsg::Tick => {
+                if state.queue.release_due(now_millis()) > 0 {
+                    state.announce(&myself)?;
+                } else if state.queue.is_exhausted() {
+                    myself.stop(Some("no pending items".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
