@@ -5,6 +5,7 @@
 //!   /healthz          readiness
 //!   /api/v1/...       user API (Bearer JWT)          user_api::user_api
 //!   /api/v1/robot/... robot API v1 (Token)           robot_api::robot_api
+//!   /api/robots|tasks|items  the prototype's API      seed_api::seed_api
 //! ```
 
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod body;
 pub mod error;
 pub mod query;
 pub mod robot_api;
+pub mod seed_api;
 pub mod state;
 pub mod user_api;
 pub mod views;
@@ -51,7 +53,9 @@ pub fn routes(
     health(state.clone())
         .or(user_api::user_api(state.clone()))
         .unify()
-        .or(robot_api::robot_api(state))
+        .or(robot_api::robot_api(state.clone()))
+        .unify()
+        .or(seed_api::seed_api(state))
         .unify()
         .recover(error::handle_rejection)
         .unify()

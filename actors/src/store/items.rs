@@ -62,6 +62,18 @@ impl Store {
         self.rows(&sql, json!({ "robot": robot }), 0).await
     }
 
+    /// Items `robot` holds (ASSIGNED or STARTED) with everything the seed API shows, by task.
+    pub async fn robot_items_full(
+        &self,
+        robot: i64,
+    ) -> Result<Vec<crate::domain::Item>, StoreError> {
+        let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, status, \
+                   robot AS robot_id, attempt, lease_id, lease_expires_at, observation, output, \
+                   fail_kind, created_at, started_at, ended_at FROM item \
+                   WHERE robot = $robot AND status IN ['ASSIGNED', 'STARTED'] ORDER BY id;";
+        self.rows(sql, json!({ "robot": robot }), 0).await
+    }
+
     /// ASSIGNED items of a task.
     pub async fn assigned_items_of_task(&self, task_id: i64) -> Result<Vec<ItemState>, StoreError> {
         let sql =
