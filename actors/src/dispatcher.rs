@@ -2,7 +2,7 @@
 //! director, and turns robot requests into store transitions plus the messages that keep the
 //! actors' view of load and pending work current. Cheap to clone.
 
-use crate::domain::{ItemStatus, Robot, now_millis};
+use crate::domain::{Clock, ItemStatus, Robot};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, Plan, RobotAction, TransitionError, plan_robot_action};
 use crate::recovery::{self, PolicyDefaults};
@@ -28,6 +28,8 @@ pub struct DispatchConfig {
     pub backoff_base: Duration,
     /// How long a dispatch round gathers changes before it writes.
     pub dispatch_delay: Duration,
+    /// Where dispatch reads the time (leases, pulses, backoff).
+    pub clock: Clock,
 }
 
 /// Why a dispatch request failed.
@@ -71,6 +73,7 @@ impl Dispatcher {
                 sweep_period: config.sweep_period,
                 dispatch_delay: config.dispatch_delay,
                 defaults,
+                clock: config.clock.clone(),
             },
         )
         .await
@@ -82,6 +85,7 @@ impl Dispatcher {
                 store: store.clone(),
                 registry: registry.clone(),
                 default_lease_ttl: config.lease_ttl,
+                clock: config.clock.clone(),
             },
         )
         .await
@@ -165,14 +169,19 @@ impl Dispatcher {
         lease: Option<&str>,
         action: &RobotAction,
     ) -> Result<ItemState, DispatchError> {
-        for _ in 0..10 {
+        for attempt in 0..20 {
+            if attempt > 0 {
+                // Lost a race on the task's counters: back off a little, with jitter.
+                let ms = rand::random_range(1..=4) * attempt.min(10);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let old = self
                 .store
                 .item_state(item_id)
                 .await?
                 .ok_or(DispatchError::ItemNotFound(item_id))?;
             let policy = self.store.task_policy(old.task_id, self.defaults()).await?;
-            let now = now_millis();
+            let now = self.config.clock.now();
             let new = match plan_robot_action(&old, robot_id, lease, action, &policy, now)? {
                 Plan::Unchanged => return Ok(old),
                 Plan::Write(new) => *new,
@@ -222,7 +231,7 @@ impl Dispatcher {
     /// Cancels a task: dispatch stops and unstarted items go back to PENDING. `false` when the
     /// task was not dispatchable.
     pub async fn cancel(&self, task_id: i64) -> Result<bool, DispatchError> {
-        let now = now_millis();
+        let now = self.config.clock.now();
         if !self.store.cancel_task(task_id, now).await? {
             return Ok(false);
         }
@@ -241,7 +250,10 @@ impl Dispatcher {
 
     /// Puts a task's FAILED and ABANDONED items back to PENDING; returns how many.
     pub async fn retry_failed(&self, task_id: i64) -> Result<i64, DispatchError> {
-        let n = self.store.retry_failed(task_id, now_millis()).await?;
+        let n = self
+            .store
+            .retry_failed(task_id, self.config.clock.now())
+            .await?;
         if n > 0 {
             self.task_ready(task_id);
         }

@@ -15,6 +15,33 @@ pub fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Where dispatch reads the time: the wall clock in production, a hand-moved clock in tests.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> Millis + Send + Sync>);
+
+impl Clock {
+    /// The system wall clock.
+    pub fn system() -> Self {
+        Clock(std::sync::Arc::new(now_millis))
+    }
+
+    /// A clock reading `source`.
+    pub fn from_fn(source: impl Fn() -> Millis + Send + Sync + 'static) -> Self {
+        Clock(std::sync::Arc::new(source))
+    }
+
+    /// The current time in milliseconds since the epoch.
+    pub fn now(&self) -> Millis {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
+
 /// Renders epoch milliseconds as an RFC 3339 timestamp with offset (`2026-11-28T15:46:27.123+00:00`).
 pub fn rfc3339(at: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(at)

@@ -44,7 +44,11 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Database(text) => {
-                text.contains("can be retried") || text.contains("conflict")
+                // A commit that lost a write-write race reports every statement as "not executed
+                // due to a failed transaction".
+                text.contains("can be retried")
+                    || text.contains("conflict")
+                    || text.contains("due to a failed transaction")
             }
             _ => false,
         }

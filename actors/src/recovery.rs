@@ -111,7 +111,11 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Vec<ItemState>, StoreError>>,
 {
-    for _ in 0..10 {
+    for attempt in 0..20u64 {
+        if attempt > 0 {
+            let ms = rand::random_range(1..=4) * attempt.min(10);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let items = load().await?;
         let task_ids: Vec<i64> = items.iter().map(|i| i.task_id).collect();
         let policies = policies(store, task_ids, defaults).await?;

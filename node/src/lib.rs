@@ -13,7 +13,7 @@ pub mod config;
 pub use config::{Cli, Command, ConfigError, NodeConfig, ServeArgs};
 
 use orchestrator_actors::dispatcher::{DispatchConfig, Dispatcher};
-use orchestrator_actors::domain::Role;
+use orchestrator_actors::domain::{Clock, Role};
 use orchestrator_actors::security::{hash_password, random_password, random_secret};
 use orchestrator_actors::store::NewUser;
 use orchestrator_actors::upload_sweeper::{UploadSweeper, UploadSweeperArgs, UploadSweeperMsg};
@@ -89,6 +89,7 @@ impl Node {
                 sweep_period: config.sweep_period,
                 backoff_base: config.retry_backoff,
                 dispatch_delay: Duration::from_millis(2),
+                clock: Clock::system(),
             },
         )
         .await

@@ -1,7 +1,7 @@
 //! The RobotRegistry actor.
 
 use super::model::{LoadBoard, RobotSlot, TaskDemand};
-use crate::domain::{Millis, Robot, RobotStatus, now_millis};
+use crate::domain::{Clock, Millis, Robot, RobotStatus};
 use crate::recovery::{self, PolicyDefaults, Released};
 use crate::robot_session::{RobotSession, RobotSessionArgs, RobotSessionMsg};
 use crate::store::{RobotPatch, Store};
@@ -81,6 +81,7 @@ pub struct RegistryArgs {
     /// How long a dispatch round waits to gather changes (group commit).
     pub dispatch_delay: Duration,
     pub defaults: PolicyDefaults,
+    pub clock: Clock,
 }
 
 struct Session {
@@ -194,7 +195,7 @@ impl Actor for RobotRegistry {
         match message {
             RobotRegistryMsg::AttachDirector { director } => state.director = Some(director),
             RobotRegistryMsg::Connect { robot, reply } => {
-                let now = now_millis();
+                let now = state.args.clock.now();
                 let robot_id = robot.id;
                 if !state.sessions.contains_key(&robot_id) {
                     let in_flight = state
@@ -264,7 +265,7 @@ impl Actor for RobotRegistry {
                         robot.id,
                         true,
                         state.args.defaults,
-                        now_millis(),
+                        state.args.clock.now(),
                     )
                     .await?;
                     info!(robot_id = robot.id, "robot drained");
@@ -279,7 +280,7 @@ impl Actor for RobotRegistry {
                     robot_id,
                     false,
                     state.args.defaults,
-                    now_millis(),
+                    state.args.clock.now(),
                 )
                 .await?;
                 state.absorb(released);
@@ -365,7 +366,7 @@ impl Actor for RobotRegistry {
                 }
             }
             RobotRegistryMsg::Sweep => {
-                let now = now_millis();
+                let now = state.args.clock.now();
                 let timeout = state.args.pulse_timeout.as_millis() as i64;
                 let silent: Vec<i64> = state
                     .sessions

@@ -193,11 +193,30 @@ impl Store {
             "changes": rows, "tasks": tasks, "now": now,
             "task_ids": per_task.keys().collect::<Vec<_>>(),
         });
-        match self.exec(&sql, vars).await {
-            Ok(()) => Ok(true),
-            Err(err) if err.to_string().contains(CONFLICT) || err.is_retryable() => Ok(false),
-            Err(err) => Err(err),
+        let mut response = self
+            .db
+            .query(sql.as_str())
+            .bind(super::unset_nulls(vars))
+            .await?;
+        // In a failed transaction every later statement reports "not executed"; the THROW that
+        // caused it says whether this was a lost race or a real failure.
+        let mut errors: Vec<(usize, String)> = response
+            .take_errors()
+            .into_iter()
+            .map(|(index, err)| (index, err.to_string()))
+            .collect();
+        errors.sort();
+        if errors.is_empty() {
+            return Ok(true);
         }
+        if errors.iter().any(|(_, text)| text.contains(CONFLICT)) {
+            return Ok(false);
+        }
+        let first = StoreError::Database(errors.remove(0).1);
+        if first.is_retryable() {
+            return Ok(false);
+        }
+        Err(first)
     }
 
     /// Leases PENDING items of `task_id` to robots in one transaction; returns what was leased

@@ -35,6 +35,7 @@ pub struct TaskDirectorArgs {
     pub store: Store,
     pub registry: ActorRef<RobotRegistryMsg>,
     pub default_lease_ttl: Duration,
+    pub clock: crate::domain::Clock,
 }
 
 /// Running state: the live task actors, by task id and by actor.
@@ -74,6 +75,7 @@ impl DirectorState {
             lease_ttl,
             store: self.args.store.clone(),
             registry: self.args.registry.clone(),
+            clock: self.args.clock.clone(),
         };
         let supervisor: ActorCell = myself.get_cell();
         match Actor::spawn_linked(None, TaskActor, args, supervisor).await {

@@ -1,7 +1,7 @@
 //! The TaskActor: one per task this node dispatches.
 
 use super::queue::PendingQueue;
-use crate::domain::now_millis;
+use crate::domain::Clock;
 use crate::lifecycle::new_lease_id;
 use crate::robot_registry::RobotRegistryMsg;
 use crate::robot_session::RobotSessionMsg;
@@ -48,6 +48,7 @@ pub struct TaskArgs {
     pub lease_ttl: Duration,
     pub store: Store,
     pub registry: ActorRef<RobotRegistryMsg>,
+    pub clock: Clock,
 }
 
 /// Running state.
@@ -70,7 +71,7 @@ impl TaskState {
                 .store
                 .pending_in_range(self.args.task_id, from, to)
                 .await?;
-            self.queue.scanned(to, &found, now_millis());
+            self.queue.scanned(to, &found, self.args.clock.now());
         }
         Ok(())
     }
@@ -130,7 +131,7 @@ impl Actor for TaskActor {
             TaskMsg::Lease { grants } => {
                 let wanted: i64 = grants.iter().map(|g| g.count).sum();
                 state.fill(wanted as usize).await?;
-                let now = now_millis();
+                let now = state.args.clock.now();
                 let expires = now + state.args.lease_ttl.as_millis() as i64;
                 let store_grants: Vec<Grant> = grants
                     .iter()
@@ -175,11 +176,11 @@ impl Actor for TaskActor {
                 }
             }
             TaskMsg::Requeued { items } => {
-                state.queue.push(&items, now_millis());
+                state.queue.push(&items, state.args.clock.now());
                 state.announce(&myself)?;
             }
             TaskMsg::Tick => {
-                if state.queue.release_due(now_millis()) > 0 {
+                if state.queue.release_due(state.args.clock.now()) > 0 {
                     state.announce(&myself)?;
                 } else if state.queue.is_exhausted() {
                     myself.stop(Some("no pending items".into()));

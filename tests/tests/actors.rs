@@ -1,0 +1,230 @@
+//! The dispatch actors on their own (no HTTP): real actors, a real in-memory store, and a clock the
+//! test moves by hand, so pulse timeouts and lease expiry happen exactly when the test says.
+
+use anyhow::Result;
+use orchestrator_actors::dispatcher::{DispatchConfig, Dispatcher};
+use orchestrator_actors::domain::{
+    Clock, ItemStatus, LostItemPolicy, Platform, Robot, RobotStatus, now_millis,
+};
+use orchestrator_actors::lifecycle::{ItemState, RobotAction};
+use orchestrator_actors::store::{NewItem, NewProcess, NewRobot, RobotPatch};
+use orchestrator_actors::{Store, StoreConfig};
+use orchestrator_tests::eventually;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+struct Rig {
+    store: Store,
+    dispatcher: Dispatcher,
+    time: Arc<AtomicI64>,
+    robot: Robot,
+    task_id: i64,
+}
+
+impl Rig {
+    async fn new(
+        items: usize,
+        capacity: i64,
+        pulse_timeout: Duration,
+        lease_ttl: Duration,
+    ) -> Result<Rig> {
+        let store = Store::open(&StoreConfig::memory()).await?;
+        let process = store
+            .create_process(&NewProcess {
+                title: "P".into(),
+                description: String::new(),
+                lease_ttl_ms: None,
+                max_attempts: 3,
+                on_lost: LostItemPolicy::Abandon,
+            })
+            .await?;
+        let robot = store
+            .create_robot(&NewRobot {
+                name: "r".into(),
+                platform: Platform::Python,
+                capacity,
+                processes: vec![],
+                token_hash: "h".into(),
+            })
+            .await?;
+        let patch = RobotPatch {
+            status: Some(RobotStatus::Active),
+            ..RobotPatch::default()
+        };
+        let robot = store.update_robot(robot.id, &patch).await?.expect("robot");
+        let task_id = store
+            .create_staged_task(1, &["a".to_string()], None, 0)
+            .await?;
+        let first = store.reserve_ids("item", items as i64).await?;
+        let rows = (0..items)
+            .map(|i| NewItem {
+                line: i as i64 + 2,
+                values: serde_json::Map::from_iter([("a".to_string(), serde_json::json!("x"))]),
+            })
+            .collect();
+        store.insert_staged_items(task_id, first, rows).await?;
+        store
+            .commit_staged_task(
+                task_id,
+                process.id,
+                items as i64,
+                &[(first, first + items as i64 - 1)],
+            )
+            .await?;
+        let time = Arc::new(AtomicI64::new(now_millis()));
+        let reading = time.clone();
+        let dispatcher = Dispatcher::start(
+            store.clone(),
+            DispatchConfig {
+                node_id: "test".into(),
+                pulse_timeout,
+                lease_ttl,
+                sweep_period: Duration::from_millis(20),
+                backoff_base: Duration::from_millis(10),
+                dispatch_delay: Duration::from_millis(1),
+                clock: Clock::from_fn(move || reading.load(Ordering::SeqCst)),
+            },
+        )
+        .await?;
+        Ok(Rig {
+            store,
+            dispatcher,
+            time,
+            robot,
+            task_id,
+        })
+    }
+
+    fn advance(&self, by: Duration) {
+        self.time.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+    }
+
+    async fn held(&self, n: usize) -> Result<Vec<ItemState>> {
+        eventually(Duration::from_secs(10), || async {
+            let items = self.store.robot_items_in_flight(self.robot.id).await?;
+            Ok((items.len() == n).then_some(items))
+        })
+        .await
+    }
+
+    async fn items(&self) -> Result<Vec<ItemState>> {
+        let mut out = Vec::new();
+        for item in self
+            .store
+            .list_items(
+                self.task_id,
+                &orchestrator_actors::store::ItemFilter {
+                    status: None,
+                    offset: 0,
+                    limit: 1000,
+                },
+            )
+            .await?
+        {
+            out.extend(self.store.item_state(item.id).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[tokio::test]
+async fn a_robot_silent_past_the_pulse_timeout_is_ended_and_its_items_released() -> Result<()> {
+    let rig = Rig::new(3, 2, Duration::from_secs(30), Duration::from_secs(300)).await?;
+    rig.dispatcher.connect(&rig.robot).await?;
+    rig.dispatcher.task_ready(rig.task_id);
+    let held = rig.held(2).await?;
+    assert!(
+        held.iter().all(|i| i.status == ItemStatus::Assigned),
+        "capacity 2 of 3 items"
+    );
+    let started = &held[0];
+    rig.dispatcher
+        .act(
+            rig.robot.id,
+            started.id,
+            started.lease_id.as_deref(),
+            &RobotAction::Start,
+        )
+        .await?;
+
+    // 29 s of silence is still within the timeout: nothing happens.
+    rig.advance(Duration::from_secs(29));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rig.dispatcher.loads().await?.len(), 1);
+    assert_eq!(
+        rig.store.robot_items_in_flight(rig.robot.id).await?.len(),
+        2
+    );
+
+    rig.advance(Duration::from_secs(2));
+    let robot = eventually(Duration::from_secs(10), || async {
+        let robot = rig.store.robot(rig.robot.id).await?.expect("robot");
+        Ok((robot.status == RobotStatus::Inactive).then_some(robot))
+    })
+    .await?;
+    assert_eq!(robot.status, RobotStatus::Inactive);
+    assert!(
+        rig.dispatcher.loads().await?.is_empty(),
+        "the session ended"
+    );
+    let items = rig.items().await?;
+    let status_of = |id: i64| items.iter().find(|i| i.id == id).map(|i| i.status);
+    assert_eq!(status_of(started.id), Some(ItemStatus::Abandoned));
+    assert_eq!(status_of(held[1].id), Some(ItemStatus::Pending));
+    assert_eq!(
+        items.iter().find(|i| i.id == held[1].id).map(|i| i.attempt),
+        Some(0),
+        "not an attempt"
+    );
+    let task = rig.store.task(rig.task_id).await?.expect("task");
+    assert_eq!(
+        (
+            task.counts.pending,
+            task.counts.abandoned,
+            task.counts.assigned
+        ),
+        (2, 1, 0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_leases_are_reissued_and_the_third_expiry_quarantines() -> Result<()> {
+    let rig = Rig::new(1, 1, Duration::from_secs(3600), Duration::from_secs(10)).await?;
+    rig.dispatcher.connect(&rig.robot).await?;
+    rig.dispatcher.task_ready(rig.task_id);
+    let mut leases = Vec::new();
+    for expiry in 1..=2 {
+        let item = rig.held(1).await?.remove(0);
+        assert_eq!(item.lease_expiries, expiry - 1);
+        leases.push(item.lease_id.clone());
+        rig.advance(Duration::from_secs(11));
+        // The robot keeps pulsing; only its lease ran out, and the item comes back with a new one.
+        rig.dispatcher.connect(&rig.robot).await?;
+        eventually(Duration::from_secs(10), || async {
+            let now = rig.store.item_state(item.id).await?.expect("item");
+            Ok((now.lease_expiries == expiry && now.status == ItemStatus::Assigned).then_some(()))
+        })
+        .await?;
+    }
+    let item = rig.held(1).await?.remove(0);
+    assert!(
+        !leases.contains(&item.lease_id),
+        "every reissue has a new lease"
+    );
+    rig.advance(Duration::from_secs(11));
+    rig.dispatcher.connect(&rig.robot).await?;
+    let item = eventually(Duration::from_secs(10), || async {
+        let now = rig.store.item_state(item.id).await?.expect("item");
+        Ok((now.status == ItemStatus::Failed).then_some(now))
+    })
+    .await?;
+    assert_eq!(item.fail_kind.as_deref(), Some("poison"));
+    let task = rig.store.task(rig.task_id).await?.expect("task");
+    assert_eq!(
+        task.status,
+        orchestrator_actors::domain::TaskStatus::Completed
+    );
+    Ok(())
+}
