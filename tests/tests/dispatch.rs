@@ -405,3 +405,120 @@ async fn cancel_stops_dispatch_and_returns_unstarted_items() -> Result<()> {
     expect_error(resp, StatusCode::CONFLICT, "conflict", "not running").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn draining_revoking_and_renewing_behave_as_documented() -> Result<()> {
+    let t = TestNode::start().await?;
+    let process = t.process("Registration").await?;
+    let robot = RestRobot::create(&t, "bot", json!({ "capacity": 2 })).await?;
+    let task_id = upload(&t, process, 4).await?;
+    let items = eventually(Duration::from_secs(10), || async {
+        let items = robot.claim(2, 0.5).await?;
+        Ok((items.len() == 2).then_some(items))
+    })
+    .await?;
+    let renewed = expect(
+        robot.act(&items[0], "start", json!({})).await?,
+        StatusCode::OK,
+    )
+    .await?;
+    let again = expect(
+        robot.act(&items[0], "renew", json!({})).await?,
+        StatusCode::OK,
+    )
+    .await?;
+    assert!(
+        again["lease_expires_at"].as_str() >= renewed["lease_expires_at"].as_str(),
+        "renew extends the lease"
+    );
+
+    // Draining (INACTIVE) returns the unstarted item at once; the started one may finish.
+    robot.pulse(Some("INACTIVE")).await?;
+    let task = eventually(Duration::from_secs(10), || async {
+        let task = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
+        Ok((task["counts"]["assigned"] == 0).then_some(task))
+    })
+    .await?;
+    assert_eq!(
+        (
+            task["counts"]["pending"].clone(),
+            task["counts"]["started"].clone()
+        ),
+        (json!(3), json!(1))
+    );
+    expect(
+        robot.act(&items[0], "complete", json!({})).await?,
+        StatusCode::OK,
+    )
+    .await?;
+    assert!(
+        robot.claim(2, 0.3).await?.is_empty(),
+        "a drained robot gets no new work"
+    );
+
+    // Rotating the token revokes the robot: what it held goes back (started items are abandoned).
+    robot.pulse(Some("ACTIVE")).await?;
+    let held = eventually(Duration::from_secs(10), || async {
+        let items = robot.claim(2, 0.5).await?;
+        Ok((items.len() == 2).then_some(items))
+    })
+    .await?;
+    expect(
+        robot.act(&held[0], "start", json!({})).await?,
+        StatusCode::OK,
+    )
+    .await?;
+    let resp = t
+        .req(
+            Method::POST,
+            &format!("/api/v1/robots/{}/token", robot.id),
+            &t.admin,
+        )
+        .send()
+        .await?;
+    expect(resp, StatusCode::OK).await?;
+    let task = eventually(Duration::from_secs(10), || async {
+        let task = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
+        Ok((task["counts"]["assigned"] == 0 && task["counts"]["started"] == 0).then_some(task))
+    })
+    .await?;
+    assert_eq!(
+        (
+            task["counts"]["pending"].clone(),
+            task["counts"]["abandoned"].clone(),
+            task["counts"]["completed"].clone()
+        ),
+        (json!(2), json!(1), json!(1))
+    );
+    let resp = robot.act(&held[1], "start", json!({})).await?;
+    expect_error(
+        resp,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "unknown robot token",
+    )
+    .await?;
+
+    // Deleting a robot releases its items the same way.
+    let other = RestRobot::create(&t, "other", json!({ "capacity": 2 })).await?;
+    eventually(Duration::from_secs(10), || async {
+        Ok((other.claim(2, 0.5).await?.len() == 2).then_some(()))
+    })
+    .await?;
+    let resp = t
+        .req(
+            Method::DELETE,
+            &format!("/api/v1/robots/{}", other.id),
+            &t.admin,
+        )
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let task = eventually(Duration::from_secs(10), || async {
+        let task = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
+        Ok((task["counts"]["assigned"] == 0).then_some(task))
+    })
+    .await?;
+    assert_eq!(task["counts"]["pending"], 2);
+    Ok(())
+}

@@ -92,6 +92,7 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     if !state.store.delete_robot(id).await? {
                         return Err(not_found(id));
                     }
+                    state.dispatcher.robot_revoked(id);
                     Ok(StatusCode::NO_CONTENT)
                 }
                 .await,
@@ -111,6 +112,8 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                         .replace_robot_token(id, &hash_robot_token(&token))
                         .await?
                         .ok_or_else(|| not_found(id))?;
+                    // The old token stops working now; what the robot held goes back.
+                    state.dispatcher.robot_revoked(id);
                     let mut body = views::robot(&robot, state.config.pulse_timeout);
                     body["token"] = token.into();
                     Ok::<_, ApiError>(warp::reply::json(&body))
