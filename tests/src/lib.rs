@@ -284,3 +284,27 @@ pub async fn wait_for_task_status(node: &TestNode, task_id: i64, status: &str) -
     })
     .await
 }
+
+impl RestRobot {
+    /// Claims until exactly `n` items arrive in one claim (dispatch is asynchronous).
+    pub async fn claim_exactly(&self, n: usize) -> Result<Vec<Value>> {
+        eventually(Duration::from_secs(10), || async {
+            let items = self.claim(n, 0.5).await?;
+            Ok((items.len() == n).then_some(items))
+        })
+        .await
+    }
+}
+
+/// Polls the task until `check` holds for it; returns it.
+pub async fn task_when(
+    node: &TestNode,
+    task_id: i64,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    eventually(Duration::from_secs(10), || async {
+        let task = node.get(&format!("/api/v1/tasks/{task_id}")).await?;
+        Ok(check(&task).then_some(task))
+    })
+    .await
+}

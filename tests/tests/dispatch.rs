@@ -4,7 +4,8 @@
 use anyhow::Result;
 use orchestrator_node::NodeConfig;
 use orchestrator_tests::{
-    RestRobot, TestNode, eventually, expect, expect_error, seed_csv, wait_for_task_status,
+    RestRobot, TestNode, eventually, expect, expect_error, seed_csv, task_when,
+    wait_for_task_status,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -355,11 +356,7 @@ async fn cancel_stops_dispatch_and_returns_unstarted_items() -> Result<()> {
     let process = t.process("Registration").await?;
     let robot = RestRobot::create(&t, "bot", json!({ "capacity": 3 })).await?;
     let task_id = upload(&t, process, 10).await?;
-    let items = eventually(Duration::from_secs(10), || async {
-        let items = robot.claim(3, 0.5).await?;
-        Ok((items.len() == 3).then_some(items))
-    })
-    .await?;
+    let items = robot.claim_exactly(3).await?;
     expect(
         robot.act(&items[0], "start", json!({})).await?,
         StatusCode::OK,
@@ -375,11 +372,7 @@ async fn cancel_stops_dispatch_and_returns_unstarted_items() -> Result<()> {
         .await?;
     let task = expect(resp, StatusCode::OK).await?;
     assert_eq!(task["status"], "CANCELLED");
-    let task: Value = eventually(Duration::from_secs(5), || async {
-        let task = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
-        Ok((task["counts"]["assigned"] == 0).then_some(task))
-    })
-    .await?;
+    let task: Value = task_when(&t, task_id, |task| task["counts"]["assigned"] == 0).await?;
     assert_eq!(
         (
             task["counts"]["pending"].clone(),
@@ -412,11 +405,7 @@ async fn draining_revoking_and_renewing_behave_as_documented() -> Result<()> {
     let process = t.process("Registration").await?;
     let robot = RestRobot::create(&t, "bot", json!({ "capacity": 2 })).await?;
     let task_id = upload(&t, process, 4).await?;
-    let items = eventually(Duration::from_secs(10), || async {
-        let items = robot.claim(2, 0.5).await?;
-        Ok((items.len() == 2).then_some(items))
-    })
-    .await?;
+    let items = robot.claim_exactly(2).await?;
     let renewed = expect(
         robot.act(&items[0], "start", json!({})).await?,
         StatusCode::OK,
@@ -434,11 +423,7 @@ async fn draining_revoking_and_renewing_behave_as_documented() -> Result<()> {
 
     // Draining (INACTIVE) returns the unstarted item at once; the started one may finish.
     robot.pulse(Some("INACTIVE")).await?;
-    let task = eventually(Duration::from_secs(10), || async {
-        let task = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
-        Ok((task["counts"]["assigned"] == 0).then_some(task))
-    })
-    .await?;
+    let task = task_when(&t, task_id, |task| task["counts"]["assigned"] == 0).await?;
     assert_eq!(
         (
             task["counts"]["pending"].clone(),
@@ -458,11 +443,7 @@ async fn draining_revoking_and_renewing_behave_as_documented() -> Result<()> {
 
     // Rotating the token revokes the robot: what it held goes back (started items are abandoned).
     robot.pulse(Some("ACTIVE")).await?;
-    let held = eventually(Duration::from_secs(10), || async {
-        let items = robot.claim(2, 0.5).await?;
-        Ok((items.len() == 2).then_some(items))
-    })
-    .await?;
+    let held = robot.claim_exactly(2).await?;
     expect(
         robot.act(&held[0], "start", json!({})).await?,
         StatusCode::OK,
@@ -477,9 +458,8 @@ async fn draining_revoking_and_renewing_behave_as_documented() -> Result<()> {
         .send()
         .await?;
     expect(resp, StatusCode::OK).await?;
-    let task = eventually(Duration::from_secs(10), || async {
-        let task = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
-        Ok((task["counts"]["assigned"] == 0 && task["counts"]["started"] == 0).then_some(task))
+    let task = task_when(&t, task_id, |task| {
+        task["counts"]["assigned"] == 0 && task["counts"]["started"] == 0
     })
     .await?;
     assert_eq!(
@@ -501,10 +481,7 @@ async fn draining_revoking_and_renewing_behave_as_documented() -> Result<()> {
 
     // Deleting a robot releases its items the same way.
     let other = RestRobot::create(&t, "other", json!({ "capacity": 2 })).await?;
-    eventually(Duration::from_secs(10), || async {
-        Ok((other.claim(2, 0.5).await?.len() == 2).then_some(()))
-    })
-    .await?;
+    other.claim_exactly(2).await?;
     let resp = t
         .req(
             Method::DELETE,
@@ -514,11 +491,7 @@ async fn draining_revoking_and_renewing_behave_as_documented() -> Result<()> {
         .send()
         .await?;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let task = eventually(Duration::from_secs(10), || async {
-        let task = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
-        Ok((task["counts"]["assigned"] == 0).then_some(task))
-    })
-    .await?;
+    let task = task_when(&t, task_id, |task| task["counts"]["assigned"] == 0).await?;
     assert_eq!(task["counts"]["pending"], 2);
     Ok(())
 }
