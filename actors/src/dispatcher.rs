@@ -2,14 +2,15 @@
 //! director, and turns robot requests into store transitions plus the messages that keep the
 //! actors' view of load and pending work current. Cheap to clone.
 
-use crate::domain::{Clock, ItemStatus, Robot};
+use crate::domain::{Clock, Robot};
 use crate::error::StoreError;
-use crate::lifecycle::{ItemState, Plan, RobotAction, TransitionError, plan_robot_action};
+use crate::lifecycle::{ItemState, RobotAction, TransitionError};
 use crate::recovery::{self, PolicyDefaults};
 use crate::robot_registry::{RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg};
 use crate::robot_session::RobotSessionMsg;
-use crate::store::{LeasedItem, PendingItem, Store};
+use crate::store::{LeasedItem, Store};
 use crate::task_director::{TaskDirector, TaskDirectorArgs, TaskDirectorMsg};
+use crate::transition_batcher::{ActRequest, BatcherArgs, BatcherMsg, TransitionBatcher};
 use ractor::{Actor, ActorRef};
 use std::time::Duration;
 use thiserror::Error;
@@ -53,6 +54,7 @@ pub struct Dispatcher {
     store: Store,
     registry: ActorRef<RobotRegistryMsg>,
     director: ActorRef<TaskDirectorMsg>,
+    batcher: ActorRef<BatcherMsg>,
     config: DispatchConfig,
 }
 
@@ -95,10 +97,25 @@ impl Dispatcher {
                 director: director.clone(),
             })
             .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
+        let (batcher, _) = Actor::spawn(
+            None,
+            TransitionBatcher,
+            BatcherArgs {
+                store: store.clone(),
+                clock: config.clock.clone(),
+                defaults,
+                registry: registry.clone(),
+                director: director.clone(),
+                delay: config.dispatch_delay,
+            },
+        )
+        .await
+        .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
         Ok(Dispatcher {
             store,
             registry,
             director,
+            batcher,
             config,
         })
     }
@@ -161,7 +178,8 @@ impl Dispatcher {
         Ok(items)
     }
 
-    /// Applies a robot's action to one of its items; returns the item's new state.
+    /// Applies a robot's action to one of its items; returns the item's new state. Actions
+    /// arriving together are written together (see [`crate::transition_batcher`]).
     pub async fn act(
         &self,
         robot_id: i64,
@@ -169,56 +187,26 @@ impl Dispatcher {
         lease: Option<&str>,
         action: &RobotAction,
     ) -> Result<ItemState, DispatchError> {
-        for attempt in 0..20 {
-            if attempt > 0 {
-                // Lost a race on the task's counters: back off a little, with jitter.
-                let ms = rand::random_range(1..=4) * attempt.min(10);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-            let old = self
-                .store
-                .item_state(item_id)
-                .await?
-                .ok_or(DispatchError::ItemNotFound(item_id))?;
-            let policy = self.store.task_policy(old.task_id, self.defaults()).await?;
-            let now = self.config.clock.now();
-            let new = match plan_robot_action(&old, robot_id, lease, action, &policy, now)? {
-                Plan::Unchanged => return Ok(old),
-                Plan::Write(new) => *new,
-            };
-            if self
-                .store
-                .apply_transitions(&[(old.clone(), new.clone())], now)
-                .await?
-            {
-                self.after_transition(&old, &new);
-                return Ok(new);
-            }
-        }
-        Err(DispatchError::Unavailable(format!(
-            "item {item_id} kept changing; try again"
-        )))
-    }
-
-    fn after_transition(&self, old: &ItemState, new: &ItemState) {
-        let in_flight = |s: ItemStatus| matches!(s, ItemStatus::Assigned | ItemStatus::Started);
-        if in_flight(old.status)
-            && !in_flight(new.status)
-            && let Some(robot_id) = old.robot_id
-        {
-            let _ = self
-                .registry
-                .send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count: 1 });
-        }
-        if new.status == ItemStatus::Pending {
-            let _ = self.director.send_message(TaskDirectorMsg::Requeued {
-                task_id: new.task_id,
-                items: vec![PendingItem {
-                    id: new.id,
-                    not_before: new.not_before,
-                }],
-            });
-        }
+        let lease = lease.map(str::to_string);
+        let action = action.clone();
+        self.batcher
+            .call(
+                |reply| {
+                    BatcherMsg::Act(ActRequest {
+                        robot_id,
+                        item_id,
+                        lease,
+                        action,
+                        reply,
+                    })
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+            .map_err(|e| DispatchError::Unavailable(e.to_string()))?
+            .success_or(DispatchError::Unavailable(
+                "transition batcher timed out".into(),
+            ))?
     }
 
     /// A task was uploaded or reopened: start dispatching it.
@@ -290,6 +278,10 @@ impl Dispatcher {
 
     /// Stops the actors (sessions with them); leases stay in the store.
     pub async fn shutdown(&self) {
+        let _ = self
+            .batcher
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
         let _ = self
             .director
             .stop_and_wait(None, Some(Duration::from_secs(5)))

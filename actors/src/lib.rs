@@ -19,6 +19,7 @@ pub mod robot_session;
 pub mod security;
 pub mod store;
 pub mod task_director;
+pub mod transition_batcher;
 pub mod upload_sweeper;
 
 pub use error::StoreError;

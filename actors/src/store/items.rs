@@ -53,6 +53,19 @@ impl Store {
         self.row(&sql, json!({ "id": id }), 0).await
     }
 
+    /// The current state of several items (missing ids are left out).
+    pub async fn item_states(&self, ids: &[i64]) -> Result<Vec<ItemState>, StoreError> {
+        let sql =
+            format!("SELECT {STATE_FIELDS} FROM array::map($ids, |$i| type::record('item', $i));");
+        let rows: Vec<Value> = self.rows(&sql, json!({ "ids": ids }), 0).await?;
+        // Ids that do not exist come back as empty rows.
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.get("status").is_some())
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Items held by `robot` (ASSIGNED or STARTED).
     pub async fn robot_items_in_flight(&self, robot: i64) -> Result<Vec<ItemState>, StoreError> {
         let sql = format!(

@@ -1,0 +1,263 @@
+//! Group commit for robot actions: requests that arrive within a couple of milliseconds are read
+//! in one query, planned one by one, and written in one transaction, so a busy fleet costs two
+//! database round trips per batch instead of three per item. If the batch loses a race (a sweep
+//! changed one of its items), each request is retried alone.
+
+use crate::dispatcher::DispatchError;
+use crate::domain::{Clock, ItemStatus};
+use crate::lifecycle::{ItemState, Plan, RobotAction, plan_robot_action};
+use crate::recovery::{self, PolicyDefaults};
+use crate::robot_registry::RobotRegistryMsg;
+use crate::store::{PendingItem, Store};
+use crate::task_director::TaskDirectorMsg;
+use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Largest batch written in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// The batcher actor.
+#[derive(Debug)]
+pub struct TransitionBatcher;
+
+/// A robot's request about one of its items.
+#[derive(Debug)]
+pub struct ActRequest {
+    pub robot_id: i64,
+    pub item_id: i64,
+    pub lease: Option<String>,
+    pub action: RobotAction,
+    pub reply: RpcReplyPort<Result<ItemState, DispatchError>>,
+}
+
+/// Messages of the [`TransitionBatcher`].
+#[derive(Debug)]
+pub enum BatcherMsg {
+    /// Apply a robot's action; the reply carries the item's new state or why not.
+    Act(ActRequest),
+    /// Timer: write what has gathered.
+    Flush,
+}
+
+impl Message for BatcherMsg {}
+
+/// Start-up arguments.
+#[derive(Debug, Clone)]
+pub struct BatcherArgs {
+    pub store: Store,
+    pub clock: Clock,
+    pub defaults: PolicyDefaults,
+    pub registry: ActorRef<RobotRegistryMsg>,
+    pub director: ActorRef<TaskDirectorMsg>,
+    /// How long a batch gathers before it is written.
+    pub delay: Duration,
+}
+
+/// Running state.
+#[derive(Debug)]
+pub struct BatcherState {
+    args: BatcherArgs,
+    gathered: Vec<ActRequest>,
+    flush_scheduled: bool,
+}
+
+/// Tells the registry and the director what a transition changed.
+pub fn notify_transition(
+    registry: &ActorRef<RobotRegistryMsg>,
+    director: &ActorRef<TaskDirectorMsg>,
+    old: &ItemState,
+    new: &ItemState,
+) {
+    let in_flight = |s: ItemStatus| matches!(s, ItemStatus::Assigned | ItemStatus::Started);
+    if in_flight(old.status)
+        && !in_flight(new.status)
+        && let Some(robot_id) = old.robot_id
+    {
+        let _ = registry.send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count: 1 });
+    }
+    if new.status == ItemStatus::Pending {
+        let _ = director.send_message(TaskDirectorMsg::Requeued {
+            task_id: new.task_id,
+            items: vec![PendingItem {
+                id: new.id,
+                not_before: new.not_before,
+            }],
+        });
+    }
+}
+
+impl BatcherState {
+    /// Applies one request alone, re-reading and re-planning while it loses races.
+    async fn act_alone(&self, request: &ActRequest) -> Result<ItemState, DispatchError> {
+        let store = &self.args.store;
+        for attempt in 0..20u64 {
+            if attempt > 0 {
+                let ms = rand::random_range(1..=4) * attempt.min(10);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let old = store
+                .item_state(request.item_id)
+                .await?
+                .ok_or(DispatchError::ItemNotFound(request.item_id))?;
+            let policy = store.task_policy(old.task_id, self.args.defaults).await?;
+            let now = self.args.clock.now();
+            let plan = plan_robot_action(
+                &old,
+                request.robot_id,
+                request.lease.as_deref(),
+                &request.action,
+                &policy,
+                now,
+            )?;
+            let new = match plan {
+                Plan::Unchanged => return Ok(old),
+                Plan::Write(new) => *new,
+            };
+            if store
+                .apply_transitions(&[(old.clone(), new.clone())], now)
+                .await?
+            {
+                notify_transition(&self.args.registry, &self.args.director, &old, &new);
+                return Ok(new);
+            }
+        }
+        Err(DispatchError::Unavailable(format!(
+            "item {} kept changing; try again",
+            request.item_id
+        )))
+    }
+
+    async fn flush(&mut self) {
+        let mut batch: Vec<ActRequest> = std::mem::take(&mut self.gathered);
+        // Two requests for one item in a batch: the later ones go alone, after the batch.
+        let mut seen = HashSet::new();
+        let (first, later): (Vec<_>, Vec<_>) =
+            batch.drain(..).partition(|r| seen.insert(r.item_id));
+        let leftovers = match self.write_batch(first).await {
+            Ok(leftovers) => leftovers,
+            Err((requests, err)) => {
+                let message = err.to_string();
+                for request in requests {
+                    let _ = request
+                        .reply
+                        .send(Err(DispatchError::Unavailable(message.clone())));
+                }
+                Vec::new()
+            }
+        };
+        for request in leftovers.into_iter().chain(later) {
+            let outcome = self.act_alone(&request).await;
+            let _ = request.reply.send(outcome);
+        }
+    }
+
+    /// Writes what it can in one transaction; returns the requests to retry alone.
+    async fn write_batch(
+        &self,
+        requests: Vec<ActRequest>,
+    ) -> Result<Vec<ActRequest>, (Vec<ActRequest>, DispatchError)> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = &self.args.store;
+        let ids: Vec<i64> = requests.iter().map(|r| r.item_id).collect();
+        let states = match store.item_states(&ids).await {
+            Ok(states) => states,
+            Err(err) => return Err((requests, err.into())),
+        };
+        let task_ids: Vec<i64> = states.iter().map(|s| s.task_id).collect();
+        let policies = match recovery::policies(store, task_ids, self.args.defaults).await {
+            Ok(p) => p,
+            Err(err) => return Err((requests, err.into())),
+        };
+        let now = self.args.clock.now();
+        let mut changes = Vec::new();
+        let mut writers = Vec::new();
+        for request in requests {
+            let Some(old) = states.iter().find(|s| s.id == request.item_id) else {
+                let _ = request
+                    .reply
+                    .send(Err(DispatchError::ItemNotFound(request.item_id)));
+                continue;
+            };
+            let Some(policy) = policies.get(&old.task_id) else {
+                writers.push(request);
+                continue;
+            };
+            let plan = plan_robot_action(
+                old,
+                request.robot_id,
+                request.lease.as_deref(),
+                &request.action,
+                policy,
+                now,
+            );
+            match plan {
+                Err(err) => {
+                    let _ = request.reply.send(Err(err.into()));
+                }
+                Ok(Plan::Unchanged) => {
+                    let _ = request.reply.send(Ok(old.clone()));
+                }
+                Ok(Plan::Write(new)) => {
+                    changes.push((old.clone(), *new));
+                    writers.push(request);
+                }
+            }
+        }
+        match store.apply_transitions(&changes, now).await {
+            Ok(true) => {
+                for ((old, new), request) in changes.iter().zip(writers) {
+                    notify_transition(&self.args.registry, &self.args.director, old, new);
+                    let _ = request.reply.send(Ok(new.clone()));
+                }
+                Ok(Vec::new())
+            }
+            Ok(false) => Ok(writers),
+            Err(err) => Err((writers, err.into())),
+        }
+    }
+}
+
+impl Actor for TransitionBatcher {
+    type Msg = BatcherMsg;
+    type State = BatcherState;
+    type Arguments = BatcherArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(BatcherState {
+            args,
+            gathered: Vec::new(),
+            flush_scheduled: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            BatcherMsg::Act(request) => {
+                state.gathered.push(request);
+                if state.gathered.len() >= MAX_BATCH {
+                    state.flush().await;
+                } else if !state.flush_scheduled {
+                    state.flush_scheduled = true;
+                    myself.send_after(state.args.delay, || BatcherMsg::Flush);
+                }
+            }
+            BatcherMsg::Flush => {
+                state.flush_scheduled = false;
+                state.flush().await;
+            }
+        }
+        Ok(())
+    }
+}
