@@ -25,6 +25,9 @@ pub enum TaskDirectorMsg {
     },
     /// A task was cancelled: stop dispatching it.
     Cancelled { task_id: i64 },
+    /// Timer: give every task with PENDING items in the store an actor. Hand-backs sent to an
+    /// actor that was just stopping are lost; the store is the truth, so this recovers them.
+    Reconcile,
 }
 
 impl Message for TaskDirectorMsg {}
@@ -119,6 +122,7 @@ impl Actor for TaskDirector {
             state.ensure(&myself, task.id).await?;
         }
         info!(tasks = state.tasks.len(), "task director started");
+        myself.send_interval(Duration::from_secs(1), || TaskDirectorMsg::Reconcile);
         Ok(state)
     }
 
@@ -130,11 +134,26 @@ impl Actor for TaskDirector {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             TaskDirectorMsg::Activate { task_id } => state.ensure(&myself, task_id).await?,
-            TaskDirectorMsg::Requeued { task_id, items } => match state.tasks.get(&task_id) {
-                Some(actor) => actor.send_message(TaskMsg::Requeued { items })?,
-                // A fresh actor scans the store and finds them.
-                None => state.ensure(&myself, task_id).await?,
-            },
+            TaskDirectorMsg::Requeued { task_id, items } => {
+                let delivered = state
+                    .tasks
+                    .get(&task_id)
+                    .is_some_and(|actor| actor.send_message(TaskMsg::Requeued { items }).is_ok());
+                if !delivered {
+                    // No live actor: a fresh one scans the store and finds them.
+                    if let Some(actor) = state.tasks.remove(&task_id) {
+                        state.by_actor.remove(&actor.get_id());
+                    }
+                    state.ensure(&myself, task_id).await?;
+                }
+            }
+            TaskDirectorMsg::Reconcile => {
+                for task in state.args.store.dispatchable_tasks().await? {
+                    if task.counts.pending > 0 && !state.tasks.contains_key(&task.id) {
+                        state.ensure(&myself, task.id).await?;
+                    }
+                }
+            }
             TaskDirectorMsg::Cancelled { task_id } => {
                 if let Some(actor) = state.tasks.get(&task_id) {
                     actor.stop(Some("task cancelled".into()));
