@@ -192,232 +192,10 @@ impl Actor for RobotRegistry {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            RobotRegistryMsg::AttachDirector { director } => state.director = Some(director),
-            RobotRegistryMsg::Connect { robot, reply } => {
-                let now = state.args.clock.now();
-                let robot_id = robot.id;
-                if !state.sessions.contains_key(&robot_id) {
-                    let in_flight = state
-                        .args
-                        .store
-                        .robot_items_in_flight(robot_id)
-                        .await?
-                        .len();
-                    let args = RobotSessionArgs {
-                        robot_id,
-                        store: state.args.store.clone(),
-                        capacity: robot.capacity as usize,
-                    };
-                    let (actor, _) =
-                        Actor::spawn_linked(None, RobotSession, args, myself.get_cell()).await?;
-                    state.by_actor.insert(actor.get_id(), robot_id);
-                    state.sessions.insert(
-                        robot_id,
-                        Session {
-                            actor,
-                            last_pulse: now,
-                            persisted_pulse: 0,
-                        },
-                    );
-                    info!(robot_id, in_flight, "robot connected");
-                    let stamp = state.board.next_stamp();
-                    state.board.robots.insert(
-                        robot_id,
-                        RegistryState::slot_from(&robot, in_flight as i64, stamp),
-                    );
-                }
-                if let Some(slot) = state.board.robots.get_mut(&robot_id) {
-                    slot.capacity = robot.capacity;
-                    slot.processes = robot.processes.clone();
-                    slot.active = robot.status == RobotStatus::Active;
-                }
-                let persist_every = (state.args.pulse_timeout.as_millis() as i64 / 4).max(200);
-                let mut persist = false;
-                if let Some(session) = state.sessions.get_mut(&robot_id) {
-                    session.last_pulse = now;
-                    persist = now - session.persisted_pulse >= persist_every;
-                    if persist {
-                        session.persisted_pulse = now;
-                    }
-                    let _ = reply.send(session.actor.clone());
-                }
-                if persist {
-                    state
-                        .args
-                        .store
-                        .record_pulse(robot_id, now, &state.args.node_id)
-                        .await?;
-                }
-                state.schedule_dispatch(&myself);
-            }
-            RobotRegistryMsg::RobotChanged { robot } => {
-                let Some(slot) = state.board.robots.get_mut(&robot.id) else {
-                    return Ok(());
-                };
-                slot.capacity = robot.capacity;
-                slot.processes = robot.processes.clone();
-                let was_active = slot.active;
-                slot.active = robot.status == RobotStatus::Active;
-                if was_active && !slot.active {
-                    let released = recovery::release_robot(
-                        &state.args.store,
-                        robot.id,
-                        true,
-                        state.args.defaults,
-                        state.args.clock.now(),
-                    )
-                    .await?;
-                    info!(robot_id = robot.id, "robot drained");
-                    state.absorb(released);
-                }
-                state.schedule_dispatch(&myself);
-            }
-            RobotRegistryMsg::RobotRevoked { robot_id } => {
-                state.end_session(robot_id);
-                let released = recovery::release_robot(
-                    &state.args.store,
-                    robot_id,
-                    false,
-                    state.args.defaults,
-                    state.args.clock.now(),
-                )
-                .await?;
-                state.absorb(released);
-                state.schedule_dispatch(&myself);
-            }
-            RobotRegistryMsg::ItemsLeftFlight { robot_id, count } => {
-                if let Some(slot) = state.board.robots.get_mut(&robot_id) {
-                    slot.in_flight = (slot.in_flight - count).max(0);
-                }
-                state.schedule_dispatch(&myself);
-            }
-            RobotRegistryMsg::TaskDemand {
-                task_id,
-                process_id,
-                priority,
-                pending,
-                actor,
-            } => {
-                state.task_actors.insert(task_id, actor);
-                // Slots granted and not yet settled are already counted against `pending`.
-                let served = state.board.tasks.get(&task_id).map_or(0, |t| t.served);
-                if state.outstanding.contains_key(&task_id) {
-                    return Ok(());
-                }
-                state.board.tasks.insert(
-                    task_id,
-                    TaskDemand {
-                        process_id,
-                        priority,
-                        pending,
-                        served,
-                    },
-                );
-                state.schedule_dispatch(&myself);
-            }
-            RobotRegistryMsg::GrantsSettled {
-                task_id,
-                unused,
-                pending,
-            } => {
-                state.outstanding.remove(&task_id);
-                state.board.settle(task_id, &unused, pending);
-                state.schedule_dispatch(&myself);
-            }
-            RobotRegistryMsg::TaskGone { task_id } => {
-                if let Some(reserved) = state.outstanding.remove(&task_id) {
-                    state.board.settle(task_id, &reserved, 0);
-                }
-                state.board.tasks.remove(&task_id);
-                state.task_actors.remove(&task_id);
-                state.schedule_dispatch(&myself);
-            }
-            RobotRegistryMsg::Dispatch => {
-                state.dispatch_scheduled = false;
-                let plan = state.board.plan();
-                let mut per_task: BTreeMap<i64, Vec<GrantRequest>> = BTreeMap::new();
-                for grant in plan {
-                    let Some(session) = state.sessions.get(&grant.robot_id) else {
-                        continue;
-                    };
-                    per_task
-                        .entry(grant.task_id)
-                        .or_default()
-                        .push(GrantRequest {
-                            robot_id: grant.robot_id,
-                            count: grant.count,
-                            session: session.actor.clone(),
-                        });
-                }
-                for (task_id, grants) in per_task {
-                    let reserved: Vec<(i64, i64)> =
-                        grants.iter().map(|g| (g.robot_id, g.count)).collect();
-                    let sent = state
-                        .task_actors
-                        .get(&task_id)
-                        .map(|actor| actor.send_message(TaskMsg::Lease { grants }).is_ok())
-                        .unwrap_or(false);
-                    if sent {
-                        state.outstanding.insert(task_id, reserved);
-                    } else {
-                        state.board.settle(task_id, &reserved, 0);
-                    }
-                }
-            }
-            RobotRegistryMsg::Sweep => {
-                let now = state.args.clock.now();
-                let timeout = state.args.pulse_timeout.as_millis() as i64;
-                let silent: Vec<i64> = state
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| now - s.last_pulse > timeout)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for robot_id in silent {
-                    warn!(robot_id, "robot went silent; releasing its items");
-                    state.end_session(robot_id);
-                    let patch = RobotPatch {
-                        status: Some(RobotStatus::Inactive),
-                        ..RobotPatch::default()
-                    };
-                    state.args.store.update_robot(robot_id, &patch).await?;
-                    let released = recovery::release_robot(
-                        &state.args.store,
-                        robot_id,
-                        false,
-                        state.args.defaults,
-                        now,
-                    )
-                    .await?;
-                    state.absorb(released);
-                }
-                let expired =
-                    recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;
-                if !expired.left_flight.is_empty() {
-                    warn!(
-                        items = expired.left_flight.values().sum::<i64>(),
-                        "leases expired"
-                    );
-                }
-                state.absorb(expired);
-                state.schedule_dispatch(&myself);
-            }
-            RobotRegistryMsg::Loads { reply } => {
-                let loads = state
-                    .board
-                    .robots
-                    .iter()
-                    .map(|(id, slot)| RobotLoad {
-                        robot_id: *id,
-                        in_flight: slot.in_flight,
-                        capacity: slot.capacity,
-                        active: slot.active,
-                        last_pulse_at: state.sessions.get(id).map_or(0, |s| s.last_pulse),
-                    })
-                    .collect();
-                let _ = reply.send(loads);
-            }
+        // This actor lives as long as the node: a store error (a lost write race, a slow
+        // server) is logged and the work is picked up again by the next sweep or reconcile.
+        if let Err(err) = handle_message(myself, message, state).await {
+            warn!(error = %err, "robot registry: message failed; continuing");
         }
         Ok(())
     }
@@ -445,4 +223,240 @@ impl Actor for RobotRegistry {
         }
         Ok(())
     }
+}
+
+/// The body of `handle`: turns one message into model calls, store writes and replies.
+async fn handle_message(
+    myself: ActorRef<RobotRegistryMsg>,
+    message: RobotRegistryMsg,
+    state: &mut RegistryState,
+) -> Result<(), ActorProcessingErr> {
+    match message {
+        RobotRegistryMsg::AttachDirector { director } => state.director = Some(director),
+        RobotRegistryMsg::Connect { robot, reply } => {
+            let now = state.args.clock.now();
+            let robot_id = robot.id;
+            if !state.sessions.contains_key(&robot_id) {
+                let in_flight = state
+                    .args
+                    .store
+                    .robot_items_in_flight(robot_id)
+                    .await?
+                    .len();
+                let args = RobotSessionArgs {
+                    robot_id,
+                    store: state.args.store.clone(),
+                    capacity: robot.capacity as usize,
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, RobotSession, args, myself.get_cell()).await?;
+                state.by_actor.insert(actor.get_id(), robot_id);
+                state.sessions.insert(
+                    robot_id,
+                    Session {
+                        actor,
+                        last_pulse: now,
+                        persisted_pulse: 0,
+                    },
+                );
+                info!(robot_id, in_flight, "robot connected");
+                let stamp = state.board.next_stamp();
+                state.board.robots.insert(
+                    robot_id,
+                    RegistryState::slot_from(&robot, in_flight as i64, stamp),
+                );
+            }
+            if let Some(slot) = state.board.robots.get_mut(&robot_id) {
+                slot.capacity = robot.capacity;
+                slot.processes = robot.processes.clone();
+                slot.active = robot.status == RobotStatus::Active;
+            }
+            let persist_every = (state.args.pulse_timeout.as_millis() as i64 / 4).max(200);
+            let mut persist = false;
+            if let Some(session) = state.sessions.get_mut(&robot_id) {
+                session.last_pulse = now;
+                persist = now - session.persisted_pulse >= persist_every;
+                if persist {
+                    session.persisted_pulse = now;
+                }
+                let _ = reply.send(session.actor.clone());
+            }
+            if persist {
+                state
+                    .args
+                    .store
+                    .record_pulse(robot_id, now, &state.args.node_id)
+                    .await?;
+            }
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::RobotChanged { robot } => {
+            let Some(slot) = state.board.robots.get_mut(&robot.id) else {
+                return Ok(());
+            };
+            slot.capacity = robot.capacity;
+            slot.processes = robot.processes.clone();
+            let was_active = slot.active;
+            slot.active = robot.status == RobotStatus::Active;
+            if was_active && !slot.active {
+                let released = recovery::release_robot(
+                    &state.args.store,
+                    robot.id,
+                    true,
+                    state.args.defaults,
+                    state.args.clock.now(),
+                )
+                .await?;
+                info!(robot_id = robot.id, "robot drained");
+                state.absorb(released);
+            }
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::RobotRevoked { robot_id } => {
+            state.end_session(robot_id);
+            let released = recovery::release_robot(
+                &state.args.store,
+                robot_id,
+                false,
+                state.args.defaults,
+                state.args.clock.now(),
+            )
+            .await?;
+            state.absorb(released);
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::ItemsLeftFlight { robot_id, count } => {
+            if let Some(slot) = state.board.robots.get_mut(&robot_id) {
+                slot.in_flight = (slot.in_flight - count).max(0);
+            }
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::TaskDemand {
+            task_id,
+            process_id,
+            priority,
+            pending,
+            actor,
+        } => {
+            state.task_actors.insert(task_id, actor);
+            // Slots granted and not yet settled are already counted against `pending`.
+            let served = state.board.tasks.get(&task_id).map_or(0, |t| t.served);
+            if state.outstanding.contains_key(&task_id) {
+                return Ok(());
+            }
+            state.board.tasks.insert(
+                task_id,
+                TaskDemand {
+                    process_id,
+                    priority,
+                    pending,
+                    served,
+                },
+            );
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::GrantsSettled {
+            task_id,
+            unused,
+            pending,
+        } => {
+            state.outstanding.remove(&task_id);
+            state.board.settle(task_id, &unused, pending);
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::TaskGone { task_id } => {
+            if let Some(reserved) = state.outstanding.remove(&task_id) {
+                state.board.settle(task_id, &reserved, 0);
+            }
+            state.board.tasks.remove(&task_id);
+            state.task_actors.remove(&task_id);
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::Dispatch => {
+            state.dispatch_scheduled = false;
+            let plan = state.board.plan();
+            let mut per_task: BTreeMap<i64, Vec<GrantRequest>> = BTreeMap::new();
+            for grant in plan {
+                let Some(session) = state.sessions.get(&grant.robot_id) else {
+                    continue;
+                };
+                per_task
+                    .entry(grant.task_id)
+                    .or_default()
+                    .push(GrantRequest {
+                        robot_id: grant.robot_id,
+                        count: grant.count,
+                        session: session.actor.clone(),
+                    });
+            }
+            for (task_id, grants) in per_task {
+                let reserved: Vec<(i64, i64)> =
+                    grants.iter().map(|g| (g.robot_id, g.count)).collect();
+                let sent = state
+                    .task_actors
+                    .get(&task_id)
+                    .map(|actor| actor.send_message(TaskMsg::Lease { grants }).is_ok())
+                    .unwrap_or(false);
+                if sent {
+                    state.outstanding.insert(task_id, reserved);
+                } else {
+                    state.board.settle(task_id, &reserved, 0);
+                }
+            }
+        }
+        RobotRegistryMsg::Sweep => {
+            let now = state.args.clock.now();
+            let timeout = state.args.pulse_timeout.as_millis() as i64;
+            let silent: Vec<i64> = state
+                .sessions
+                .iter()
+                .filter(|(_, s)| now - s.last_pulse > timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for robot_id in silent {
+                warn!(robot_id, "robot went silent; releasing its items");
+                state.end_session(robot_id);
+                let patch = RobotPatch {
+                    status: Some(RobotStatus::Inactive),
+                    ..RobotPatch::default()
+                };
+                state.args.store.update_robot(robot_id, &patch).await?;
+                let released = recovery::release_robot(
+                    &state.args.store,
+                    robot_id,
+                    false,
+                    state.args.defaults,
+                    now,
+                )
+                .await?;
+                state.absorb(released);
+            }
+            let expired =
+                recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;
+            if !expired.left_flight.is_empty() {
+                warn!(
+                    items = expired.left_flight.values().sum::<i64>(),
+                    "leases expired"
+                );
+            }
+            state.absorb(expired);
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::Loads { reply } => {
+            let loads = state
+                .board
+                .robots
+                .iter()
+                .map(|(id, slot)| RobotLoad {
+                    robot_id: *id,
+                    in_flight: slot.in_flight,
+                    capacity: slot.capacity,
+                    active: slot.active,
+                    last_pulse_at: state.sessions.get(id).map_or(0, |s| s.last_pulse),
+                })
+                .collect();
+            let _ = reply.send(loads);
+        }
+    }
+    Ok(())
 }

@@ -377,10 +377,13 @@ impl Store {
         now: Millis,
         node: &str,
     ) -> Result<(), StoreError> {
-        self.exec(
-            "UPDATE type::record('robot', $id) SET last_pulse_at = $now, node = $node;",
-            json!({ "id": robot, "now": now, "node": node }),
-        )
+        let vars = json!({ "id": robot, "now": now, "node": node });
+        self.retry_conflicts(|| {
+            self.exec(
+                "UPDATE type::record('robot', $id) SET last_pulse_at = $now, node = $node;",
+                vars.clone(),
+            )
+        })
         .await
     }
 }

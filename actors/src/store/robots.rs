@@ -83,7 +83,7 @@ impl Store {
             "capacity": patch.capacity, "processes": patch.processes,
             "status": patch.status.map(RobotStatus::as_str),
         });
-        self.row(&sql, vars, 0)
+        self.retry_conflicts(|| self.row(&sql, vars.clone(), 0))
             .await
             .map_err(|e| name_conflict(e, patch.name.as_deref().unwrap_or_default()))
     }

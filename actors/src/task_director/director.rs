@@ -132,33 +132,10 @@ impl Actor for TaskDirector {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            TaskDirectorMsg::Activate { task_id } => state.ensure(&myself, task_id).await?,
-            TaskDirectorMsg::Requeued { task_id, items } => {
-                let delivered = state
-                    .tasks
-                    .get(&task_id)
-                    .is_some_and(|actor| actor.send_message(TaskMsg::Requeued { items }).is_ok());
-                if !delivered {
-                    // No live actor: a fresh one scans the store and finds them.
-                    if let Some(actor) = state.tasks.remove(&task_id) {
-                        state.by_actor.remove(&actor.get_id());
-                    }
-                    state.ensure(&myself, task_id).await?;
-                }
-            }
-            TaskDirectorMsg::Reconcile => {
-                for task in state.args.store.dispatchable_tasks().await? {
-                    if task.counts.pending > 0 && !state.tasks.contains_key(&task.id) {
-                        state.ensure(&myself, task.id).await?;
-                    }
-                }
-            }
-            TaskDirectorMsg::Cancelled { task_id } => {
-                if let Some(actor) = state.tasks.get(&task_id) {
-                    actor.stop(Some("task cancelled".into()));
-                }
-            }
+        // This actor lives as long as the node: a store error (a lost write race, a slow
+        // server) is logged and the work is picked up again by the next sweep or reconcile.
+        if let Err(err) = handle_message(myself, message, state).await {
+            warn!(error = %err, "task director: message failed; continuing");
         }
         Ok(())
     }
@@ -185,4 +162,41 @@ impl Actor for TaskDirector {
         }
         Ok(())
     }
+}
+
+/// The body of `handle`: turns one message into model calls, store writes and replies.
+async fn handle_message(
+    myself: ActorRef<TaskDirectorMsg>,
+    message: TaskDirectorMsg,
+    state: &mut DirectorState,
+) -> Result<(), ActorProcessingErr> {
+    match message {
+        TaskDirectorMsg::Activate { task_id } => state.ensure(&myself, task_id).await?,
+        TaskDirectorMsg::Requeued { task_id, items } => {
+            let delivered = state
+                .tasks
+                .get(&task_id)
+                .is_some_and(|actor| actor.send_message(TaskMsg::Requeued { items }).is_ok());
+            if !delivered {
+                // No live actor: a fresh one scans the store and finds them.
+                if let Some(actor) = state.tasks.remove(&task_id) {
+                    state.by_actor.remove(&actor.get_id());
+                }
+                state.ensure(&myself, task_id).await?;
+            }
+        }
+        TaskDirectorMsg::Reconcile => {
+            for task in state.args.store.dispatchable_tasks().await? {
+                if task.counts.pending > 0 && !state.tasks.contains_key(&task.id) {
+                    state.ensure(&myself, task.id).await?;
+                }
+            }
+        }
+        TaskDirectorMsg::Cancelled { task_id } => {
+            if let Some(actor) = state.tasks.get(&task_id) {
+                actor.stop(Some("task cancelled".into()));
+            }
+        }
+    }
+    Ok(())
 }
