@@ -2,13 +2,14 @@
 //! director, and turns robot requests into store transitions plus the messages that keep the
 //! actors' view of load and pending work current. Cheap to clone.
 
-use crate::domain::{Clock, Robot};
+use crate::domain::{Clock, Robot, RobotStatus};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, RobotAction, TransitionError};
 use crate::recovery::{self, PolicyDefaults};
 use crate::robot_registry::{RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg};
-use crate::robot_session::RobotSessionMsg;
-use crate::store::{LeasedItem, Store};
+use crate::robot_session::ws::WsLink;
+use crate::robot_session::{RobotSessionMsg, WsAttach};
+use crate::store::{LeasedItem, RobotPatch, Store};
 use crate::task_director::{TaskDirector, TaskDirectorArgs, TaskDirectorMsg};
 use crate::transition_batcher::{ActRequest, BatcherArgs, BatcherMsg, TransitionBatcher};
 use ractor::{Actor, ActorRef};
@@ -155,27 +156,61 @@ impl Dispatcher {
         wait: Duration,
     ) -> Result<Vec<LeasedItem>, DispatchError> {
         let session = self.connect(robot).await?;
-        let mut items = session
+        session
             .call(
                 |reply| RobotSessionMsg::Claim { max, wait, reply },
                 Some(wait + CALL_TIMEOUT),
             )
             .await
             .map_err(|e| DispatchError::Unavailable(e.to_string()))?
-            .success_or(DispatchError::Unavailable("robot session timed out".into()))?;
-        let mut processes = std::collections::HashMap::new();
-        for item in &mut items {
-            let process = match processes.get(&item.task_id) {
-                Some(process) => *process,
-                None => {
-                    let process = self.store.task(item.task_id).await?.map(|t| t.process_id);
-                    processes.insert(item.task_id, process);
-                    process
-                }
+            .success_or(DispatchError::Unavailable("robot session timed out".into()))
+    }
+
+    /// Hands a robot's WebSocket to its session, which pushes items over it from now on.
+    pub async fn attach_ws(&self, robot: &Robot, link: WsLink) -> Result<(), DispatchError> {
+        let session = self.connect(robot).await?;
+        session
+            .send_message(RobotSessionMsg::AttachWs(Box::new(WsAttach {
+                robot: robot.clone(),
+                link,
+                dispatcher: self.clone(),
+                ping_every: self.config.pulse_timeout / 3,
+            })))
+            .map_err(|e| DispatchError::Unavailable(e.to_string()))
+    }
+
+    /// A sign of life from a robot whose session exists (a WebSocket frame).
+    pub fn pulse(&self, robot_id: i64) {
+        let _ = self
+            .registry
+            .send_message(RobotRegistryMsg::Pulse { robot_id });
+    }
+
+    /// The robot is ready for work: it becomes ACTIVE if it was not, and `capacity`, when
+    /// given, narrows how many items it is sent at once (never above its configured capacity).
+    pub async fn ready(&self, robot: &Robot, capacity: Option<i64>) -> Result<(), DispatchError> {
+        let mut robot = self
+            .store
+            .robot(robot.id)
+            .await?
+            .ok_or(DispatchError::Unavailable(
+                "the robot no longer exists".into(),
+            ))?;
+        if robot.status != RobotStatus::Active {
+            let patch = RobotPatch {
+                status: Some(RobotStatus::Active),
+                ..RobotPatch::default()
             };
-            item.process_id = process;
+            if let Some(updated) = self.store.update_robot(robot.id, &patch).await? {
+                robot = updated;
+            }
         }
-        Ok(items)
+        self.registry
+            .send_message(RobotRegistryMsg::Ready {
+                robot,
+                window: capacity,
+            })
+            .map_err(|e| DispatchError::Unavailable(e.to_string()))
     }
 
     /// Applies a robot's action to one of its items; returns the item's new state. Actions
@@ -232,6 +267,11 @@ impl Dispatcher {
             let _ = self
                 .registry
                 .send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count });
+        }
+        for (robot_id, item_ids) in released.revoked {
+            let _ = self
+                .registry
+                .send_message(RobotRegistryMsg::Revoke { robot_id, item_ids });
         }
         Ok(true)
     }

@@ -9,17 +9,20 @@ use crate::store::{PendingItem, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// What a release handed back: PENDING items per task, and items that left flight per robot.
+/// What a release handed back: PENDING items per task, and items that left flight per robot
+/// (counted, and by id so the robot's session can tell the robot).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Released {
     pub requeued: BTreeMap<i64, Vec<PendingItem>>,
     pub left_flight: BTreeMap<i64, i64>,
+    pub revoked: BTreeMap<i64, Vec<i64>>,
 }
 
 impl Released {
     fn record(&mut self, old: &ItemState, new: &ItemState) {
         if let Some(robot) = old.robot_id {
             *self.left_flight.entry(robot).or_default() += 1;
+            self.revoked.entry(robot).or_default().push(old.id);
         }
         if new.status == ItemStatus::Pending {
             self.requeued

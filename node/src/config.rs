@@ -67,6 +67,12 @@ pub struct ServeArgs {
     /// Database [default: orchestrator].
     #[arg(long, env = "ORCH_DB_DATABASE")]
     pub db_database: Option<String>,
+    /// Embedded store: SurrealKV memtable size, the bulk of the node's memory [default: 64MiB].
+    #[arg(long, env = "ORCH_DB_MEMTABLE")]
+    pub db_memtable: Option<String>,
+    /// Embedded store: SurrealKV block cache size [default: 64MiB].
+    #[arg(long, env = "ORCH_DB_CACHE")]
+    pub db_cache: Option<String>,
     /// Secret for signing login tokens [default: generated once and kept in the store].
     #[arg(long, env = "ORCH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -185,6 +191,14 @@ impl ServeArgs {
                 password: merged.db_pass.unwrap_or_else(|| "root".into()),
                 namespace: merged.db_namespace.unwrap_or_else(|| "orchestrator".into()),
                 database: merged.db_database.unwrap_or_else(|| "orchestrator".into()),
+                memtable_bytes: byte_size(
+                    "db_memtable",
+                    merged.db_memtable.as_deref().unwrap_or("64MiB"),
+                )?,
+                block_cache_bytes: byte_size(
+                    "db_cache",
+                    merged.db_cache.as_deref().unwrap_or("64MiB"),
+                )?,
             },
             jwt_secret: merged.jwt_secret.filter(|s| !s.is_empty()),
             jwt_ttl: duration("jwt_ttl", merged.jwt_ttl, "12h")?,
@@ -216,6 +230,8 @@ impl ServeArgs {
             db_pass: self.db_pass.or(lower.db_pass),
             db_namespace: self.db_namespace.or(lower.db_namespace),
             db_database: self.db_database.or(lower.db_database),
+            db_memtable: self.db_memtable.or(lower.db_memtable),
+            db_cache: self.db_cache.or(lower.db_cache),
             jwt_secret: self.jwt_secret.or(lower.jwt_secret),
             jwt_ttl: self.jwt_ttl.or(lower.jwt_ttl),
             max_upload: self.max_upload.or(lower.max_upload),

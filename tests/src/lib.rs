@@ -308,3 +308,226 @@ pub async fn task_when(
     })
     .await
 }
+
+/// A robot as the prototype's README describes it.
+#[derive(Debug, Clone)]
+pub struct SeedRobot {
+    pub id: i64,
+    pub token: String,
+    pub base: String,
+    pub http: Client,
+}
+
+impl SeedRobot {
+    pub async fn call(&self, method: Method, path: &str) -> Result<(StatusCode, String)> {
+        let resp = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("Authorization", format!("Token {}", self.token))
+            .send()
+            .await?;
+        Ok((resp.status(), resp.text().await?))
+    }
+
+    /// Polls `GET /api/tasks/` and works every item it holds; returns the ids it completed.
+    pub async fn run(self, until_empty_polls: usize) -> Result<Vec<i64>> {
+        let (status, _) = self
+            .call(
+                Method::PATCH,
+                &format!("/api/robots/?robot_id={}&status=ACTIVE", self.id),
+            )
+            .await?;
+        anyhow::ensure!(status == StatusCode::OK, "activate: {status}");
+        let mut done = Vec::new();
+        let mut empty = 0;
+        while empty < until_empty_polls {
+            let (status, body) = self
+                .call(Method::GET, &format!("/api/tasks/?robot_id={}", self.id))
+                .await?;
+            anyhow::ensure!(status == StatusCode::OK, "get tasks: {status} {body}");
+            let tasks: Vec<Value> = serde_json::from_str(&body)?;
+            if tasks.is_empty() {
+                empty += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            empty = 0;
+            for task in tasks {
+                for item in task["item_set"].as_array().cloned().unwrap_or_default() {
+                    let id = item["id"].as_i64().unwrap_or_default();
+                    for status in ["STARTED", "COMPLETED"] {
+                        let (code, body) = self
+                            .call(
+                                Method::PATCH,
+                                &format!(
+                                    "/api/items?robot_id={}&item_id={id}&status={status}&observation=Sin%20observaciones",
+                                    self.id
+                                ),
+                            )
+                            .await?;
+                        anyhow::ensure!(
+                            code == StatusCode::OK && body.is_empty(),
+                            "{status}: {code} {body}"
+                        );
+                    }
+                    done.push(id);
+                }
+                let (code, _) = self
+                    .call(
+                        Method::PATCH,
+                        &format!(
+                            "/api/tasks?robot_id={}&task_id={}&status=COMPLETED",
+                            self.id, task["id"]
+                        ),
+                    )
+                    .await?;
+                anyhow::ensure!(
+                    code == StatusCode::OK || code == StatusCode::FORBIDDEN,
+                    "task patch {code}"
+                );
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Creates a robot (UiPath, capacity 2) for the prototype's API.
+pub async fn seed_robot(t: &TestNode, name: &str) -> Result<SeedRobot> {
+    let (id, token) = t
+        .robot(name, json!({ "platform": "UIPATH", "capacity": 2 }))
+        .await?;
+    Ok(SeedRobot {
+        id,
+        token,
+        base: t.base.clone(),
+        http: t.http.clone(),
+    })
+}
+
+/// A robot on the WebSocket channel, for tests.
+pub struct WsRobot {
+    pub id: i64,
+    pub token: String,
+    sink: futures_util::stream::SplitSink<WsStream, WsMessage>,
+    stream: futures_util::stream::SplitStream<WsStream>,
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+impl std::fmt::Debug for WsRobot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsRobot").field("id", &self.id).finish()
+    }
+}
+
+impl WsRobot {
+    /// Creates a robot through the admin API and connects it.
+    pub async fn create(node: &TestNode, name: &str, body: Value) -> Result<WsRobot> {
+        let (id, token) = node.robot(name, body).await?;
+        WsRobot::connect(node, id, &token).await
+    }
+
+    /// Opens `/api/v1/robot/ws` with an `Authorization: Token` header.
+    pub async fn connect(node: &TestNode, id: i64, token: &str) -> Result<WsRobot> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = node.url("/api/v1/robot/ws").replacen("http", "ws", 1);
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Token {token}").parse()?);
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(WsRobot::from_socket(id, token, socket))
+    }
+
+    /// Wraps an open socket.
+    pub fn from_socket(id: i64, token: &str, socket: WsStream) -> WsRobot {
+        use futures_util::StreamExt;
+        let (sink, stream) = socket.split();
+        WsRobot {
+            id,
+            token: token.to_string(),
+            sink,
+            stream,
+        }
+    }
+
+    /// Sends a JSON text frame.
+    pub async fn send(&mut self, frame: Value) -> Result<()> {
+        self.send_raw(WsMessage::text(frame.to_string())).await
+    }
+
+    /// Sends any frame.
+    pub async fn send_raw(&mut self, message: WsMessage) -> Result<()> {
+        use futures_util::SinkExt;
+        self.sink.send(message).await?;
+        Ok(())
+    }
+
+    /// The next JSON frame within `within` (control frames skipped); `None` on timeout.
+    pub async fn next_within(&mut self, within: Duration) -> Result<Option<Value>> {
+        use futures_util::StreamExt;
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = match tokio::time::timeout(left, self.stream.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => bail!("the server closed the WebSocket"),
+                Ok(Some(message)) => message?,
+            };
+            match message {
+                WsMessage::Text(text) => return Ok(Some(serde_json::from_str(text.as_str())?)),
+                WsMessage::Close(frame) => bail!("the server closed the WebSocket: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next JSON frame, failing after 10 s.
+    pub async fn next(&mut self) -> Result<Value> {
+        self.next_within(Duration::from_secs(10))
+            .await?
+            .context("no frame within 10 s")
+    }
+
+    /// Reads `items` frames until `n` items arrived in total; fails on any other frame.
+    pub async fn items(&mut self, n: usize) -> Result<Vec<Value>> {
+        let mut items = Vec::new();
+        while items.len() < n {
+            let frame = self.next().await?;
+            if frame["type"] != "items" {
+                bail!("expected an items frame, got {frame}");
+            }
+            items.extend(frame["items"].as_array().cloned().unwrap_or_default());
+        }
+        Ok(items)
+    }
+
+    /// Sends an action frame (`started`, `completed`, ...) for `item` with `ref` and `extra`
+    /// fields.
+    pub async fn act(
+        &mut self,
+        kind: &str,
+        item: &Value,
+        reference: &str,
+        extra: Value,
+    ) -> Result<()> {
+        let mut frame = extra;
+        if frame.is_null() {
+            frame = json!({});
+        }
+        frame["type"] = json!(kind);
+        frame["item_id"] = item["id"].clone();
+        frame["lease_id"] = item["lease_id"].clone();
+        frame["ref"] = json!(reference);
+        self.send(frame).await
+    }
+
+    /// Closes the connection.
+    pub async fn close(mut self) -> Result<()> {
+        use futures_util::SinkExt;
+        self.sink.close().await?;
+        Ok(())
+    }
+}

@@ -2,105 +2,13 @@
 //! slash), query-string parameters, `Token` header, JSON shapes and `{"detail"}` errors.
 
 use anyhow::Result;
-use orchestrator_tests::{RestRobot, TestNode, eventually, expect, seed_csv, wait_for_task_status};
-use reqwest::{Client, Method, StatusCode};
+use orchestrator_tests::{
+    RestRobot, TestNode, eventually, expect, seed_csv, seed_robot, wait_for_task_status,
+};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
-
-/// A robot as the prototype's README describes it.
-#[derive(Debug, Clone)]
-struct SeedRobot {
-    id: i64,
-    token: String,
-    base: String,
-    http: Client,
-}
-
-impl SeedRobot {
-    async fn call(&self, method: Method, path: &str) -> Result<(StatusCode, String)> {
-        let resp = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .header("Authorization", format!("Token {}", self.token))
-            .send()
-            .await?;
-        Ok((resp.status(), resp.text().await?))
-    }
-
-    /// Polls `GET /api/tasks/` and works every item it holds; returns the ids it completed.
-    async fn run(self, until_empty_polls: usize) -> Result<Vec<i64>> {
-        let (status, _) = self
-            .call(
-                Method::PATCH,
-                &format!("/api/robots/?robot_id={}&status=ACTIVE", self.id),
-            )
-            .await?;
-        anyhow::ensure!(status == StatusCode::OK, "activate: {status}");
-        let mut done = Vec::new();
-        let mut empty = 0;
-        while empty < until_empty_polls {
-            let (status, body) = self
-                .call(Method::GET, &format!("/api/tasks/?robot_id={}", self.id))
-                .await?;
-            anyhow::ensure!(status == StatusCode::OK, "get tasks: {status} {body}");
-            let tasks: Vec<Value> = serde_json::from_str(&body)?;
-            if tasks.is_empty() {
-                empty += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            empty = 0;
-            for task in tasks {
-                for item in task["item_set"].as_array().cloned().unwrap_or_default() {
-                    let id = item["id"].as_i64().unwrap_or_default();
-                    for status in ["STARTED", "COMPLETED"] {
-                        let (code, body) = self
-                            .call(
-                                Method::PATCH,
-                                &format!(
-                                    "/api/items?robot_id={}&item_id={id}&status={status}&observation=Sin%20observaciones",
-                                    self.id
-                                ),
-                            )
-                            .await?;
-                        anyhow::ensure!(
-                            code == StatusCode::OK && body.is_empty(),
-                            "{status}: {code} {body}"
-                        );
-                    }
-                    done.push(id);
-                }
-                let (code, _) = self
-                    .call(
-                        Method::PATCH,
-                        &format!(
-                            "/api/tasks?robot_id={}&task_id={}&status=COMPLETED",
-                            self.id, task["id"]
-                        ),
-                    )
-                    .await?;
-                anyhow::ensure!(
-                    code == StatusCode::OK || code == StatusCode::FORBIDDEN,
-                    "task patch {code}"
-                );
-            }
-        }
-        Ok(done)
-    }
-}
-
-async fn seed_robot(t: &TestNode, name: &str) -> Result<SeedRobot> {
-    let (id, token) = t
-        .robot(name, json!({ "platform": "UIPATH", "capacity": 2 }))
-        .await?;
-    Ok(SeedRobot {
-        id,
-        token,
-        base: t.base.clone(),
-        http: t.http.clone(),
-    })
-}
 
 #[tokio::test]
 async fn prototype_and_v1_robots_finish_one_task_together() -> Result<()> {

@@ -2,6 +2,7 @@
 
 use super::model::{LoadBoard, RobotSlot, TaskDemand};
 use crate::domain::{Clock, Millis, Robot, RobotStatus};
+use crate::error::StoreError;
 use crate::recovery::{self, PolicyDefaults, Released};
 use crate::robot_session::{RobotSession, RobotSessionArgs, RobotSessionMsg};
 use crate::store::{RobotPatch, Store};
@@ -45,6 +46,12 @@ pub enum RobotRegistryMsg {
     RobotRevoked { robot_id: i64 },
     /// Items held by a robot left flight (completed, failed, released).
     ItemsLeftFlight { robot_id: i64, count: i64 },
+    /// A sign of life from a connected robot (a WebSocket frame).
+    Pulse { robot_id: i64 },
+    /// A WebSocket robot is ready; `window` narrows its capacity (never above the configured one).
+    Ready { robot: Robot, window: Option<i64> },
+    /// Items were taken from a robot by someone else (a task was cancelled): tell its session.
+    Revoke { robot_id: i64, item_ids: Vec<i64> },
     /// A task can lease `pending` items now.
     TaskDemand {
         task_id: i64,
@@ -88,6 +95,14 @@ struct Session {
     actor: ActorRef<RobotSessionMsg>,
     last_pulse: Millis,
     persisted_pulse: Millis,
+    /// Capacity the robot asked for in its `ready` frame.
+    window: Option<i64>,
+}
+
+impl Session {
+    fn capacity(&self, configured: i64) -> i64 {
+        self.window.map_or(configured, |w| w.min(configured))
+    }
 }
 
 /// Running state.
@@ -120,6 +135,35 @@ impl RegistryState {
         }
     }
 
+    /// Records a pulse; writes it to the store at most every quarter pulse timeout.
+    async fn pulse(&mut self, robot_id: i64) -> Result<(), StoreError> {
+        let now = self.args.clock.now();
+        let persist_every = (self.args.pulse_timeout.as_millis() as i64 / 4).max(200);
+        let Some(session) = self.sessions.get_mut(&robot_id) else {
+            return Ok(());
+        };
+        session.last_pulse = now;
+        if now - session.persisted_pulse < persist_every {
+            return Ok(());
+        }
+        session.persisted_pulse = now;
+        self.args
+            .store
+            .record_pulse(robot_id, now, &self.args.node_id)
+            .await
+    }
+
+    /// Tells sessions which of their items were taken away.
+    fn tell_revoked(&self, revoked: &BTreeMap<i64, Vec<i64>>) {
+        for (robot_id, item_ids) in revoked {
+            if let Some(session) = self.sessions.get(robot_id) {
+                let _ = session.actor.send_message(RobotSessionMsg::Revoke {
+                    item_ids: item_ids.clone(),
+                });
+            }
+        }
+    }
+
     fn slot_from(robot: &Robot, in_flight: i64, stamp: u64) -> RobotSlot {
         RobotSlot {
             capacity: robot.capacity,
@@ -132,6 +176,7 @@ impl RegistryState {
 
     /// Applies a release: items leave flight, PENDING ones go back to their tasks.
     fn absorb(&mut self, released: Released) {
+        self.tell_revoked(&released.revoked);
         for (robot_id, n) in released.left_flight {
             if let Some(slot) = self.board.robots.get_mut(&robot_id) {
                 slot.in_flight = (slot.in_flight - n).max(0);
@@ -141,6 +186,19 @@ impl RegistryState {
             for (task_id, items) in released.requeued {
                 let _ = director.send_message(TaskDirectorMsg::Requeued { task_id, items });
             }
+        }
+    }
+
+    /// Copies a robot's settings into its slot (capacity narrowed by its session's window).
+    fn apply_settings(&mut self, robot: &Robot) {
+        let capacity = self
+            .sessions
+            .get(&robot.id)
+            .map_or(robot.capacity, |s| s.capacity(robot.capacity));
+        if let Some(slot) = self.board.robots.get_mut(&robot.id) {
+            slot.capacity = capacity;
+            slot.processes = robot.processes.clone();
+            slot.active = robot.status == RobotStatus::Active;
         }
     }
 
@@ -257,6 +315,7 @@ async fn handle_message(
                         actor,
                         last_pulse: now,
                         persisted_pulse: 0,
+                        window: None,
                     },
                 );
                 info!(robot_id, in_flight, "robot connected");
@@ -266,39 +325,19 @@ async fn handle_message(
                     RegistryState::slot_from(&robot, in_flight as i64, stamp),
                 );
             }
-            if let Some(slot) = state.board.robots.get_mut(&robot_id) {
-                slot.capacity = robot.capacity;
-                slot.processes = robot.processes.clone();
-                slot.active = robot.status == RobotStatus::Active;
-            }
-            let persist_every = (state.args.pulse_timeout.as_millis() as i64 / 4).max(200);
-            let mut persist = false;
-            if let Some(session) = state.sessions.get_mut(&robot_id) {
-                session.last_pulse = now;
-                persist = now - session.persisted_pulse >= persist_every;
-                if persist {
-                    session.persisted_pulse = now;
-                }
+            state.apply_settings(&robot);
+            if let Some(session) = state.sessions.get(&robot_id) {
                 let _ = reply.send(session.actor.clone());
             }
-            if persist {
-                state
-                    .args
-                    .store
-                    .record_pulse(robot_id, now, &state.args.node_id)
-                    .await?;
-            }
+            state.pulse(robot_id).await?;
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::RobotChanged { robot } => {
-            let Some(slot) = state.board.robots.get_mut(&robot.id) else {
+            let Some(was_active) = state.board.robots.get(&robot.id).map(|slot| slot.active) else {
                 return Ok(());
             };
-            slot.capacity = robot.capacity;
-            slot.processes = robot.processes.clone();
-            let was_active = slot.active;
-            slot.active = robot.status == RobotStatus::Active;
-            if was_active && !slot.active {
+            state.apply_settings(&robot);
+            if was_active && robot.status != RobotStatus::Active {
                 let released = recovery::release_robot(
                     &state.args.store,
                     robot.id,
@@ -324,6 +363,18 @@ async fn handle_message(
             .await?;
             state.absorb(released);
             state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::Pulse { robot_id } => state.pulse(robot_id).await?,
+        RobotRegistryMsg::Ready { robot, window } => {
+            if let Some(session) = state.sessions.get_mut(&robot.id) {
+                session.window = window;
+            }
+            state.apply_settings(&robot);
+            state.pulse(robot.id).await?;
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::Revoke { robot_id, item_ids } => {
+            state.tell_revoked(&BTreeMap::from([(robot_id, item_ids)]));
         }
         RobotRegistryMsg::ItemsLeftFlight { robot_id, count } => {
             if let Some(slot) = state.board.robots.get_mut(&robot_id) {

@@ -1,9 +1,18 @@
 //! The RobotSession actor.
 
+use super::ws::{self, Outbound, WsLink};
+use crate::dispatcher::Dispatcher;
+use crate::domain::Robot;
+use crate::error::StoreError;
 use crate::store::{LeasedItem, Store};
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// Most held items re-sent to a reconnecting robot (capacity is at most 1,000).
+const MAX_HELD: i64 = 2_000;
 
 /// The session actor.
 #[derive(Debug)]
@@ -22,9 +31,27 @@ pub enum RobotSessionMsg {
     },
     /// The wait of claim `waiter` ran out.
     WaitOver { waiter: u64 },
+    /// A WebSocket connected: push items over it from now on, starting with everything the
+    /// robot still holds (a reconnect resumes). Replaces an earlier connection.
+    AttachWs(Box<WsAttach>),
+    /// WebSocket connection `conn` closed.
+    Detached { conn: u64 },
+    /// These items were taken from the robot (drained, expired, task cancelled).
+    Revoke { item_ids: Vec<i64> },
 }
 
 impl Message for RobotSessionMsg {}
+
+/// What a session needs to serve a WebSocket.
+#[derive(Debug)]
+pub struct WsAttach {
+    pub robot: Robot,
+    pub link: WsLink,
+    /// Where the robot's frames go (actions, pulses, ready).
+    pub dispatcher: Dispatcher,
+    /// How often the server pings the robot.
+    pub ping_every: Duration,
+}
 
 /// Start-up arguments.
 #[derive(Debug, Clone)]
@@ -41,12 +68,33 @@ struct Waiter {
     reply: RpcReplyPort<Vec<LeasedItem>>,
 }
 
-/// Session state: leases already handed out, and parked claims.
+/// An open WebSocket.
+struct Connection {
+    id: u64,
+    outbound: tokio::sync::mpsc::Sender<Outbound>,
+    reader: JoinHandle<()>,
+}
+
+impl Connection {
+    /// Queues `frame`; `false` when the robot stopped reading (the queue is full) or left.
+    fn push(&self, frame: Outbound) -> bool {
+        self.outbound.try_send(frame).is_ok()
+    }
+
+    fn close(self, reason: &str) {
+        let _ = self.outbound.try_send(Outbound::Close(reason.into()));
+        self.reader.abort();
+    }
+}
+
+/// Session state: leases already handed out, parked claims, and the WebSocket if one is open.
 pub struct SessionState {
     args: RobotSessionArgs,
     handed: HashSet<String>,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
+    ws: Option<Connection>,
+    next_conn: u64,
 }
 
 impl std::fmt::Debug for SessionState {
@@ -55,6 +103,7 @@ impl std::fmt::Debug for SessionState {
             .field("robot_id", &self.args.robot_id)
             .field("handed", &self.handed.len())
             .field("waiters", &self.waiters.len())
+            .field("websocket", &self.ws.is_some())
             .finish()
     }
 }
@@ -75,6 +124,48 @@ impl SessionState {
         *items = rest;
         out
     }
+
+    /// Pushes `items` not handed out yet over the WebSocket. A robot that stopped reading is
+    /// disconnected: its leases stay, and it gets them again when it reconnects.
+    fn push_items(&mut self, items: &mut Vec<LeasedItem>) {
+        let given = self.take_new(items, usize::MAX);
+        if given.is_empty() {
+            return;
+        }
+        let Some(conn) = &self.ws else { return };
+        if !conn.push(ws::items_frame(&given)) {
+            warn!(
+                robot_id = self.args.robot_id,
+                "robot is not reading its WebSocket; disconnecting it"
+            );
+            for item in &given {
+                self.handed.remove(&item.lease_key());
+            }
+            if let Some(conn) = self.ws.take() {
+                conn.close("too slow: the server's queue for this connection is full");
+            }
+        }
+    }
+}
+
+/// Fills in each item's process (items store their task, robots want the process too).
+pub(crate) async fn fill_process_ids(
+    store: &Store,
+    items: &mut [LeasedItem],
+) -> Result<(), StoreError> {
+    let mut processes = HashMap::new();
+    for item in items.iter_mut().filter(|i| i.process_id.is_none()) {
+        let process = match processes.get(&item.task_id) {
+            Some(process) => *process,
+            None => {
+                let process = store.task(item.task_id).await?.map(|t| t.process_id);
+                processes.insert(item.task_id, process);
+                process
+            }
+        };
+        item.process_id = process;
+    }
+    Ok(())
 }
 
 impl LeasedItem {
@@ -98,7 +189,20 @@ impl Actor for RobotSession {
             handed: HashSet::new(),
             waiters: VecDeque::new(),
             next_waiter: 0,
+            ws: None,
+            next_conn: 0,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(conn) = state.ws.take() {
+            conn.close("session ended");
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -109,6 +213,9 @@ impl Actor for RobotSession {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RobotSessionMsg::Deliver { mut items } => {
+                if state.ws.is_some() {
+                    state.push_items(&mut items);
+                }
                 while !items.is_empty() {
                     let Some(waiter) = state.waiters.pop_front() else {
                         break;
@@ -138,7 +245,8 @@ impl Actor for RobotSession {
                 // Forget handed leases that are no longer ASSIGNED (started, finished, lost).
                 let live: HashSet<String> = leased.iter().map(LeasedItem::lease_key).collect();
                 state.handed.retain(|key| live.contains(key));
-                let given = state.take_new(&mut leased, max);
+                let mut given = state.take_new(&mut leased, max);
+                fill_process_ids(&state.args.store, &mut given).await?;
                 if !given.is_empty() || wait.is_zero() {
                     let _ = reply.send(given);
                 } else {
@@ -153,6 +261,62 @@ impl Actor for RobotSession {
                     && let Some(w) = state.waiters.remove(pos)
                 {
                     let _ = w.reply.send(Vec::new());
+                }
+            }
+            RobotSessionMsg::AttachWs(attach) => {
+                let WsAttach {
+                    robot,
+                    link,
+                    dispatcher,
+                    ping_every,
+                } = *attach;
+                if let Some(old) = state.ws.take() {
+                    old.close("replaced by a newer connection of the same robot");
+                }
+                state.next_conn += 1;
+                let id = state.next_conn;
+                let WsLink { inbound, outbound } = link;
+                let reader = {
+                    let outbound = outbound.clone();
+                    let myself = myself.clone();
+                    tokio::spawn(async move {
+                        ws::read_frames(robot, dispatcher, inbound, outbound, ping_every).await;
+                        let _ = myself.send_message(RobotSessionMsg::Detached { conn: id });
+                    })
+                };
+                state.ws = Some(Connection {
+                    id,
+                    outbound,
+                    reader,
+                });
+                info!(
+                    robot_id = state.args.robot_id,
+                    "robot connected by WebSocket"
+                );
+                // A new connection knows nothing yet: send everything the robot holds.
+                state.handed.clear();
+                let mut held = state
+                    .args
+                    .store
+                    .held_items_of(state.args.robot_id, MAX_HELD)
+                    .await?;
+                fill_process_ids(&state.args.store, &mut held).await?;
+                state.push_items(&mut held);
+            }
+            RobotSessionMsg::Detached { conn } => {
+                if state.ws.as_ref().is_some_and(|c| c.id == conn) {
+                    state.ws = None;
+                    info!(robot_id = state.args.robot_id, "robot's WebSocket closed");
+                }
+            }
+            RobotSessionMsg::Revoke { item_ids } => {
+                let revoked: HashSet<i64> = item_ids.iter().copied().collect();
+                state.handed.retain(|key| {
+                    let id = key.split_once(':').and_then(|(id, _)| id.parse().ok());
+                    id.is_none_or(|id| !revoked.contains(&id))
+                });
+                if let Some(conn) = &state.ws {
+                    let _ = conn.push(ws::revoke_frame(&item_ids));
                 }
             }
         }

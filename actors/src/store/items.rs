@@ -2,7 +2,7 @@
 //! transaction with the task's counters, so counters never drift and two writers never both win.
 
 use super::Store;
-use crate::domain::{ItemCounts, Millis};
+use crate::domain::{ItemCounts, ItemStatus, Millis, rfc3339};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, add_counts, count_delta};
 use serde::Deserialize;
@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 const STATE_FIELDS: &str = "record::id(id) AS id, task AS task_id, status, robot AS robot_id, \
                             attempt, lease_id, lease_expires_at, lease_expiries, observation, \
                             output, fail_kind, not_before, started_at, ended_at";
+
+/// Items reopened per transaction by retry-failed.
+const RETRY_BATCH: i64 = 5_000;
 
 const CONFLICT: &str = "item transition conflict";
 
@@ -28,6 +31,25 @@ pub struct LeasedItem {
     pub attempt: i64,
     pub lease_id: String,
     pub lease_expires_at: Millis,
+    /// ASSIGNED when leased; STARTED when re-sent to a robot that reconnected mid-item.
+    #[serde(default = "assigned")]
+    pub status: ItemStatus,
+}
+
+fn assigned() -> ItemStatus {
+    ItemStatus::Assigned
+}
+
+impl LeasedItem {
+    /// The JSON a robot receives (REST claim and WebSocket `items` frames alike).
+    pub fn view(&self) -> Value {
+        json!({
+            "id": self.id, "task_id": self.task_id, "process_id": self.process_id,
+            "line": self.line, "values": self.values, "attempt": self.attempt,
+            "status": self.status,
+            "lease_id": self.lease_id, "lease_expires_at": rfc3339(self.lease_expires_at),
+        })
+    }
 }
 
 /// Items of one task to lease to one robot.
@@ -55,10 +77,12 @@ impl Store {
 
     /// The current state of several items (missing ids are left out).
     pub async fn item_states(&self, ids: &[i64]) -> Result<Vec<ItemState>, StoreError> {
-        let sql =
-            format!("SELECT {STATE_FIELDS} FROM array::map($ids, |$i| type::record('item', $i));");
+        let sql = format!(
+            "SELECT {STATE_FIELDS} FROM array::map($ids, |$i| type::record('item', $i)) \
+                     WHERE status != NONE;"
+        );
         let rows: Vec<Value> = self.rows(&sql, json!({ "ids": ids }), 0).await?;
-        // Ids that do not exist come back as empty rows.
+        // Ids that do not exist are filtered out (the WHERE) or, on some engines, empty rows.
         Ok(rows
             .into_iter()
             .filter(|r| r.get("status").is_some())
@@ -148,6 +172,21 @@ impl Store {
             .await
     }
 
+    /// Items `robot` holds (ASSIGNED or STARTED), oldest first: what a reconnecting WebSocket
+    /// robot is sent again.
+    pub async fn held_items_of(
+        &self,
+        robot: i64,
+        limit: i64,
+    ) -> Result<Vec<LeasedItem>, StoreError> {
+        let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
+                   lease_expires_at, status FROM item \
+                   WHERE robot = $robot AND status IN ['ASSIGNED', 'STARTED'] \
+                   ORDER BY id LIMIT $limit;";
+        self.rows(sql, json!({ "robot": robot, "limit": limit }), 0)
+            .await
+    }
+
     /// Payloads of the given items if still ASSIGNED to `robot` under `lease`.
     pub async fn leased_items(&self, ids: &[i64]) -> Result<Vec<LeasedItem>, StoreError> {
         let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
@@ -206,11 +245,7 @@ impl Store {
             "changes": rows, "tasks": tasks, "now": now,
             "task_ids": per_task.keys().collect::<Vec<_>>(),
         });
-        let mut response = self
-            .db
-            .query(sql.as_str())
-            .bind(super::unset_nulls(vars))
-            .await?;
+        let mut response = self.db.run(&sql, vars).await?;
         // In a failed transaction every later statement reports "not executed"; the THROW that
         // caused it says whether this was a lost race or a real failure.
         let mut errors: Vec<(usize, String)> = response
@@ -280,8 +315,7 @@ impl Store {
             .retry_conflicts(|| async {
                 let mut response = self
                     .db
-                    .query(sql.as_str())
-                    .bind(Value::Object(vars.clone()))
+                    .run(&sql, Value::Object(vars.clone()))
                     .await?
                     .check()?;
                 let value: surrealdb::types::Value = response.take(return_index)?;
@@ -339,17 +373,23 @@ impl Store {
     }
 
     /// Puts FAILED and ABANDONED items of a task back to PENDING and reopens the task; returns
-    /// how many items were reopened.
+    /// how many items were reopened. Works in batches, each one transaction with the task's
+    /// counters, so the counters always equal the items and no transaction outgrows the
+    /// engine's memtable.
     pub async fn retry_failed(&self, task_id: i64, now: Millis) -> Result<i64, StoreError> {
         let sql = "BEGIN; \
-             LET $f = (UPDATE item SET status = 'PENDING', robot = NONE, lease_id = NONE, \
+             LET $f = (UPDATE (SELECT VALUE id FROM item \
+                 WHERE task = $task AND status = 'FAILED' LIMIT $batch) \
+               SET status = 'PENDING', robot = NONE, lease_id = NONE, \
                lease_expires_at = NONE, lease_expiries = 0, fail_kind = NONE, not_before = NONE, \
                ended_at = NONE, started_at = NONE, attempt = 0 \
-               WHERE task = $task AND status = 'FAILED' RETURN VALUE 1); \
-             LET $a = (UPDATE item SET status = 'PENDING', robot = NONE, lease_id = NONE, \
+               WHERE status = 'FAILED' RETURN VALUE 1); \
+             LET $a = (UPDATE (SELECT VALUE id FROM item \
+                 WHERE task = $task AND status = 'ABANDONED' LIMIT $batch) \
+               SET status = 'PENDING', robot = NONE, lease_id = NONE, \
                lease_expires_at = NONE, lease_expiries = 0, not_before = NONE, ended_at = NONE, \
                started_at = NONE, attempt = 0 \
-               WHERE task = $task AND status = 'ABANDONED' RETURN VALUE 1); \
+               WHERE status = 'ABANDONED' RETURN VALUE 1); \
              LET $n = array::len($f) + array::len($a); \
              UPDATE type::record('task', $task) SET counts.failed -= array::len($f), \
                counts.abandoned -= array::len($a), counts.pending += $n, \
@@ -357,17 +397,21 @@ impl Store {
                ended_at = IF $n > 0 AND status != 'CANCELLED' THEN NONE ELSE ended_at END; \
              RETURN $n; \
              COMMIT;";
-        self.retry_conflicts(|| async {
-            let mut response = self
-                .db
-                .query(sql)
-                .bind(json!({ "task": task_id, "now": now }))
-                .await?
-                .check()?;
-            let n: surrealdb::types::Value = response.take(5)?;
-            Ok(n.into_json_value().as_i64().unwrap_or(0))
-        })
-        .await
+        let vars = json!({ "task": task_id, "now": now, "batch": RETRY_BATCH });
+        let mut total = 0;
+        loop {
+            let n = self
+                .retry_conflicts(|| async {
+                    let mut response = self.db.run(sql, vars.clone()).await?.check()?;
+                    let n: surrealdb::types::Value = response.take(5)?;
+                    Ok(n.into_json_value().as_i64().unwrap_or(0))
+                })
+                .await?;
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Records a pulse from `robot` at `now` on node `node`.

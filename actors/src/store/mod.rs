@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   web handlers ──┐
-//!   actors ────────┼──► Store ──► Surreal<Any> ──► surrealkv:// | mem:// | ws:// (shared server)
+//!   actors ────────┼──► Store ──► embedded engine (surrealkv:// | mem://) or ws:// (shared server)
 //!   ingest ────────┘
 //! ```
 
@@ -25,9 +25,13 @@ pub use users::{NewUser, UserPatch};
 use crate::error::StoreError;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
-use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
+use surrealdb::engine::local::Db as Local;
+use surrealdb::{IndexedResults, Surreal};
+use surrealdb_cnf::ConfigMap;
+use surrealdb_engine_local::Datastore;
 use tracing::{debug, info};
 
 /// Where the store lives and how to sign in to it.
@@ -41,7 +45,17 @@ pub struct StoreConfig {
     pub password: String,
     pub namespace: String,
     pub database: String,
+    /// Bytes SurrealKV buffers in its memtable before flushing to disk (embedded store only).
+    pub memtable_bytes: u64,
+    /// Bytes of SurrealKV's block cache (embedded store only).
+    pub block_cache_bytes: u64,
 }
+
+/// Default memtable size: the engine's own default is 1 GiB on a 16–64 GiB host, which an
+/// upload of a million rows fills before the first flush.
+pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 << 20;
+/// Default block cache size: the engine's own default is half the host's RAM less 1 GiB.
+pub const DEFAULT_BLOCK_CACHE_BYTES: u64 = 64 << 20;
 
 impl StoreConfig {
     /// An in-memory store, as tests use.
@@ -52,6 +66,8 @@ impl StoreConfig {
             password: "root".into(),
             namespace: "orchestrator".into(),
             database: "orchestrator".into(),
+            memtable_bytes: DEFAULT_MEMTABLE_BYTES,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
         }
     }
 }
@@ -59,7 +75,68 @@ impl StoreConfig {
 /// Handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Surreal<Any>,
+    db: Db,
+}
+
+/// The two ways the store reaches SurrealDB. The embedded engine is built here rather than by
+/// the SDK's `connect`, because only the datastore builder accepts engine settings.
+#[derive(Debug, Clone)]
+enum Db {
+    Embedded(Surreal<Local>),
+    Remote(Surreal<Any>),
+}
+
+impl Db {
+    /// Opens an embedded datastore at `path` (`memory` or `surrealkv://DIR`), sized by `config`.
+    async fn embedded(path: &str, config: &StoreConfig) -> Result<Db, StoreError> {
+        let engine = ConfigMap::empty()
+            .with_key_value(
+                "surrealkv_max_memtable_size",
+                config.memtable_bytes.to_string(),
+            )
+            .with_key_value(
+                "surrealkv_block_cache_capacity",
+                config.block_cache_bytes.to_string(),
+            );
+        // The same steps as the SDK's local `connect`: maintenance tasks start only once the
+        // storage version is settled.
+        let datastore = Datastore::builder()
+            .with_config(engine)
+            .with_auth(false)
+            .without_maintenance_tasks()
+            .build_with_path(path)
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot open {path}: {e}")))?;
+        datastore
+            .check_version()
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot open {path}: {e}")))?;
+        datastore
+            .bootstrap()
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot open {path}: {e}")))?;
+        datastore.start_maintenance_tasks();
+        let db = Surreal::<Local>::unstable_from_datastore(Arc::clone(&datastore), None).await?;
+        Ok(Db::Embedded(db))
+    }
+
+    async fn use_ns_db(&self, namespace: &str, database: &str) -> surrealdb::Result<()> {
+        match self {
+            Db::Embedded(db) => db.use_ns(namespace).use_db(database).await.map(drop),
+            Db::Remote(db) => db.use_ns(namespace).use_db(database).await.map(drop),
+        }
+    }
+
+    /// Runs `sql` with `vars` bound (a JSON object, or `Value::Null` for none).
+    async fn run(&self, sql: &str, vars: Value) -> surrealdb::Result<IndexedResults> {
+        let vars = unset_nulls(vars);
+        match (self, vars) {
+            (Db::Embedded(db), Value::Null) => db.query(sql).await,
+            (Db::Embedded(db), vars) => db.query(sql).bind(vars).await,
+            (Db::Remote(db), Value::Null) => db.query(sql).await,
+            (Db::Remote(db), vars) => db.query(sql).bind(vars).await,
+        }
+    }
 }
 
 const CONFLICT_RETRIES: usize = 20;
@@ -75,9 +152,9 @@ impl Store {
             std::fs::create_dir_all(path).map_err(|e| {
                 StoreError::Database(format!("cannot create store directory {path}: {e}"))
             })?;
-            surrealdb::engine::any::connect(url).await?
+            Db::embedded(url, config).await?
         } else if url == "mem://" || url == "memory" {
-            surrealdb::engine::any::connect("mem://").await?
+            Db::embedded("memory", config).await?
         } else if url.starts_with("ws://") || url.starts_with("wss://") {
             let db = surrealdb::engine::any::connect(url).await?;
             db.signin(surrealdb::opt::auth::Root {
@@ -85,13 +162,11 @@ impl Store {
                 password: config.password.clone(),
             })
             .await?;
-            db
+            Db::Remote(db)
         } else {
             return Err(StoreError::UnsupportedUrl(url.into()));
         };
-        db.use_ns(config.namespace.clone())
-            .use_db(config.database.clone())
-            .await?;
+        db.use_ns_db(&config.namespace, &config.database).await?;
         let store = Store { db };
         store.apply_schema().await?;
         Ok(store)
@@ -100,7 +175,10 @@ impl Store {
     async fn apply_schema(&self) -> Result<(), StoreError> {
         // SurrealDB 3 refuses to read a table that does not exist: define `setting` first.
         self.retry_conflicts(|| async {
-            self.db.query(schema::SETTINGS_TABLE).await?.check()?;
+            self.db
+                .run(schema::SETTINGS_TABLE, Value::Null)
+                .await?
+                .check()?;
             Ok(())
         })
         .await?;
@@ -114,7 +192,7 @@ impl Store {
             });
         }
         self.retry_conflicts(|| async {
-            self.db.query(schema::SCHEMA).await?.check()?;
+            self.db.run(schema::SCHEMA, Value::Null).await?.check()?;
             Ok(())
         })
         .await?;
@@ -131,7 +209,7 @@ impl Store {
         vars: Value,
         index: usize,
     ) -> Result<Vec<T>, StoreError> {
-        let mut response = self.db.query(sql).bind(unset_nulls(vars)).await?.check()?;
+        let mut response = self.db.run(sql, vars).await?.check()?;
         let rows: Vec<Value> = response.take(index)?;
         rows.into_iter()
             .map(|row| serde_json::from_value(row).map_err(StoreError::from))
@@ -150,7 +228,7 @@ impl Store {
 
     /// Runs statements for their effect, failing if any statement failed.
     pub(crate) async fn exec(&self, sql: &str, vars: Value) -> Result<(), StoreError> {
-        self.db.query(sql).bind(unset_nulls(vars)).await?.check()?;
+        self.db.run(sql, vars).await?.check()?;
         Ok(())
     }
 
@@ -202,7 +280,7 @@ impl Store {
 
     /// Runs raw SurrealQL and returns every statement's result as JSON (for tools and tests).
     pub async fn query_all(&self, sql: &str, vars: Value) -> Result<Vec<Value>, StoreError> {
-        let mut response = self.db.query(sql).bind(unset_nulls(vars)).await?;
+        let mut response = self.db.run(sql, vars).await?;
         let mut out = Vec::new();
         for index in 0..response.num_statements() {
             match response.take::<surrealdb::types::Value>(index) {
@@ -225,7 +303,7 @@ impl Store {
 
     /// Whether the store answers a trivial query.
     pub async fn ping(&self) -> bool {
-        self.db.query("RETURN 1;").await.is_ok()
+        self.db.run("RETURN 1;", Value::Null).await.is_ok()
     }
 }
 

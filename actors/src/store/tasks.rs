@@ -11,6 +11,10 @@ use crate::error::StoreError;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+/// Rows deleted per transaction when a staged upload is discarded, so no transaction outgrows
+/// the engine's memtable.
+const DELETE_BATCH: i64 = 5_000;
+
 const TASK_FIELDS: &str = "record::id(id) AS id, process AS process_id, owner AS owner_id, status, \
                            priority, item_count, counts, columns, filename, created_at, \
                            started_at, ended_at";
@@ -134,12 +138,28 @@ impl Store {
             .await
     }
 
-    /// Deletes a staged task and every item staged under it.
+    /// Deletes a staged task and every item staged under it. Items go in batches so no single
+    /// transaction outgrows the engine's memtable, whatever the upload's size.
     pub async fn discard_staged_task(&self, task_id: i64) -> Result<(), StoreError> {
+        let vars = json!({ "id": task_id, "batch": DELETE_BATCH });
+        loop {
+            let deleted: Vec<Value> = self
+                .retry_conflicts(|| {
+                    self.rows(
+                        "DELETE (SELECT VALUE id FROM item WHERE task = $id LIMIT $batch) \
+                         RETURN VALUE 1;",
+                        vars.clone(),
+                        0,
+                    )
+                })
+                .await?;
+            if deleted.is_empty() {
+                break;
+            }
+        }
         self.retry_conflicts(|| {
             self.exec(
-                "DELETE item WHERE task = $id; \
-                 DELETE type::record('task', $id) WHERE status = 'UPLOADING';",
+                "DELETE type::record('task', $id) WHERE status = 'UPLOADING';",
                 json!({ "id": task_id }),
             )
         })
@@ -197,12 +217,7 @@ impl Store {
             "owner": filter.owner_id, "status": filter.status.map(TaskStatus::as_str),
             "process": filter.process_id, "limit": filter.limit, "offset": filter.offset,
         });
-        let mut response = self
-            .db
-            .query(&sql)
-            .bind(super::unset_nulls(vars))
-            .await?
-            .check()?;
+        let mut response = self.db.run(&sql, vars).await?.check()?;
         let rows: Vec<Value> = response.take(0)?;
         let counts: Vec<Value> = response.take(1)?;
         let tasks = rows
@@ -253,8 +268,7 @@ impl Store {
                    FROM task WHERE status != 'UPLOADING' GROUP ALL;";
         let mut response = self
             .db
-            .query(sql)
-            .bind(json!({ "since": connected_since }))
+            .run(sql, json!({ "since": connected_since }))
             .await?
             .check()?;
         let robots: Vec<Value> = response.take(0)?;

@@ -148,7 +148,10 @@ impl Actor for TaskActor {
                     .assign_items(state.args.task_id, &store_grants, now)
                     .await?;
                 let mut unused = Vec::new();
-                for (grant, items) in grants.iter().zip(leased) {
+                for (grant, mut items) in grants.iter().zip(leased) {
+                    for item in &mut items {
+                        item.process_id = Some(state.args.process_id);
+                    }
                     let got = items.len() as i64;
                     if got < grant.count {
                         unused.push((grant.robot_id, grant.count - got));

@@ -116,7 +116,7 @@ async fn claim(robot: Robot, state: AppState, q: ClaimQuery) -> Result<impl warp
         .dispatcher
         .claim(&robot, max, Duration::from_secs_f64(wait))
         .await?;
-    let body: Vec<Value> = items.iter().map(leased_view).collect();
+    let body: Vec<Value> = items.iter().map(LeasedItem::view).collect();
     Ok(warp::reply::json(&body))
 }
 
@@ -148,15 +148,6 @@ async fn act(
         .act(robot.id, id, Some(&body.lease_id), &action)
         .await?;
     Ok(warp::reply::json(&state_view(&item)))
-}
-
-/// The JSON of an item delivered to a robot.
-pub fn leased_view(item: &LeasedItem) -> Value {
-    json!({
-        "id": item.id, "task_id": item.task_id, "process_id": item.process_id,
-        "line": item.line, "values": item.values, "attempt": item.attempt,
-        "lease_id": item.lease_id, "lease_expires_at": rfc3339(item.lease_expires_at),
-    })
 }
 
 fn state_view(item: &ItemState) -> Value {

@@ -1,0 +1,576 @@
+//! `bench`: runs the benchmark scenarios, each on a freshly started release build of the node on
+//! the embedded `surrealkv://` store, with `robot-sim` in a separate process, and writes the
+//! figures and the machine they ran on into `BENCHMARKS.md` (between the `bench:begin` and
+//! `bench:end` markers; the rest of the file is kept).
+//!
+//! Build first, then run (the binaries are found beside this one):
+//! `cargo build --release -p orchestrator-node -p orchestrator-ops && cargo run --release -p orchestrator-ops --bin bench`
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Runs the benchmark scenarios and writes BENCHMARKS.md"
+)]
+struct Args {
+    /// Scenarios to run (comma separated); all when unset.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// File to write.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Scale every item count by this factor (for a quick trial run; figures are then not
+    /// comparable with the targets and the file is not written).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+}
+
+const ADMIN_PASSWORD: &str = "bench-admin-password";
+
+/// One benchmark scenario: what it measures, its targets, and how to run it.
+struct Scenario {
+    key: &'static str,
+    title: &'static str,
+    target: &'static str,
+    floor: &'static str,
+    kind: Kind,
+}
+
+enum Kind {
+    /// `robot-sim` flags; `metric` picks the figure compared with the target.
+    Sim { flags: Vec<String>, metric: Metric },
+    /// Upload an N-row seed CSV.
+    Upload { rows: usize },
+}
+
+#[derive(Clone, Copy)]
+enum Metric {
+    /// Items per second, higher is better: (target, floor).
+    Throughput(f64, f64),
+    /// Node RSS in MB at the end, lower is better.
+    Rss(f64, f64),
+    /// A latency p99 in ms, lower is better: (field, target, floor).
+    P99(&'static str, f64, f64),
+}
+
+fn scenarios(scale: f64) -> Vec<Scenario> {
+    let n = |x: usize| ((x as f64 * scale).round() as usize).max(1).to_string();
+    let flags = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let with = |mut base: Vec<String>, items: String| {
+        base.extend(["--items".to_string(), items]);
+        base
+    };
+    vec![
+        Scenario {
+            key: "ws",
+            title: "WebSocket, 100 robots, capacity 10, instant work, 200,000 items",
+            target: "20,000 items/s",
+            floor: "10,000 items/s",
+            kind: Kind::Sim {
+                flags: with(
+                    flags(&["--api", "ws", "--robots", "100", "--capacity", "10"]),
+                    n(200_000),
+                ),
+                metric: Metric::Throughput(20_000.0, 10_000.0),
+            },
+        },
+        Scenario {
+            key: "rest",
+            title: "REST v1 claim/complete, 100 robots (capacity 10), 50,000 items",
+            target: "10,000 items/s",
+            floor: "5,000 items/s",
+            kind: Kind::Sim {
+                flags: with(
+                    flags(&["--api", "rest", "--robots", "100", "--capacity", "10"]),
+                    n(50_000),
+                ),
+                metric: Metric::Throughput(10_000.0, 5_000.0),
+            },
+        },
+        Scenario {
+            key: "seed",
+            title: "seed-compatible REST, 20 robots (capacity 10), 20,000 items",
+            target: "5,000 items/s",
+            floor: "2,000 items/s",
+            kind: Kind::Sim {
+                flags: with(
+                    flags(&["--api", "seed", "--robots", "20", "--capacity", "10"]),
+                    n(20_000),
+                ),
+                metric: Metric::Throughput(5_000.0, 2_000.0),
+            },
+        },
+        Scenario {
+            key: "upload",
+            title: "upload of a 1,000,000-row seed-format CSV",
+            target: "10 s, peak RSS 200 MB",
+            floor: "20 s, 400 MB",
+            kind: Kind::Upload {
+                rows: (1_000_000.0 * scale).round() as usize,
+            },
+        },
+        Scenario {
+            key: "idle",
+            title: "10,000 WebSocket robots connected, pulse every 10 s (60 s)",
+            target: "node RSS 250 MB",
+            floor: "500 MB",
+            kind: Kind::Sim {
+                flags: flags(&[
+                    "--api",
+                    "ws",
+                    "--robots",
+                    &n(10_000),
+                    "--capacity",
+                    "1",
+                    "--items",
+                    "0",
+                    "--pulse-every",
+                    "10s",
+                    "--duration",
+                    "60s",
+                ]),
+                metric: Metric::Rss(250.0, 500.0),
+            },
+        },
+        Scenario {
+            key: "assign",
+            title: "upload → first item at an idle WebSocket robot (200 one-row uploads)",
+            target: "p99 20 ms",
+            floor: "p99 50 ms",
+            kind: Kind::Sim {
+                flags: flags(&[
+                    "--api",
+                    "ws",
+                    "--robots",
+                    "10",
+                    "--capacity",
+                    "1",
+                    "--items",
+                    &n(200),
+                    "--uploads",
+                    &n(200),
+                ]),
+                metric: Metric::P99("assign_p99_ms", 20.0, 50.0),
+            },
+        },
+        Scenario {
+            key: "next",
+            title: "completion → next item, WebSocket, at 1,000 items/s (100 robots, capacity 1)",
+            target: "p99 2 ms",
+            floor: "p99 5 ms",
+            kind: Kind::Sim {
+                flags: with(
+                    flags(&[
+                        "--api",
+                        "ws",
+                        "--robots",
+                        "100",
+                        "--capacity",
+                        "1",
+                        "--rate",
+                        "1000",
+                    ]),
+                    n(30_000),
+                ),
+                metric: Metric::P99("next_item_p99_ms", 2.0, 5.0),
+            },
+        },
+    ]
+}
+
+/// A node process on a fresh store.
+struct NodeProc {
+    child: Child,
+    base: String,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl NodeProc {
+    fn start(bin: &Path) -> Result<NodeProc> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("orch-bench-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let child = Command::new(bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--db")
+            .arg(format!("surrealkv://{}", dir.join("db").display()))
+            .args(["--admin-password", ADMIN_PASSWORD, "--log", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let node = NodeProc {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: TempDir(dir),
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if let Ok(true) = http::get_ok(&format!("{}/healthz", node.base)) {
+                return Ok(node);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("node did not become healthy")
+    }
+
+    /// (current RSS, peak RSS) in MB, from /proc.
+    fn rss_mb(&self) -> Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> Result<f64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("{name} missing"))?;
+            let kb: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
+            Ok(kb / 1024.0)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tiny blocking HTTP helpers over `std::net`, so the runner needs no async runtime.
+mod http {
+    use anyhow::{Context, Result, bail};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// `GET url` answered 200?
+    pub fn get_ok(url: &str) -> Result<bool> {
+        let (status, _) = request("GET", url, &[], &[])?;
+        Ok(status == 200)
+    }
+
+    /// A request with `headers` and `body`; returns the status and body.
+    pub fn request(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
+        let rest = url.strip_prefix("http://").context("http only")?;
+        let (host, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        let mut stream = TcpStream::connect(host)?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no header end")?;
+        let head = String::from_utf8_lossy(&response[..split]).to_string();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .context("no status")?
+            .parse()?;
+        let mut body = response[split + 4..].to_vec();
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = dechunk(&body)?;
+        }
+        if status == 0 {
+            bail!("bad status");
+        }
+        Ok((status, body))
+    }
+
+    fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let line_end = data
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .context("chunk size")?;
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)?;
+            data = &data[line_end + 2..];
+            if size == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(data.get(..size).context("short chunk")?);
+            data = data.get(size + 2..).context("chunk end")?;
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn login(base: &str) -> Result<String> {
+    let (status, body) = http::request(
+        "POST",
+        &format!("{base}/api/v1/auth/login"),
+        &[("content-type", "application/json")],
+        json!({ "username": "admin", "password": ADMIN_PASSWORD })
+            .to_string()
+            .as_bytes(),
+    )?;
+    ensure!(status == 200, "login: {status}");
+    let body: Value = serde_json::from_slice(&body)?;
+    Ok(body["token"].as_str().context("token")?.to_string())
+}
+
+/// Uploads an N-row seed CSV to a fresh node; returns (seconds, peak RSS MB, item count).
+fn run_upload(node: &NodeProc, rows: usize) -> Result<Value> {
+    let token = login(&node.base)?;
+    let auth = format!("Bearer {token}");
+    let (status, body) = http::request(
+        "POST",
+        &format!("{}/api/v1/processes", node.base),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
+        br#"{"title":"bench upload"}"#,
+    )?;
+    ensure!(status == 201, "process: {status}");
+    let process = serde_json::from_slice::<Value>(&body)?["id"]
+        .as_i64()
+        .context("process id")?;
+    let mut csv = Vec::with_capacity(rows * 24);
+    csv.extend_from_slice(b"linea,valor,field_name\n");
+    for i in 1..=rows {
+        csv.extend_from_slice(format!("{i},{},bench\n", 3_000_000_000u64 + i as u64).as_bytes());
+    }
+    let (_, before_peak) = node.rss_mb()?;
+    let started = Instant::now();
+    let (status, body) = http::request(
+        "POST",
+        &format!("{}/api/v1/tasks?process_id={process}", node.base),
+        &[("content-type", "text/csv"), ("authorization", &auth)],
+        &csv,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(
+        status == 201,
+        "upload: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let task: Value = serde_json::from_slice(&body)?;
+    let (rss, peak) = node.rss_mb()?;
+    Ok(json!({
+        "rows": rows, "bytes": csv.len(), "item_count": task["item_count"],
+        "seconds": round(seconds, 2), "rows_per_s": round(rows as f64 / seconds, 0),
+        "peak_rss_mb": round(peak, 1), "rss_after_mb": round(rss, 1),
+        "peak_rss_before_upload_mb": round(before_peak, 1),
+    }))
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn run_sim(node: &NodeProc, sim: &Path, flags: &[String]) -> Result<Value> {
+    let output = Command::new(sim)
+        .args(["--base-url", &node.base, "--admin-password", ADMIN_PASSWORD])
+        .args(flags)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running robot-sim")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().context("robot-sim printed nothing")?;
+    let mut report: Value =
+        serde_json::from_str(line).with_context(|| format!("robot-sim said: {line}"))?;
+    let (rss, peak) = node.rss_mb()?;
+    report["node_rss_mb"] = json!(round(rss, 1));
+    report["node_peak_rss_mb"] = json!(round(peak, 1));
+    report["exit"] = json!(output.status.code());
+    Ok(report)
+}
+
+/// Verdict and the figure shown in the table.
+fn judge(scenario: &Scenario, report: &Value) -> (String, &'static str) {
+    let grade = |meets: bool, floor: bool| {
+        if meets {
+            "meets target"
+        } else if floor {
+            "below target, above floor"
+        } else {
+            "MISSES the floor"
+        }
+    };
+    match &scenario.kind {
+        Kind::Upload { .. } => {
+            let s = report["seconds"].as_f64().unwrap_or(f64::MAX);
+            let rss = report["peak_rss_mb"].as_f64().unwrap_or(f64::MAX);
+            (
+                format!("{s:.1} s, peak RSS {rss:.0} MB"),
+                grade(s <= 10.0 && rss <= 200.0, s <= 20.0 && rss <= 400.0),
+            )
+        }
+        Kind::Sim { metric, .. } => match *metric {
+            Metric::Throughput(target, floor) => {
+                let v = report["items_per_s"].as_f64().unwrap_or(0.0);
+                (format!("{v:.0} items/s"), grade(v >= target, v >= floor))
+            }
+            Metric::Rss(target, floor) => {
+                let v = report["node_rss_mb"].as_f64().unwrap_or(f64::MAX);
+                let connected = report["connected"].as_u64().unwrap_or(0);
+                (
+                    format!("node RSS {v:.0} MB ({connected} connected)"),
+                    grade(v <= target, v <= floor),
+                )
+            }
+            Metric::P99(field, target, floor) => {
+                let v = report[field].as_f64().unwrap_or(f64::MAX);
+                (format!("p99 {v:.1} ms"), grade(v <= target, v <= floor))
+            }
+        },
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or("?".into(), |kb| format!("{:.0} GiB", kb / 1024.0 / 1024.0));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    format!("{cores} cores ({cpu}), {mem} RAM, Linux {kernel}")
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let here = std::env::current_exe()?;
+    let dir = here.parent().context("binary directory")?;
+    let node_bin = dir.join("orchestrator");
+    let sim_bin = dir.join("robot-sim");
+    for bin in [&node_bin, &sim_bin] {
+        ensure!(
+            bin.exists(),
+            "{} is missing: run `cargo build --release -p orchestrator-node -p orchestrator-ops` first",
+            bin.display()
+        );
+    }
+    let mut rows = Vec::new();
+    for scenario in scenarios(args.scale) {
+        if !args.only.is_empty() && !args.only.iter().any(|k| k == scenario.key) {
+            continue;
+        }
+        eprintln!("bench: {} ...", scenario.title);
+        let node = NodeProc::start(&node_bin)?;
+        let report = match &scenario.kind {
+            Kind::Upload { rows } => run_upload(&node, *rows),
+            Kind::Sim { flags, .. } => run_sim(&node, &sim_bin, flags),
+        };
+        node.stop();
+        let report = report.with_context(|| scenario.title.to_string())?;
+        let (figure, verdict) = judge(&scenario, &report);
+        eprintln!("bench: {figure} ({verdict}) {report}");
+        rows.push((scenario, report, figure, verdict));
+    }
+    if args.scale != 1.0 {
+        eprintln!("bench: scaled run; {} left as it was", args.out.display());
+        return Ok(());
+    }
+    let mut section = String::new();
+    section.push_str("<!-- bench:begin (written by `bench`; edit outside the markers) -->\n");
+    section.push_str(&format!(
+        "Latest run: {} on {}, release build, `surrealkv://` store, `robot-sim` in its own process.\n\n",
+        chrono_like_now(),
+        machine()
+    ));
+    section.push_str(
+        "| scenario | target | not resolved below | measured | verdict |\n|---|---|---|---|---|\n",
+    );
+    for (scenario, _, figure, verdict) in &rows {
+        section.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            scenario.title, scenario.target, scenario.floor, figure, verdict
+        ));
+    }
+    section.push_str("\nRaw reports (robot-sim's JSON line plus the node's RSS):\n\n```\n");
+    for (scenario, report, _, _) in &rows {
+        section.push_str(&format!("{}: {}\n", scenario.key, report));
+    }
+    section.push_str("```\n<!-- bench:end -->\n");
+    let old = std::fs::read_to_string(&args.out).unwrap_or_default();
+    let new = match (old.find("<!-- bench:begin"), old.find("<!-- bench:end -->")) {
+        (Some(start), Some(end)) => {
+            let end = end + "<!-- bench:end -->\n".len();
+            format!(
+                "{}{}{}",
+                &old[..start],
+                section,
+                old.get(end..).unwrap_or("")
+            )
+        }
+        _ => format!("{old}\n{section}"),
+    };
+    std::fs::write(&args.out, new)?;
+    eprintln!("bench: wrote {}", args.out.display());
+    Ok(())
+}
+
+/// UTC date and time, from `date` (the runner avoids a date crate for one string).
+fn chrono_like_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
