@@ -162,6 +162,7 @@ impl Node {
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
         self.dispatcher.shutdown().await;
+        self.store.close().await;
         info!("node stopped");
     }
 

@@ -16,6 +16,12 @@ const STATE_FIELDS: &str = "record::id(id) AS id, task AS task_id, status, robot
 /// Items reopened per transaction by retry-failed.
 const RETRY_BATCH: i64 = 5_000;
 
+/// Items whose lease expired. The lower bound matters: items without a lease (every PENDING one)
+/// have NONE there, which sorts below every number, so `< $now` alone would read the whole
+/// backlog on every sweep.
+const EXPIRED_LEASES_WHERE: &str = "WHERE lease_expires_at > 0 AND lease_expires_at < $now \
+     AND status IN ['ASSIGNED', 'STARTED']";
+
 const CONFLICT: &str = "item transition conflict";
 
 /// An item as delivered to a robot.
@@ -151,10 +157,7 @@ impl Store {
         now: Millis,
         limit: i64,
     ) -> Result<Vec<ItemState>, StoreError> {
-        let sql = format!(
-            "SELECT {STATE_FIELDS} FROM item WHERE lease_expires_at < $now \
-             AND status IN ['ASSIGNED', 'STARTED'] LIMIT $limit;"
-        );
+        let sql = format!("SELECT {STATE_FIELDS} FROM item {EXPIRED_LEASES_WHERE} LIMIT $limit;");
         self.rows(&sql, json!({ "now": now, "limit": limit }), 0)
             .await
     }
@@ -436,3 +439,39 @@ impl Store {
 const COMPLETE_FINISHED_TASKS: &str = "UPDATE array::map($task_ids, |$t| type::record('task', $t)) \
      SET status = 'COMPLETED', ended_at = $now WHERE status IN ['CREATED', 'STARTED'] \
      AND counts.pending + counts.assigned + counts.started = 0;";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewItem, StoreConfig};
+
+    /// The lease sweep runs every second: it must not read the PENDING backlog.
+    #[tokio::test]
+    async fn the_lease_sweep_reads_no_pending_item() -> Result<(), StoreError> {
+        let store = Store::open(&StoreConfig::memory()).await?;
+        let task = store.create_staged_task(1, &["a".into()], None, 0).await?;
+        let first = store.reserve_ids("item", 2_000).await?;
+        let items = (0..2_000)
+            .map(|line| NewItem {
+                line,
+                values: Map::new(),
+            })
+            .collect();
+        store.insert_staged_items(task, first, items).await?;
+        let sql = format!("SELECT id FROM item {EXPIRED_LEASES_WHERE} EXPLAIN FULL;");
+        let plan = store
+            .query_all(&sql, json!({ "now": crate::domain::now_millis() }))
+            .await?;
+        let plan = plan[0].to_string();
+        assert!(plan.contains("item_lease_expiry"), "uses the index: {plan}");
+        assert!(plan.contains(r#""output_rows":0"#), "reads nothing: {plan}");
+        assert!(!plan.contains(r#""output_rows":2000"#), "{plan}");
+        assert!(
+            store
+                .expired_leases(crate::domain::now_millis(), 10)
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    }
+}

@@ -80,10 +80,19 @@ pub struct Store {
 
 /// The two ways the store reaches SurrealDB. The embedded engine is built here rather than by
 /// the SDK's `connect`, because only the datastore builder accepts engine settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Db {
-    Embedded(Surreal<Local>),
+    Embedded(Surreal<Local>, Arc<Datastore>),
     Remote(Surreal<Any>),
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Db::Embedded(..) => "Db::Embedded",
+            Db::Remote(_) => "Db::Remote",
+        })
+    }
 }
 
 impl Db {
@@ -117,12 +126,12 @@ impl Db {
             .map_err(|e| StoreError::Database(format!("cannot open {path}: {e}")))?;
         datastore.start_maintenance_tasks();
         let db = Surreal::<Local>::unstable_from_datastore(Arc::clone(&datastore), None).await?;
-        Ok(Db::Embedded(db))
+        Ok(Db::Embedded(db, datastore))
     }
 
     async fn use_ns_db(&self, namespace: &str, database: &str) -> surrealdb::Result<()> {
         match self {
-            Db::Embedded(db) => db.use_ns(namespace).use_db(database).await.map(drop),
+            Db::Embedded(db, _) => db.use_ns(namespace).use_db(database).await.map(drop),
             Db::Remote(db) => db.use_ns(namespace).use_db(database).await.map(drop),
         }
     }
@@ -131,8 +140,8 @@ impl Db {
     async fn run(&self, sql: &str, vars: Value) -> surrealdb::Result<IndexedResults> {
         let vars = unset_nulls(vars);
         match (self, vars) {
-            (Db::Embedded(db), Value::Null) => db.query(sql).await,
-            (Db::Embedded(db), vars) => db.query(sql).bind(vars).await,
+            (Db::Embedded(db, _), Value::Null) => db.query(sql).await,
+            (Db::Embedded(db, _), vars) => db.query(sql).bind(vars).await,
             (Db::Remote(db), Value::Null) => db.query(sql).await,
             (Db::Remote(db), vars) => db.query(sql).bind(vars).await,
         }
@@ -299,6 +308,16 @@ impl Store {
             .row(sql, serde_json::json!({ "table": table }), 0)
             .await?;
         Ok(row.and_then(|r| r["n"].as_i64()).unwrap_or(0))
+    }
+
+    /// Flushes and closes an embedded store (its background tasks stop cleanly); a no-op for a
+    /// shared server. Call once, when nothing will use the store again.
+    pub async fn close(&self) {
+        if let Db::Embedded(_, datastore) = &self.db
+            && let Err(err) = datastore.shutdown().await
+        {
+            tracing::warn!(error = %err, "store did not close cleanly");
+        }
     }
 
     /// Whether the store answers a trivial query.
