@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -144,7 +144,10 @@ impl Fleet {
 
     fn error(&self, what: impl std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         *last = Some(what.to_string());
     }
 
@@ -152,7 +155,7 @@ impl Fleet {
     fn delivered(&self, robot: usize, item: i64, task: i64) {
         let now = Instant::now();
         {
-            let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+            let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(other) = holders.insert(item, robot)
                 && other != robot
             {
@@ -162,7 +165,7 @@ impl Fleet {
         if self
             .completed
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .contains(&item)
         {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -170,27 +173,37 @@ impl Fleet {
         let started = self
             .upload_started
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&task);
         match started {
             Some(started) => self
                 .assign_ms
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .push(ms(now - started)),
             None => {
                 self.first_seen
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(PoisonError::into_inner)
                     .entry(task)
                     .or_insert(now);
             }
         }
     }
 
+    /// A robot that freed a slot at `freed` got its next item at `now`.
+    fn next_item(&self, freed: Option<Instant>, now: Instant) {
+        if let Some(at) = freed {
+            self.next_item_ms
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(ms(now - at));
+        }
+    }
+
     /// `robot` gave `item` back (failed, released, revoked, crashed).
     fn dropped(&self, robot: usize, item: i64) {
-        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
         if holders.get(&item) == Some(&robot) {
             holders.remove(&item);
         }
@@ -202,7 +215,7 @@ impl Fleet {
         if !self
             .completed
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(item)
         {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -218,7 +231,7 @@ impl Fleet {
         let start = *self
             .started_at
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(Instant::now);
         let done = self.completions.load(Ordering::Relaxed) as f64;
         let due = start + Duration::from_secs_f64(done / rate);
@@ -506,7 +519,7 @@ async fn drive(
         && !fleet
             .holders
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .is_empty()
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -519,7 +532,7 @@ async fn drive(
     if let Some(err) = fleet
         .last_error
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(PoisonError::into_inner)
         .as_ref()
     {
         eprintln!("robot-sim: last error: {err}");
@@ -528,12 +541,12 @@ async fn drive(
     let assign = fleet
         .assign_ms
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let next = fleet
         .next_item_ms
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let round = |v: Option<f64>| v.map(|x| (x * 100.0).round() / 100.0);
     Ok(Report {
@@ -578,19 +591,19 @@ async fn upload(node: &Node, fleet: &Fleet, admin: &str, process: i64, rows: usi
     let seen = fleet
         .first_seen
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(PoisonError::into_inner)
         .remove(&task);
     match seen {
         Some(at) => fleet
             .assign_ms
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .push(ms(at - started)),
         None => {
             fleet
                 .upload_started
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .insert(task, started);
         }
     }
@@ -603,7 +616,7 @@ async fn wait_first_item(fleet: &Fleet, task: i64, within: Duration) {
         && fleet
             .upload_started
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .contains_key(&task)
     {
         tokio::time::sleep(Duration::from_micros(500)).await;
@@ -695,13 +708,7 @@ async fn ws_robot(
                                 id,
                                 item["task_id"].as_i64().unwrap_or_default(),
                             );
-                            if let Some(at) = freed.pop_front() {
-                                fleet
-                                    .next_item_ms
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .push(ms(now - at));
-                            }
+                            fleet.next_item(freed.pop_front(), now);
                         }
                     }
                     let mut crash = false;
@@ -818,13 +825,7 @@ async fn rest_robot(
                 item["id"].as_i64().unwrap_or_default(),
                 item["task_id"].as_i64().unwrap_or_default(),
             );
-            if let Some(at) = freed.pop_front() {
-                fleet
-                    .next_item_ms
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(ms(now - at));
-            }
+            fleet.next_item(freed.pop_front(), now);
         }
         if items.is_empty() {
             freed.clear();
@@ -945,13 +946,7 @@ async fn seed_robot(
                 }
                 any = true;
                 fleet.delivered(index, item_id, task_id);
-                if let Some(at) = freed.pop_front() {
-                    fleet
-                        .next_item_ms
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(ms(now - at));
-                }
+                fleet.next_item(freed.pop_front(), now);
                 let patch = |status: &str, observation: &str| {
                     node.call(
                         Method::PATCH,
