@@ -1,12 +1,16 @@
 //! Removes uploads abandoned mid-stream (the node handling them died): a staged task whose
-//! `touched_at` stopped moving is deleted with its items. Runs at start and on a timer.
+//! `touched_at` stopped moving is deleted with its items. Runs at start and on a timer. The same
+//! tick drops per-minute throughput counters older than a day (the longest span the API serves).
 
 use crate::domain::now_millis;
-use crate::store::Store;
+use crate::store::{Store, minute_of};
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+/// Minutes of throughput counters kept: the longest span `GET /api/v1/stats/throughput` serves.
+const THROUGHPUT_MINUTES_KEPT: i64 = 1_440;
 
 /// The sweeper actor.
 #[derive(Debug)]
@@ -76,6 +80,10 @@ impl Actor for UploadSweeper {
                     Ok(_) => {}
                     // The next tick tries again; a sweep is idempotent.
                     Err(err) => warn!(error = %err, "stale upload sweep failed"),
+                }
+                let keep_from = minute_of(now_millis()) - THROUGHPUT_MINUTES_KEPT;
+                if let Err(err) = state.args.store.prune_throughput(keep_from).await {
+                    warn!(error = %err, "throughput prune failed");
                 }
             }
         }

@@ -27,7 +27,9 @@ const PROTECTED: &[(&str, &str)] = &[
     ("GET", "/api/v1/tasks/1/items"),
     ("POST", "/api/v1/tasks/1/cancel"),
     ("POST", "/api/v1/tasks/1/retry-failed"),
+    ("GET", "/api/v1/tasks/1/results.csv"),
     ("GET", "/api/v1/stats"),
+    ("GET", "/api/v1/stats/throughput"),
 ];
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! transaction with the task's counters, so counters never drift and two writers never both win.
 
 use super::Store;
+use super::throughput::ADD_TO_MINUTE;
 use crate::domain::{ItemCounts, ItemStatus, Millis, rfc3339};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, add_counts, count_delta};
@@ -224,6 +225,17 @@ impl Store {
             .iter()
             .map(|(task, d)| json!({ "id": task, "d": d }))
             .collect();
+        let finished = |status: ItemStatus| {
+            changes
+                .iter()
+                .filter(|(old, new)| new.status == status && old.status != status)
+                .count()
+        };
+        let done = json!({
+            "minute": super::minute_of(now),
+            "completed": finished(ItemStatus::Completed),
+            "failed": finished(ItemStatus::Failed),
+        });
         let sql = format!(
             "BEGIN; \
              FOR $c IN $changes {{ \
@@ -241,11 +253,12 @@ impl Store {
                  counts.completed += $t.d.completed, counts.failed += $t.d.failed, \
                  counts.abandoned += $t.d.abandoned; \
              }}; \
+             {ADD_TO_MINUTE} \
              {COMPLETE_FINISHED_TASKS} \
              COMMIT;"
         );
         let vars = json!({
-            "changes": rows, "tasks": tasks, "now": now,
+            "changes": rows, "tasks": tasks, "now": now, "done": done,
             "task_ids": per_task.keys().collect::<Vec<_>>(),
         });
         let mut response = self.db.run(&sql, vars).await?;

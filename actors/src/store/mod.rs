@@ -13,6 +13,7 @@ mod robots;
 mod schema;
 mod settings;
 mod tasks;
+mod throughput;
 mod users;
 
 pub use items::{Grant, LeasedItem, PendingItem};
@@ -20,6 +21,7 @@ pub use processes::{NewProcess, ProcessPatch};
 pub use robots::{NewRobot, RobotPatch};
 pub use schema::SCHEMA_VERSION;
 pub use tasks::{ItemFilter, NewItem, Stats, TaskFilter};
+pub use throughput::{MinuteCount, minute_of};
 pub use users::{NewUser, UserPatch};
 
 use crate::error::StoreError;

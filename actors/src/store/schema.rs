@@ -4,7 +4,7 @@
 //! live in `counter:<table>`; settings in `setting:<name>`; the schema version in `setting:schema`.
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The table holding the schema version; defined before the version is read.
 pub const SETTINGS_TABLE: &str = "DEFINE TABLE IF NOT EXISTS setting SCHEMAFULL; \
@@ -89,4 +89,9 @@ DEFINE FIELD IF NOT EXISTS ended_at ON item TYPE option<int>;
 DEFINE INDEX IF NOT EXISTS item_task_status ON item FIELDS task, status;
 DEFINE INDEX IF NOT EXISTS item_robot_status ON item FIELDS robot, status;
 DEFINE INDEX IF NOT EXISTS item_lease_expiry ON item FIELDS lease_expires_at;
+
+-- Version 2: items finished per minute, `throughput:<epoch minute>`, for the dashboard's chart.
+DEFINE TABLE IF NOT EXISTS throughput SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS completed ON throughput TYPE int;
+DEFINE FIELD IF NOT EXISTS failed ON throughput TYPE int;
 "#;

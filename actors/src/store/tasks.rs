@@ -255,6 +255,18 @@ impl Store {
         self.rows(&sql, vars, 0).await
     }
 
+    /// Items with ids in `[from, to]`, in id order: a slice of one of a task's id ranges, read
+    /// by key range so exporting a task never scans other tasks' items.
+    pub async fn items_in_range(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<crate::domain::Item>, StoreError> {
+        // Integer bounds are formatted in: record-id ranges cannot take parameters.
+        let sql = format!("SELECT {ITEM_FIELDS} FROM item:{from}..={to};");
+        self.rows(&sql, json!({}), 0).await
+    }
+
     /// Dashboard figures; `connected_since` counts robots that pulsed at or after it.
     pub async fn stats(&self, connected_since: Millis) -> Result<Stats, StoreError> {
         let sql = "SELECT count() AS total, \

@@ -5,7 +5,7 @@ use crate::body::json_body;
 use crate::error::{ApiError, respond};
 use crate::state::{AppState, with_state};
 use crate::views;
-use orchestrator_actors::domain::rfc3339;
+use orchestrator_actors::domain::{User, rfc3339};
 use orchestrator_actors::security::verify_password;
 use serde::Deserialize;
 use serde_json::json;
@@ -51,24 +51,7 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 }
 
 async fn login(state: AppState, body: Login) -> Result<impl warp::Reply, ApiError> {
-    let found = state.store.user_credentials(body.username.trim()).await?;
-    let hash = found
-        .as_ref()
-        .map_or_else(|| DUMMY_HASH.clone(), |c| c.password_hash.clone());
-    let password = body.password;
-    let verified = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let user = match found {
-        Some(creds) if verified && !creds.user.disabled => creds.user,
-        _ => {
-            return Err(ApiError::new(
-                warp::http::StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
-                "wrong username or password",
-            ));
-        }
-    };
+    let user = check_credentials(&state, &body.username, body.password).await?;
     let (token, exp) = state.jwt.issue(&user, state.config.jwt_ttl)?;
     Ok(warp::reply::json(&json!({
         "token": token,
@@ -76,4 +59,28 @@ async fn login(state: AppState, body: Login) -> Result<impl warp::Reply, ApiErro
         "expires_at": rfc3339(exp * 1000),
         "user": views::user(&user),
     })))
+}
+
+/// The enabled user with these credentials; 401 `invalid_credentials` otherwise, answered in
+/// the same time whether or not the username exists.
+pub(crate) async fn check_credentials(
+    state: &AppState,
+    username: &str,
+    password: String,
+) -> Result<User, ApiError> {
+    let found = state.store.user_credentials(username.trim()).await?;
+    let hash = found
+        .as_ref()
+        .map_or_else(|| DUMMY_HASH.clone(), |c| c.password_hash.clone());
+    let verified = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match found {
+        Some(creds) if verified && !creds.user.disabled => Ok(creds.user),
+        _ => Err(ApiError::new(
+            warp::http::StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        )),
+    }
 }

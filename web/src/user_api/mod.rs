@@ -2,11 +2,13 @@
 //! but login needs `Authorization: Bearer <jwt>`; the auth filter runs after the path filters so
 //! an unknown path still answers 404.
 
-mod login;
+pub(crate) mod login;
 mod processes;
+mod results;
 mod robots;
-mod stats;
+pub(crate) mod stats;
 mod tasks;
+pub(crate) mod throughput;
 mod users;
 
 use crate::state::AppState;
@@ -49,6 +51,10 @@ pub fn user_api(state: AppState) -> BoxedFilter<(Response,)> {
         .or(robots::routes(state.clone()))
         .unify()
         .or(tasks::routes(state.clone()))
+        .unify()
+        .or(results::routes(state.clone()))
+        .unify()
+        .or(throughput::routes(state.clone()))
         .unify()
         .or(stats::routes(state))
         .unify()

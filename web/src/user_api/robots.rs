@@ -53,7 +53,21 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 async {
                     let timeout = state.config.pulse_timeout;
                     let robots = state.store.list_robots().await?;
-                    let body: Vec<_> = robots.iter().map(|r| views::robot(r, timeout)).collect();
+                    // Items in flight per robot, as this node's registry counts them; a robot
+                    // no session holds here has none.
+                    let loads = state.dispatcher.loads().await.unwrap_or_default();
+                    let body: Vec<_> = robots
+                        .iter()
+                        .map(|r| {
+                            let mut view = views::robot(r, timeout);
+                            view["load"] = loads
+                                .iter()
+                                .find(|l| l.robot_id == r.id)
+                                .map_or(0, |l| l.in_flight)
+                                .into();
+                            view
+                        })
+                        .collect();
                     Ok::<_, ApiError>(warp::reply::json(&body))
                 }
                 .await,

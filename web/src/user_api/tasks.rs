@@ -136,7 +136,11 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 }
 
 /// The task if it exists and `user` may see it (operators: their own); 404 otherwise.
-async fn visible_task(state: &AppState, user: &AuthUser, id: i64) -> Result<Task, ApiError> {
+pub(super) async fn visible_task(
+    state: &AppState,
+    user: &AuthUser,
+    id: i64,
+) -> Result<Task, ApiError> {
     match state.store.task(id).await? {
         Some(task) if user.is_admin() || task.owner_id == user.id => Ok(task),
         _ => Err(ApiError::not_found(format!("task {id} not found"))),

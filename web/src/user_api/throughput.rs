@@ -1,0 +1,64 @@
+//! `GET /api/v1/stats/throughput?minutes=60`: items robots finished in each of the last minutes,
+//! oldest first, the current (partial) minute last. Read from per-minute counters.
+
+use crate::auth::{AuthUser, signed_in};
+use crate::error::{ApiError, respond};
+use crate::query::query;
+use crate::state::{AppState, with_state};
+use orchestrator_actors::domain::{now_millis, rfc3339};
+use orchestrator_actors::store::minute_of;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThroughputQuery {
+    #[serde(default = "default_minutes")]
+    minutes: i64,
+}
+
+fn default_minutes() -> i64 {
+    60
+}
+
+pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "v1" / "stats" / "throughput")
+        .and(warp::get())
+        .and(signed_in(state.clone()))
+        .and(with_state(state))
+        .and(query::<ThroughputQuery>())
+        .then(
+            |_user: AuthUser, state: AppState, q: ThroughputQuery| async move {
+                respond(
+                    async {
+                        if !(1..=1440).contains(&q.minutes) {
+                            return Err(ApiError::bad_request(
+                                "invalid_minutes",
+                                "minutes must be between 1 and 1440",
+                            ));
+                        }
+                        Ok(warp::reply::json(&throughput(&state, q.minutes).await?))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed()
+}
+
+/// The last `minutes` minutes as JSON; also what the dashboard's live events carry.
+pub(crate) async fn throughput(state: &AppState, minutes: i64) -> Result<Value, ApiError> {
+    let last = minute_of(now_millis());
+    let rows = state.store.throughput(last - minutes + 1, last).await?;
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|m| {
+            json!({ "minute": rfc3339(m.minute * 60_000), "completed": m.completed,
+                    "failed": m.failed })
+        })
+        .collect();
+    Ok(json!({ "minutes": rows }))
+}
