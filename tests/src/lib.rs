@@ -531,3 +531,83 @@ impl WsRobot {
         Ok(())
     }
 }
+
+/// A browser's sign-in, made through the login form: the session cookie and the page's
+/// anti-forgery token.
+#[derive(Debug, Clone)]
+pub struct BrowserSession {
+    /// `orch_session=<jwt>`, ready for a `Cookie` header.
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// An HTTP client that does not follow redirects, to see them.
+pub fn no_redirect_client() -> Result<Client> {
+    Ok(Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+/// The value of `name` in the response's `Set-Cookie` headers (the whole header line).
+pub fn set_cookie<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+/// The `value="..."` of the hidden `csrf` field (or the `csrf-token` meta tag) in a page.
+pub fn csrf_in(html: &str) -> Option<String> {
+    for marker in [r#"name="csrf" value=""#, r#"name="csrf-token" content=""#] {
+        if let Some(start) = html.find(marker) {
+            let rest = &html[start + marker.len()..];
+            return rest.split('"').next().map(str::to_string);
+        }
+    }
+    None
+}
+
+impl TestNode {
+    /// Signs in through `GET /login` and `POST /login` like a browser does.
+    pub async fn sign_in_form(&self, username: &str, password: &str) -> Result<BrowserSession> {
+        let http = no_redirect_client()?;
+        let form = http.get(self.url("/login")).send().await?;
+        let login_cookie = set_cookie(&form, "orch_login_csrf")
+            .context("login csrf cookie")?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let field = csrf_in(&form.text().await?).context("csrf field")?;
+        let resp = http
+            .post(self.url("/login"))
+            .header("cookie", login_cookie)
+            .form(&[
+                ("username", username),
+                ("password", password),
+                ("csrf", &field),
+            ])
+            .send()
+            .await?;
+        if resp.status() != StatusCode::SEE_OTHER {
+            bail!("sign-in answered {}", resp.status());
+        }
+        let cookie = set_cookie(&resp, "orch_session")
+            .context("session cookie")?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let page = http
+            .get(self.url("/"))
+            .header("cookie", &cookie)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let csrf = csrf_in(&page).context("csrf meta")?;
+        Ok(BrowserSession { cookie, csrf })
+    }
+}

@@ -6,10 +6,13 @@
 //!   /api/v1/...       user API (Bearer JWT)          user_api::user_api
 //!   /api/v1/robot/... robot API v1 (Token)           robot_api::robot_api
 //!   /api/robots|tasks|items  the prototype's API      seed_api::seed_api
+//!   /login, /, /tasks, ...   browser pages (cookie)   dashboard::dashboard
+//!   /docs, /openapi.json     API reference            dashboard::openapi
 //! ```
 
 pub mod auth;
 pub mod body;
+pub mod dashboard;
 pub mod error;
 pub mod query;
 pub mod robot_api;
@@ -55,7 +58,9 @@ pub fn routes(
         .unify()
         .or(robot_api::robot_api(state.clone()))
         .unify()
-        .or(seed_api::seed_api(state))
+        .or(seed_api::seed_api(state.clone()))
+        .unify()
+        .or(dashboard::dashboard(state))
         .unify()
         .recover(error::handle_rejection)
         .unify()
