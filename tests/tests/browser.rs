@@ -338,6 +338,17 @@ async fn journey(
         t.contains("COMPLETED") && t.contains("Invoices")
     })
     .await?;
+    let filled = c
+        .execute(
+            "const bar = document.querySelector('#tasks-table .bar'); \
+             return bar.getBoundingClientRect().width / bar.parentElement.getBoundingClientRect().width;",
+            vec![],
+        )
+        .await?;
+    assert!(
+        filled.as_f64().is_some_and(|f| f > 0.99),
+        "a finished task's bar is full, got {filled}"
+    );
     screenshot(c, "tasks").await?;
     c.goto(&t.url("/robots")).await?;
     wait_text(c, "#robots-table tbody", |t| {
