@@ -270,6 +270,23 @@ async fn journey(
         .await?
         .select_by_value(&process.to_string())
         .await?;
+    // A ragged file is refused with its line number, and nothing is stored.
+    let ragged = csv.with_file_name("ragged.csv");
+    std::fs::write(&ragged, "linea,valor,field_name\n1,2,x\n2,3\n")?;
+    c.find(Locator::Css("#file"))
+        .await?
+        .send_keys(&ragged.to_string_lossy())
+        .await?;
+    c.find(Locator::Css("#upload-button"))
+        .await?
+        .click()
+        .await?;
+    wait_text(c, "#upload-error", |t| {
+        t.contains("line 3") && t.contains("Nothing was stored")
+    })
+    .await?;
+    screenshot(c, "upload-refused").await?;
+    assert_eq!(t.get("/api/v1/tasks").await?["total"], 0);
     c.find(Locator::Css("#file"))
         .await?
         .send_keys(&csv.to_string_lossy())
