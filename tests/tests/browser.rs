@@ -2,8 +2,8 @@
 //! and `chromium-driver`; `.ci/run` installs them when missing and sets `ORCH_REQUIRE_BROWSER`,
 //! so CI fails rather than skips without them). One operator journey: a wrong
 //! password, a keyboard-only sign-in, a CSV upload with its progress bar, the task reaching 100%
-//! live while robots work, the results download, every main page, a phone-sized dashboard, and
-//! sign-out. Screenshots land in `$CARGO_TARGET_TMPDIR/screenshots` (and in `$ORCH_SCREENSHOTS`
+//! live while robots work, the results download, every main page, an admin creating a robot (token
+//! shown once) and changing its capacity, a phone-sized dashboard, and sign-out. Screenshots land in `$CARGO_TARGET_TMPDIR/screenshots` (and in `$ORCH_SCREENSHOTS`
 //! when set, which is how the README's pictures are refreshed).
 
 use anyhow::{Context, Result, bail};
@@ -372,6 +372,44 @@ async fn journey(
         t.contains("uipath-01") && t.contains("python-01")
     })
     .await?;
+    // An admin creates a robot: its token is shown once; then sets its capacity inline.
+    let form = c.find(Locator::Css("#robot-form")).await?;
+    form.find(Locator::Css("input[name=name]"))
+        .await?
+        .send_keys("power-01")
+        .await?;
+    form.find(Locator::Css("button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    let token = wait_text(c, "#token-value", |t| t.len() > 20).await?;
+    let robots = t.get("/api/v1/robots").await?;
+    let created = robots
+        .as_array()
+        .and_then(|list| list.iter().find(|r| r["name"] == "power-01"))
+        .context("robot created from the page")?;
+    let id = created["id"].as_i64().context("id")?;
+    let row = format!("#robots-table tr[data-robot-id=\"{id}\"]");
+    let capacity = c
+        .find(Locator::Css(&format!("{row} input[type=number]")))
+        .await?;
+    capacity.clear().await?;
+    capacity.send_keys("7").await?;
+    c.find(Locator::Css(&format!("{row} button")))
+        .await?
+        .click()
+        .await?;
+    wait_text(c, &format!("{row} .live-load"), |t| t.ends_with("/ 7")).await?;
+    assert_eq!(t.get(&format!("/api/v1/robots/{id}")).await?["capacity"], 7);
+    // The token shown is the robot's: it authenticates a pulse.
+    let pulse = t
+        .http
+        .post(t.url("/api/v1/robot/pulse"))
+        .header("authorization", format!("Token {token}"))
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_eq!(pulse.status(), reqwest::StatusCode::OK);
     screenshot(c, "robots").await?;
     c.goto(&t.url("/processes")).await?;
     wait_text(c, "#processes-table tbody", |t| t.contains("Invoices")).await?;
