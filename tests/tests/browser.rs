@@ -1,10 +1,11 @@
 //! The dashboard in a real browser: headless Chromium driven over WebDriver (Debian's `chromium`
 //! and `chromium-driver`; `.ci/run` installs them when missing and sets `ORCH_REQUIRE_BROWSER`,
-//! so CI fails rather than skips without them). One operator journey: a wrong
-//! password, a keyboard-only sign-in, a CSV upload with its progress bar, the task reaching 100%
-//! live while robots work, the results download, every main page, an admin creating a robot (token
-//! shown once) and changing its capacity, a phone-sized dashboard, and sign-out. Screenshots land in `$CARGO_TARGET_TMPDIR/screenshots` (and in `$ORCH_SCREENSHOTS`
-//! when set, which is how the README's pictures are refreshed).
+//! so CI fails rather than skips without them). One operator journey: a wrong password, a
+//! keyboard-only sign-in, a refused and then an accepted CSV upload, the task reaching 100% live
+//! while robots work, the results download, every main page, an admin creating a robot (token
+//! shown once) and changing its capacity, a phone-sized dashboard, and sign-out. Screenshots land
+//! in `$CARGO_TARGET_TMPDIR/screenshots` (and in `$ORCH_SCREENSHOTS` when set, which is how the
+//! README's pictures are refreshed).
 
 use anyhow::{Context, Result, bail};
 use fantoccini::{Client, ClientBuilder, Locator};
