@@ -108,6 +108,16 @@ async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> Result<S
     bail!("{css} never matched; last text: {last:?}")
 }
 
+async fn click(c: &Client, css: &str) -> Result<()> {
+    c.find(Locator::Css(css)).await?.click().await?;
+    Ok(())
+}
+
+async fn type_into(c: &Client, css: &str, text: &str) -> Result<()> {
+    c.find(Locator::Css(css)).await?.send_keys(text).await?;
+    Ok(())
+}
+
 async fn wait_path(c: &Client, ok: impl Fn(&str) -> bool) -> Result<String> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
@@ -216,18 +226,9 @@ async fn journey(
     wait_path(c, |p| p == "/login").await?;
 
     // A wrong password shows an error and keeps the user on the form.
-    c.find(Locator::Css("#username"))
-        .await?
-        .send_keys("admin")
-        .await?;
-    c.find(Locator::Css("#password"))
-        .await?
-        .send_keys("not the password")
-        .await?;
-    c.find(Locator::Css("#login-form button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    type_into(c, "#username", "admin").await?;
+    type_into(c, "#password", "not the password").await?;
+    click(c, "#login-form button[type=submit]").await?;
     wait_text(c, "#login-error", |t| {
         t.contains("Wrong username or password")
     })
@@ -274,29 +275,17 @@ async fn journey(
     // A ragged file is refused with its line number, and nothing is stored.
     let ragged = csv.with_file_name("ragged.csv");
     std::fs::write(&ragged, "linea,valor,field_name\n1,2,x\n2,3\n")?;
-    c.find(Locator::Css("#file"))
-        .await?
-        .send_keys(&ragged.to_string_lossy())
-        .await?;
-    c.find(Locator::Css("#upload-button"))
-        .await?
-        .click()
-        .await?;
+    type_into(c, "#file", &ragged.to_string_lossy()).await?;
+    click(c, "#upload-button").await?;
     wait_text(c, "#upload-error", |t| {
         t.contains("line 3") && t.contains("Nothing was stored")
     })
     .await?;
     screenshot(c, "upload-refused").await?;
     assert_eq!(t.get("/api/v1/tasks").await?["total"], 0);
-    c.find(Locator::Css("#file"))
-        .await?
-        .send_keys(&csv.to_string_lossy())
-        .await?;
+    type_into(c, "#file", &csv.to_string_lossy()).await?;
     screenshot(c, "new-task").await?;
-    c.find(Locator::Css("#upload-button"))
-        .await?
-        .click()
-        .await?;
+    click(c, "#upload-button").await?;
     let path = wait_path(c, |p| p.starts_with("/tasks/") && p != "/tasks/new").await?;
     let task_id: i64 = path.trim_start_matches("/tasks/").parse()?;
 
@@ -320,10 +309,7 @@ async fn journey(
     screenshot(c, "task").await?;
 
     // Download the results as CSV.
-    c.find(Locator::Css("#download-results"))
-        .await?
-        .click()
-        .await?;
+    click(c, "#download-results").await?;
     let file = downloads.join(format!("task-{task_id}-results.csv"));
     let start = Instant::now();
     while !file.exists() {
@@ -396,10 +382,7 @@ async fn journey(
         .await?;
     capacity.clear().await?;
     capacity.send_keys("7").await?;
-    c.find(Locator::Css(&format!("{row} button")))
-        .await?
-        .click()
-        .await?;
+    click(c, &format!("{row} button")).await?;
     wait_text(c, &format!("{row} .live-load"), |t| t.ends_with("/ 7")).await?;
     assert_eq!(t.get(&format!("/api/v1/robots/{id}")).await?["capacity"], 7);
     // The token shown is the robot's: it authenticates a pulse.
@@ -435,7 +418,7 @@ async fn journey(
     c.set_window_size(1280, 900).await?;
 
     // Sign out: back to the form, and the dashboard is closed again.
-    c.find(Locator::Css("#logout")).await?.click().await?;
+    click(c, "#logout").await?;
     wait_path(c, |p| p == "/login").await?;
     c.goto(&t.url("/tasks")).await?;
     wait_path(c, |p| p == "/login").await?;

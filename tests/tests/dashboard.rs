@@ -11,6 +11,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// Uploads a `rows`-row seed CSV as the holder of `token`; returns the created task.
+async fn seed_task(t: &TestNode, token: &str, process: i64, rows: usize) -> Result<Value> {
+    expect(
+        t.upload(token, process, seed_csv(rows)).await?,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
 /// Every page, and whether only admins may open it.
 const PAGES: &[(&str, bool)] = &[
     ("/", false),
@@ -103,11 +112,7 @@ async fn task_pages_are_404_for_other_operators_tasks() -> Result<()> {
     let process = t.process("p").await?;
     let olga = t.user("olga", "operator").await?;
     t.user("omar", "operator").await?;
-    let task = expect(
-        t.upload(&olga, process, seed_csv(2)).await?,
-        StatusCode::CREATED,
-    )
-    .await?;
+    let task = seed_task(&t, &olga, process, 2).await?;
     let id = task["id"].as_i64().context("id")?;
     let omar = t.sign_in_form("omar", "password-123").await?;
     let olga_session = t.sign_in_form("olga", "password-123").await?;
@@ -292,11 +297,7 @@ async fn sign_out_clears_the_cookie_and_needs_the_page_token() -> Result<()> {
 async fn live_events_carry_stats_throughput_and_running_tasks() -> Result<()> {
     let t = TestNode::start().await?;
     let process = t.process("p").await?;
-    let task = expect(
-        t.upload(&t.admin, process, seed_csv(3)).await?,
-        StatusCode::CREATED,
-    )
-    .await?;
+    let task = seed_task(&t, &t.admin, process, 3).await?;
     let session = t.sign_in_form("admin", ADMIN_PASSWORD).await?;
     let mut resp = t
         .http
@@ -431,11 +432,7 @@ async fn results_download_has_the_original_columns_and_each_outcome() -> Result<
 async fn results_of_a_large_task_stream_every_row_in_file_order() -> Result<()> {
     let t = TestNode::start().await?;
     let process = t.process("p").await?;
-    let task = expect(
-        t.upload(&t.admin, process, seed_csv(2_500)).await?,
-        StatusCode::CREATED,
-    )
-    .await?;
+    let task = seed_task(&t, &t.admin, process, 2_500).await?;
     let id = task["id"].as_i64().context("id")?;
     let body = t
         .req(
@@ -460,11 +457,7 @@ async fn results_of_a_large_task_stream_every_row_in_file_order() -> Result<()> 
 async fn throughput_counts_items_finished_this_minute() -> Result<()> {
     let t = TestNode::start().await?;
     let process = t.process("p").await?;
-    expect(
-        t.upload(&t.admin, process, seed_csv(4)).await?,
-        StatusCode::CREATED,
-    )
-    .await?;
+    seed_task(&t, &t.admin, process, 4).await?;
     let robot = RestRobot::create(&t, "bot", json!({ "capacity": 4 })).await?;
     let items = robot.claim_exactly(4).await?;
     for item in &items[..3] {
@@ -512,11 +505,7 @@ async fn throughput_counts_items_finished_this_minute() -> Result<()> {
 async fn robots_list_shows_each_robots_load() -> Result<()> {
     let t = TestNode::start().await?;
     let process = t.process("p").await?;
-    expect(
-        t.upload(&t.admin, process, seed_csv(2)).await?,
-        StatusCode::CREATED,
-    )
-    .await?;
+    seed_task(&t, &t.admin, process, 2).await?;
     let robot = RestRobot::create(&t, "bot", json!({ "capacity": 5 })).await?;
     robot.claim_exactly(2).await?;
     let robots = t.get("/api/v1/robots").await?;
@@ -615,11 +604,7 @@ async fn the_python_example_on_the_docs_page_runs_a_task_to_completion() -> Resu
     let t = TestNode::start().await?;
     let process = t.process("p").await?;
     let (_, token) = t.robot("py", json!({ "capacity": 3 })).await?;
-    let task = expect(
-        t.upload(&t.admin, process, seed_csv(7)).await?,
-        StatusCode::CREATED,
-    )
-    .await?;
+    let task = seed_task(&t, &t.admin, process, 7).await?;
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("robot.py");
     std::fs::write(&script, orchestrator_web_example())?;
