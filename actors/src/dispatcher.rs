@@ -6,7 +6,9 @@ use crate::domain::{Clock, Robot, RobotStatus};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, RobotAction, TransitionError};
 use crate::recovery::{self, PolicyDefaults};
-use crate::robot_registry::{RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg};
+use crate::robot_registry::{
+    PulseBoard, RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg,
+};
 use crate::robot_session::ws::WsLink;
 use crate::robot_session::{RobotSessionMsg, WsAttach};
 use crate::store::{LeasedItem, RobotPatch, Store};
@@ -56,6 +58,7 @@ pub struct Dispatcher {
     registry: ActorRef<RobotRegistryMsg>,
     director: ActorRef<TaskDirectorMsg>,
     batcher: ActorRef<BatcherMsg>,
+    pulses: PulseBoard,
     config: DispatchConfig,
 }
 
@@ -66,6 +69,7 @@ impl Dispatcher {
             lease_ttl: config.lease_ttl,
             backoff_base: config.backoff_base,
         };
+        let pulses = PulseBoard::default();
         let (registry, _) = Actor::spawn(
             None,
             RobotRegistry,
@@ -77,6 +81,7 @@ impl Dispatcher {
                 dispatch_delay: config.dispatch_delay,
                 defaults,
                 clock: config.clock.clone(),
+                pulses: pulses.clone(),
             },
         )
         .await
@@ -117,6 +122,7 @@ impl Dispatcher {
             registry,
             director,
             batcher,
+            pulses,
             config,
         })
     }
@@ -179,11 +185,10 @@ impl Dispatcher {
             .map_err(|e| DispatchError::Unavailable(e.to_string()))
     }
 
-    /// A sign of life from a robot whose session exists (a WebSocket frame).
+    /// A sign of life from a robot whose session exists (a WebSocket frame). Noted on the pulse
+    /// board, not sent to the registry: the registry reads the board at every sweep.
     pub fn pulse(&self, robot_id: i64) {
-        let _ = self
-            .registry
-            .send_message(RobotRegistryMsg::Pulse { robot_id });
+        self.pulses.record(robot_id, self.config.clock.now());
     }
 
     /// The robot is ready for work: it becomes ACTIVE if it was not, and `capacity`, when

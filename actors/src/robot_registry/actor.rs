@@ -1,8 +1,8 @@
 //! The RobotRegistry actor.
 
 use super::model::{LoadBoard, RobotSlot, TaskDemand};
+use super::pulses::{PulseBoard, PulseWriter};
 use crate::domain::{Clock, Millis, Robot, RobotStatus};
-use crate::error::StoreError;
 use crate::recovery::{self, PolicyDefaults, Released};
 use crate::robot_session::{RobotSession, RobotSessionArgs, RobotSessionMsg};
 use crate::store::{RobotPatch, Store};
@@ -46,8 +46,6 @@ pub enum RobotRegistryMsg {
     RobotRevoked { robot_id: i64 },
     /// Items held by a robot left flight (completed, failed, released).
     ItemsLeftFlight { robot_id: i64, count: i64 },
-    /// A sign of life from a connected robot (a WebSocket frame).
-    Pulse { robot_id: i64 },
     /// A WebSocket robot is ready; `window` narrows its capacity (never above the configured one).
     Ready { robot: Robot, window: Option<i64> },
     /// Items were taken from a robot by someone else (a task was cancelled): tell its session.
@@ -89,6 +87,8 @@ pub struct RegistryArgs {
     pub dispatch_delay: Duration,
     pub defaults: PolicyDefaults,
     pub clock: Clock,
+    /// Where the web layer notes WebSocket frames (read at every sweep).
+    pub pulses: PulseBoard,
 }
 
 struct Session {
@@ -116,6 +116,7 @@ pub struct RegistryState {
     director: Option<ActorRef<TaskDirectorMsg>>,
     dispatch_scheduled: bool,
     timer: JoinHandle<()>,
+    pulse_writer: PulseWriter,
 }
 
 impl std::fmt::Debug for RegistryState {
@@ -135,22 +136,26 @@ impl RegistryState {
         }
     }
 
-    /// Records a pulse; writes it to the store at most every quarter pulse timeout.
-    async fn pulse(&mut self, robot_id: i64) -> Result<(), StoreError> {
-        let now = self.args.clock.now();
+    /// Records a pulse; queues it for the store at most every quarter pulse timeout.
+    fn pulse(&mut self, robot_id: i64, at: Millis) {
         let persist_every = (self.args.pulse_timeout.as_millis() as i64 / 4).max(200);
         let Some(session) = self.sessions.get_mut(&robot_id) else {
-            return Ok(());
+            return;
         };
-        session.last_pulse = now;
-        if now - session.persisted_pulse < persist_every {
-            return Ok(());
+        session.last_pulse = session.last_pulse.max(at);
+        if at - session.persisted_pulse < persist_every {
+            return;
         }
-        session.persisted_pulse = now;
-        self.args
-            .store
-            .record_pulse(robot_id, now, &self.args.node_id)
-            .await
+        session.persisted_pulse = at;
+        self.pulse_writer.queue(robot_id, at);
+    }
+
+    /// Takes in the pulses noted on the board since the last look.
+    fn absorb_pulses(&mut self) {
+        for (robot_id, at) in self.args.pulses.take() {
+            self.pulse(robot_id, at);
+        }
+        self.pulse_writer.flush();
     }
 
     /// Tells sessions which of their items were taken away.
@@ -207,6 +212,7 @@ impl RegistryState {
             self.by_actor.remove(&session.actor.get_id());
             session.actor.stop(Some("session ended".into()));
         }
+        self.pulse_writer.forget(robot_id);
         self.board.robots.remove(&robot_id);
     }
 }
@@ -222,8 +228,10 @@ impl Actor for RobotRegistry {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let timer = myself.send_interval(args.sweep_period, || RobotRegistryMsg::Sweep);
+        let pulse_writer = PulseWriter::new(args.store.clone(), args.node_id.clone());
         Ok(RegistryState {
             args,
+            pulse_writer,
             board: LoadBoard::default(),
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
@@ -329,7 +337,8 @@ async fn handle_message(
             if let Some(session) = state.sessions.get(&robot_id) {
                 let _ = reply.send(session.actor.clone());
             }
-            state.pulse(robot_id).await?;
+            state.pulse(robot_id, now);
+            state.pulse_writer.flush();
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::RobotChanged { robot } => {
@@ -364,13 +373,13 @@ async fn handle_message(
             state.absorb(released);
             state.schedule_dispatch(&myself);
         }
-        RobotRegistryMsg::Pulse { robot_id } => state.pulse(robot_id).await?,
         RobotRegistryMsg::Ready { robot, window } => {
             if let Some(session) = state.sessions.get_mut(&robot.id) {
                 session.window = window;
             }
             state.apply_settings(&robot);
-            state.pulse(robot.id).await?;
+            state.pulse(robot.id, state.args.clock.now());
+            state.pulse_writer.flush();
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::Revoke { robot_id, item_ids } => {
@@ -456,6 +465,7 @@ async fn handle_message(
             }
         }
         RobotRegistryMsg::Sweep => {
+            state.absorb_pulses();
             let now = state.args.clock.now();
             let timeout = state.args.pulse_timeout.as_millis() as i64;
             let silent: Vec<i64> = state
@@ -494,6 +504,7 @@ async fn handle_message(
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::Loads { reply } => {
+            state.absorb_pulses();
             let loads = state
                 .board
                 .robots

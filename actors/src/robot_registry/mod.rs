@@ -6,9 +6,12 @@
 //!                                      │   ▲ TaskDemand / GrantsSettled    │
 //!                                      ├── RobotSession (per robot) ◄─Deliver┘
 //!                                      └── Sweep (timer): silent robots, expired leases
+//!   web ──frame──► PulseBoard ◄──read at every sweep── RobotRegistry
 //! ```
 
 mod actor;
 pub mod model;
+mod pulses;
 
 pub use actor::{RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg};
+pub use pulses::PulseBoard;

@@ -430,17 +430,17 @@ impl Store {
         }
     }
 
-    /// Records a pulse from `robot` at `now` on node `node`.
-    pub async fn record_pulse(
+    /// Stores the last pulse of several robots, all held by node `node`, in one statement.
+    pub async fn record_pulses(
         &self,
-        robot: i64,
-        now: Millis,
+        pulses: &[(i64, Millis)],
         node: &str,
     ) -> Result<(), StoreError> {
-        let vars = json!({ "id": robot, "now": now, "node": node });
+        let vars = json!({ "pulses": pulses, "node": node });
         self.retry_conflicts(|| {
             self.exec(
-                "UPDATE type::record('robot', $id) SET last_pulse_at = $now, node = $node;",
+                "FOR $p IN $pulses { UPDATE type::record('robot', $p[0]) \
+                 SET last_pulse_at = $p[1], node = $node; };",
                 vars.clone(),
             )
         })
