@@ -142,9 +142,19 @@ impl Dispatcher {
     /// Records a pulse from `robot` and returns its session (started if needed).
     pub async fn connect(&self, robot: &Robot) -> Result<ActorRef<RobotSessionMsg>, DispatchError> {
         let robot = robot.clone();
+        // A robot without a session here has its load counted now, outside the registry.
+        let in_flight = if self.pulses.has_session(robot.id) {
+            None
+        } else {
+            Some(self.store.robot_in_flight_count(robot.id).await?)
+        };
         self.registry
             .call(
-                |reply| RobotRegistryMsg::Connect { robot, reply },
+                |reply| RobotRegistryMsg::Connect {
+                    robot,
+                    in_flight,
+                    reply,
+                },
                 Some(CALL_TIMEOUT),
             )
             .await

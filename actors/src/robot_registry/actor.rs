@@ -35,9 +35,12 @@ pub struct RobotLoad {
 pub enum RobotRegistryMsg {
     /// Hands the registry the director to tell about items handed back.
     AttachDirector { director: ActorRef<TaskDirectorMsg> },
-    /// A robot made a request (a pulse): ensure its session, reply with it.
+    /// A robot made a request (a pulse): ensure its session, reply with it. `in_flight` is the
+    /// robot's count of items held, read by the caller when the robot had no session (`None`:
+    /// the registry reads it if it must open a session).
     Connect {
         robot: Robot,
+        in_flight: Option<i64>,
         reply: RpcReplyPort<ActorRef<RobotSessionMsg>>,
     },
     /// A robot's settings changed; INACTIVE drains its unstarted items.
@@ -213,6 +216,7 @@ impl RegistryState {
             session.actor.stop(Some("session ended".into()));
         }
         self.pulse_writer.forget(robot_id);
+        self.args.pulses.set_session(robot_id, false);
         self.board.robots.remove(&robot_id);
     }
 }
@@ -286,6 +290,7 @@ impl Actor for RobotRegistry {
             // The robot reconnects with its next request; its leases stay in the store.
             state.sessions.remove(&robot_id);
             state.board.robots.remove(&robot_id);
+            state.args.pulses.set_session(robot_id, false);
         }
         Ok(())
     }
@@ -299,16 +304,18 @@ async fn handle_message(
 ) -> Result<(), ActorProcessingErr> {
     match message {
         RobotRegistryMsg::AttachDirector { director } => state.director = Some(director),
-        RobotRegistryMsg::Connect { robot, reply } => {
+        RobotRegistryMsg::Connect {
+            robot,
+            in_flight,
+            reply,
+        } => {
             let now = state.args.clock.now();
             let robot_id = robot.id;
             if !state.sessions.contains_key(&robot_id) {
-                let in_flight = state
-                    .args
-                    .store
-                    .robot_items_in_flight(robot_id)
-                    .await?
-                    .len();
+                let in_flight = match in_flight {
+                    Some(n) => n,
+                    None => state.args.store.robot_in_flight_count(robot_id).await?,
+                };
                 let args = RobotSessionArgs {
                     robot_id,
                     store: state.args.store.clone(),
@@ -330,8 +337,9 @@ async fn handle_message(
                 let stamp = state.board.next_stamp();
                 state.board.robots.insert(
                     robot_id,
-                    RegistryState::slot_from(&robot, in_flight as i64, stamp),
+                    RegistryState::slot_from(&robot, in_flight, stamp),
                 );
+                state.args.pulses.set_session(robot_id, true);
             }
             state.apply_settings(&robot);
             if let Some(session) = state.sessions.get(&robot_id) {

@@ -4,13 +4,16 @@
 //! pulses still waiting in the queue and ended sessions that were alive.
 //!
 //! Now a pulse is one map insert on a [`PulseBoard`] shared by the web layer and the registry. The
-//! registry reads the board before it judges silence. [`PulseWriter`] stores the times in the
+//! registry reads the board before it judges silence. The board also lists the robots that have a
+//! session on this node, so a connecting robot's items in flight are counted by the caller, not
+//! inside the registry's mailbox (10,000 robots reconnecting at once queued 10,000 store reads
+//! there, and connects timed out). [`PulseWriter`] stores the times in the
 //! background, one statement for every robot due and one write at a time, so the mailbox never
 //! waits on the store for a pulse.
 
 use crate::domain::Millis;
 use crate::store::Store;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tracing::warn;
@@ -19,6 +22,7 @@ use tracing::warn;
 #[derive(Debug, Clone, Default)]
 pub struct PulseBoard {
     fresh: Arc<Mutex<HashMap<i64, Millis>>>,
+    sessions: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl PulseBoard {
@@ -32,6 +36,24 @@ impl PulseBoard {
     /// Everything recorded since the last call.
     pub fn take(&self) -> HashMap<i64, Millis> {
         std::mem::take(&mut *self.fresh.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether `robot_id` has a session on this node (as of the registry's last change).
+    pub fn has_session(&self, robot_id: i64) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&robot_id)
+    }
+
+    /// The registry's record of which robots have a session.
+    pub(super) fn set_session(&self, robot_id: i64, open: bool) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        if open {
+            sessions.insert(robot_id);
+        } else {
+            sessions.remove(&robot_id);
+        }
     }
 }
 
@@ -98,5 +120,15 @@ mod tests {
         board.clone().record(1, 120);
         assert_eq!(board.take(), HashMap::from([(1, 120), (2, 50)]));
         assert!(board.take().is_empty());
+    }
+
+    #[test]
+    fn the_board_lists_open_sessions() {
+        let board = PulseBoard::default();
+        assert!(!board.has_session(7));
+        board.clone().set_session(7, true);
+        assert!(board.has_session(7));
+        board.set_session(7, false);
+        assert!(!board.has_session(7));
     }
 }

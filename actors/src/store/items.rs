@@ -106,6 +106,19 @@ impl Store {
         self.rows(&sql, json!({ "robot": robot }), 0).await
     }
 
+    /// How many items `robot` holds (ASSIGNED or STARTED).
+    pub async fn robot_in_flight_count(&self, robot: i64) -> Result<i64, StoreError> {
+        let row: Option<Value> = self
+            .row(
+                "SELECT count() AS n FROM item WHERE robot = $robot \
+                 AND status IN ['ASSIGNED', 'STARTED'] GROUP ALL;",
+                json!({ "robot": robot }),
+                0,
+            )
+            .await?;
+        Ok(row.and_then(|r| r["n"].as_i64()).unwrap_or(0))
+    }
+
     /// Items `robot` holds (ASSIGNED or STARTED) with everything the seed API shows, by task.
     pub async fn robot_items_full(
         &self,
