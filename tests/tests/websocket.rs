@@ -325,14 +325,16 @@ async fn the_upgrade_needs_a_robot_token() -> Result<()> {
             other => bail!("{header:?} was not refused: {:?}", other.map(|_| ())),
         }
     }
-    // A plain GET without the upgrade is refused too.
+    // A plain GET without the upgrade is refused too: 426 names what is missing.
     let resp = t
         .http
         .get(t.url("/api/v1/robot/ws"))
         .header("authorization", format!("Token {token}"))
         .send()
         .await?;
-    assert!(resp.status().is_client_error(), "{}", resp.status());
+    assert_eq!(resp.status(), 426);
+    let body: Value = resp.json().await?;
+    assert_eq!(body["error"]["code"], "websocket_upgrade_required", "{body}");
 
     // The token may come as a query parameter, for tools that cannot set headers.
     let (socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}")).await?;
