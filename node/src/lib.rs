@@ -105,12 +105,10 @@ impl Node {
                 pulse_timeout: config.pulse_timeout,
             }),
         };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| NodeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| NodeError::Bind {
             addr: config.listen,
             source,
@@ -226,4 +224,19 @@ async fn bootstrap_admin(store: &Store, password: Option<&str>) -> Result<(), St
         Err(err) => return Err(err),
     }
     Ok(())
+}
+
+/// Connections the kernel may queue before the node accepts them (capped by
+/// `net.core.somaxconn`). Tokio's `bind` asks for 1,024; a fleet of thousands of robots
+/// reconnecting at once after a restart overflowed that, and Linux answered some with a reset.
+const LISTEN_BACKLOG: u32 = 8_192;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

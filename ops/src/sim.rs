@@ -623,6 +623,40 @@ async fn wait_first_item(fleet: &Fleet, task: i64, within: Duration) {
     }
 }
 
+/// Connection attempts per (re)connect before a robot gives up.
+const CONNECT_ATTEMPTS: u32 = 8;
+
+/// Opens a robot's WebSocket the way a production robot does: a connection refused or reset
+/// (thousands of robots connecting at once) is tried again after a growing, jittered pause. An
+/// HTTP refusal (a bad token) is not.
+async fn connect_ws(
+    url: &str,
+    robot: &RobotCred,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let mut attempt = 1;
+    loop {
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Token {}", robot.token).parse()?);
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => return Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Io(_)) if attempt < CONNECT_ATTEMPTS => {
+                let pause = 50 * 2u64.pow(attempt) + rand::random_range(0..100);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                attempt += 1;
+            }
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("robot {} connect (attempt {attempt})", robot.id)
+                });
+            }
+        }
+    }
+}
+
 /// One robot on the WebSocket channel: connects, says ready, works what is pushed, and on a
 /// simulated crash drops the connection and comes back.
 async fn ws_robot(
@@ -636,13 +670,7 @@ async fn ws_robot(
     let url = format!("{}/api/v1/robot/ws", node.base).replacen("http", "ws", 1);
     let mut ready = Some(ready);
     loop {
-        let mut request = url.as_str().into_client_request()?;
-        request
-            .headers_mut()
-            .insert("authorization", format!("Token {}", robot.token).parse()?);
-        let (socket, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .with_context(|| format!("robot {} connect", robot.id))?;
+        let socket = connect_ws(&url, &robot).await?;
         fleet.connected.fetch_add(1, Ordering::Relaxed);
         let (mut sink, mut stream) = socket.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
