@@ -1,7 +1,10 @@
 //! Group commit for robot actions: requests that arrive within a couple of milliseconds are read
 //! in one query, planned one by one, and written in one transaction, so a busy fleet costs two
-//! database round trips per batch instead of three per item. If the batch loses a race (a sweep
-//! changed one of its items), each request is retried alone.
+//! database round trips per batch instead of three per item. Several requests about one item in a
+//! batch (a robot with instant work sends `started` and `completed` back to back) are planned in
+//! the order they arrived, each on the state the one before left, and the item is written once,
+//! from its stored state to the last. If the batch loses a race (a sweep changed one of its
+//! items), each request is retried alone, in order.
 
 use crate::dispatcher::DispatchError;
 use crate::domain::{Clock, ItemStatus};
@@ -11,7 +14,7 @@ use crate::robot_registry::RobotRegistryMsg;
 use crate::store::{PendingItem, Store};
 use crate::task_director::TaskDirectorMsg;
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// Largest batch written in one transaction.
@@ -129,12 +132,8 @@ impl BatcherState {
     }
 
     async fn flush(&mut self) {
-        let mut batch: Vec<ActRequest> = std::mem::take(&mut self.gathered);
-        // Two requests for one item in a batch: the later ones go alone, after the batch.
-        let mut seen = HashSet::new();
-        let (first, later): (Vec<_>, Vec<_>) =
-            batch.drain(..).partition(|r| seen.insert(r.item_id));
-        let leftovers = match self.write_batch(first).await {
+        let batch: Vec<ActRequest> = std::mem::take(&mut self.gathered);
+        let leftovers = match self.write_batch(batch).await {
             Ok(leftovers) => leftovers,
             Err((requests, err)) => {
                 let message = err.to_string();
@@ -146,7 +145,7 @@ impl BatcherState {
                 Vec::new()
             }
         };
-        for request in leftovers.into_iter().chain(later) {
+        for request in leftovers {
             let outcome = self.act_alone(&request).await;
             let _ = request.reply.send(outcome);
         }
@@ -172,17 +171,22 @@ impl BatcherState {
             Err(err) => return Err((requests, err.into())),
         };
         let now = self.args.clock.now();
-        let mut changes = Vec::new();
-        let mut writers = Vec::new();
+        // Each item's state as the requests planned so far leave it.
+        let mut current: HashMap<i64, ItemState> =
+            states.into_iter().map(|s| (s.id, s)).collect();
+        let stored = current.clone();
+        // Requests that write, each with the state it leaves its item in.
+        let mut writers: Vec<(ActRequest, ItemState)> = Vec::new();
+        let mut unplanned = Vec::new();
         for request in requests {
-            let Some(old) = states.iter().find(|s| s.id == request.item_id) else {
+            let Some(old) = current.get(&request.item_id) else {
                 let _ = request
                     .reply
                     .send(Err(DispatchError::ItemNotFound(request.item_id)));
                 continue;
             };
             let Some(policy) = policies.get(&old.task_id) else {
-                writers.push(request);
+                unplanned.push(request);
                 continue;
             };
             let plan = plan_robot_action(
@@ -201,21 +205,40 @@ impl BatcherState {
                     let _ = request.reply.send(Ok(old.clone()));
                 }
                 Ok(Plan::Write(new)) => {
-                    changes.push((old.clone(), *new));
-                    writers.push(request);
+                    current.insert(new.id, (*new).clone());
+                    writers.push((request, *new));
                 }
             }
         }
+        // One change per item: from the stored state to the last planned one.
+        let mut written = HashSet::new();
+        let changes: Vec<(ItemState, ItemState)> = writers
+            .iter()
+            .filter(|(request, _)| written.insert(request.item_id))
+            .filter_map(|(request, _)| {
+                let old = stored.get(&request.item_id)?.clone();
+                let new = current.get(&request.item_id)?.clone();
+                Some((old, new))
+            })
+            .collect();
+        let retry_alone = |writers: Vec<(ActRequest, ItemState)>| {
+            unplanned
+                .into_iter()
+                .chain(writers.into_iter().map(|(request, _)| request))
+                .collect::<Vec<_>>()
+        };
         match store.apply_transitions(&changes, now).await {
             Ok(true) => {
-                for ((old, new), request) in changes.iter().zip(writers) {
+                for (old, new) in &changes {
                     notify_transition(&self.args.registry, &self.args.director, old, new);
-                    let _ = request.reply.send(Ok(new.clone()));
                 }
-                Ok(Vec::new())
+                for (request, new) in writers {
+                    let _ = request.reply.send(Ok(new));
+                }
+                Ok(retry_alone(Vec::new()))
             }
-            Ok(false) => Ok(writers),
-            Err(err) => Err((writers, err.into())),
+            Ok(false) => Ok(retry_alone(writers)),
+            Err(err) => Err((retry_alone(writers), err.into())),
         }
     }
 }

@@ -228,3 +228,59 @@ async fn expired_leases_are_reissued_and_the_third_expiry_quarantines() -> Resul
     );
     Ok(())
 }
+
+/// A robot with instant work sends `started` and `completed` back to back: they meet in one batch
+/// and are planned in the order sent, each on the state the one before left. A repeat of the
+/// finishing request is harmless and anything after it is refused, as when sent one by one.
+#[tokio::test]
+async fn actions_on_one_item_in_one_batch_apply_in_the_order_sent() -> Result<()> {
+    let rig = Rig::new(2, 2, Duration::from_secs(3600), Duration::from_secs(300)).await?;
+    rig.dispatcher.connect(&rig.robot).await?;
+    rig.dispatcher.task_ready(rig.task_id);
+    let held = rig.held(2).await?;
+    let (item, lease) = (held[0].id, held[0].lease_id.clone());
+    let act = |action: RobotAction| {
+        let dispatcher = rig.dispatcher.clone();
+        let (robot, lease) = (rig.robot.id, lease.clone());
+        async move { dispatcher.act(robot, item, lease.as_deref(), &action).await }
+    };
+    let complete = || RobotAction::Complete {
+        observation: Some("done".into()),
+        output: None,
+    };
+    let fail = RobotAction::Fail {
+        kind: orchestrator_actors::lifecycle::FailKind::Application,
+        message: "late".into(),
+    };
+    // Sent together, so the batcher's window holds all four.
+    let (started, completed, repeated, failed) = tokio::join!(
+        act(RobotAction::Start),
+        act(complete()),
+        act(complete()),
+        act(fail)
+    );
+    assert_eq!(started?.status, ItemStatus::Started);
+    let completed = completed?;
+    assert_eq!(completed.status, ItemStatus::Completed);
+    assert_eq!(completed.observation.as_deref(), Some("done"));
+    assert_eq!(repeated?.status, ItemStatus::Completed);
+    let refused = failed.expect_err("a failure after completion is refused");
+    assert!(refused.to_string().contains("COMPLETED"), "{refused}");
+
+    let stored = rig.store.item_state(item).await?.expect("item");
+    assert_eq!(stored.status, ItemStatus::Completed);
+    assert!(stored.started_at.is_some() && stored.ended_at.is_some());
+    let task = rig.store.task(rig.task_id).await?.expect("task");
+    assert_eq!(
+        (
+            task.counts.assigned,
+            task.counts.started,
+            task.counts.completed
+        ),
+        (1, 0, 1),
+        "the counters moved from ASSIGNED to COMPLETED once"
+    );
+    let load = rig.dispatcher.loads().await?;
+    assert_eq!(load[0].in_flight, 1, "the item left the robot's load once");
+    Ok(())
+}
