@@ -500,4 +500,111 @@ mod tests {
         );
         Ok(())
     }
+
+    /// Cost per item of each write the dispatch path makes, on the embedded engine. A probe,
+    /// not a check: `cargo test -p orchestrator-actors --release -- --ignored --nocapture
+    /// store_cost_per_item`.
+    #[tokio::test]
+    #[ignore = "a measurement; run by hand"]
+    async fn store_cost_per_item() -> Result<(), StoreError> {
+        use crate::lifecycle::{Policy, RobotAction, new_lease_id, plan_robot_action};
+        use std::time::Instant;
+        let dir = std::env::temp_dir().join(format!("orch-probe-{}", std::process::id()));
+        let config = StoreConfig {
+            url: format!("surrealkv://{}", dir.display()),
+            ..StoreConfig::memory()
+        };
+        let store = Store::open(&config).await?;
+        let n: i64 = 20_000;
+        let task = store.create_staged_task(1, &["a".into()], None, 0).await?;
+        let first = store.reserve_ids("item", n).await?;
+        let rows = (0..n)
+            .map(|line| NewItem {
+                line,
+                values: Map::from_iter([("a".to_string(), json!(format!("value {line}")))]),
+            })
+            .collect::<Vec<_>>();
+        let clock = Instant::now();
+        for (i, chunk) in rows.chunks(1_000).enumerate() {
+            store
+                .insert_staged_items(task, first + i as i64 * 1_000, chunk.to_vec())
+                .await?;
+        }
+        let report = |what: &str, items: i64, since: Instant| {
+            let us = since.elapsed().as_micros() as f64 / items as f64;
+            println!("{what}: {us:.0} µs per item");
+        };
+        report("insert (batches of 1,000)", n, clock);
+        store
+            .commit_staged_task(task, 1, n, &[(first, first + n - 1)])
+            .await?;
+        let now = crate::domain::now_millis();
+        let policy = Policy {
+            lease_ttl_ms: 60_000,
+            max_attempts: 3,
+            on_lost: crate::domain::LostItemPolicy::Abandon,
+            backoff_base_ms: 10,
+        };
+        let batch = 250;
+        let ids: Vec<i64> = (first..first + 5_000).collect();
+        let clock = Instant::now();
+        for round in ids.chunks(1_000) {
+            let grants: Vec<Grant> = round
+                .chunks(10)
+                .enumerate()
+                .map(|(r, ids)| Grant {
+                    robot_id: r as i64 + 1,
+                    item_ids: ids.to_vec(),
+                    lease_id: new_lease_id(r as i64 + 1),
+                    lease_expires_at: now + 60_000,
+                })
+                .collect();
+            store.assign_items(task, &grants, now).await?;
+        }
+        report("assign (100 grants of 10)", 5_000, clock);
+        for action in [
+            RobotAction::Start,
+            RobotAction::Complete {
+                observation: None,
+                output: None,
+            },
+        ] {
+            let (mut read, mut write) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+            for chunk in ids.chunks(batch) {
+                let clock = Instant::now();
+                let states = store.item_states(chunk).await?;
+                read += clock.elapsed();
+                let changes: Vec<(ItemState, ItemState)> = states
+                    .iter()
+                    .filter_map(|old| {
+                        let plan = plan_robot_action(
+                            old,
+                            old.robot_id?,
+                            old.lease_id.as_deref(),
+                            &action,
+                            &policy,
+                            now,
+                        )
+                        .ok()?;
+                        match plan {
+                            crate::lifecycle::Plan::Write(new) => Some((old.clone(), *new)),
+                            crate::lifecycle::Plan::Unchanged => None,
+                        }
+                    })
+                    .collect();
+                assert_eq!(changes.len(), chunk.len());
+                let clock = Instant::now();
+                assert!(store.apply_transitions(&changes, now).await?);
+                write += clock.elapsed();
+            }
+            let per = |d: std::time::Duration| d.as_micros() as f64 / ids.len() as f64;
+            println!(
+                "{action:?}: read {:.0} µs, write {:.0} µs per item (batches of {batch})",
+                per(read),
+                per(write)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
 }

@@ -1,7 +1,8 @@
 //! `bench`: runs the benchmark scenarios, each on a freshly started release build of the node on
 //! the embedded `surrealkv://` store, with `robot-sim` in a separate process, and writes the
 //! figures and the machine they ran on into `BENCHMARKS.md` (between the `bench:begin` and
-//! `bench:end` markers; the rest of the file is kept).
+//! `bench:end` markers; the rest of the file is kept). With `--only`, the scenarios not run keep
+//! their last figures, each row saying when it was measured.
 //!
 //! Build first, then run (the binaries are found beside this one):
 //! `cargo build --release -p orchestrator-node -p orchestrator-ops && cargo run --release -p orchestrator-ops --bin bench`
@@ -505,9 +506,16 @@ fn main() -> Result<()> {
             bin.display()
         );
     }
+    let old = std::fs::read_to_string(&args.out).unwrap_or_default();
+    let earlier = earlier_reports(&old);
     let mut rows = Vec::new();
     for scenario in scenarios(args.scale) {
         if !args.only.is_empty() && !args.only.iter().any(|k| k == scenario.key) {
+            if let Some(report) = earlier.iter().find(|(k, _)| k == scenario.key) {
+                let report = report.1.clone();
+                let (figure, verdict) = judge(&scenario, &report);
+                rows.push((scenario, report, figure, verdict));
+            }
             continue;
         }
         eprintln!("bench: {} ...", scenario.title);
@@ -517,7 +525,8 @@ fn main() -> Result<()> {
             Kind::Sim { flags, .. } => run_sim(&node, &sim_bin, flags),
         };
         node.stop();
-        let report = report.with_context(|| scenario.title.to_string())?;
+        let mut report = report.with_context(|| scenario.title.to_string())?;
+        report["ran_at"] = json!(chrono_like_now());
         let (figure, verdict) = judge(&scenario, &report);
         eprintln!("bench: {figure} ({verdict}) {report}");
         rows.push((scenario, report, figure, verdict));
@@ -529,17 +538,23 @@ fn main() -> Result<()> {
     let mut section = String::new();
     section.push_str("<!-- bench:begin (written by `bench`; edit outside the markers) -->\n");
     section.push_str(&format!(
-        "Latest run: {} on {}, release build, `surrealkv://` store, `robot-sim` in its own process.\n\n",
+        "Written {} on {}, release build, `surrealkv://` store, `robot-sim` in its own process.\n\n",
         chrono_like_now(),
         machine()
     ));
     section.push_str(
-        "| scenario | target | not resolved below | measured | verdict |\n|---|---|---|---|---|\n",
+        "| scenario | target | not resolved below | measured | verdict | measured at |\n\
+         |---|---|---|---|---|---|\n",
     );
-    for (scenario, _, figure, verdict) in &rows {
+    for (scenario, report, figure, verdict) in &rows {
         section.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            scenario.title, scenario.target, scenario.floor, figure, verdict
+            "| {} | {} | {} | {} | {} | {} |\n",
+            scenario.title,
+            scenario.target,
+            scenario.floor,
+            figure,
+            verdict,
+            report["ran_at"].as_str().unwrap_or("?")
         ));
     }
     section.push_str("\nRaw reports (robot-sim's JSON line plus the node's RSS):\n\n```\n");
@@ -547,7 +562,6 @@ fn main() -> Result<()> {
         section.push_str(&format!("{}: {}\n", scenario.key, report));
     }
     section.push_str("```\n<!-- bench:end -->\n");
-    let old = std::fs::read_to_string(&args.out).unwrap_or_default();
     let new = match (old.find("<!-- bench:begin"), old.find("<!-- bench:end -->")) {
         (Some(start), Some(end)) => {
             let end = end + "<!-- bench:end -->\n".len();
@@ -563,6 +577,33 @@ fn main() -> Result<()> {
     std::fs::write(&args.out, new)?;
     eprintln!("bench: wrote {}", args.out.display());
     Ok(())
+}
+
+/// The raw reports of the last written run, by scenario key. Reports from before `ran_at` was
+/// recorded take the date of the run's header line.
+fn earlier_reports(file: &str) -> Vec<(String, Value)> {
+    let Some(start) = file.find("<!-- bench:begin") else {
+        return Vec::new();
+    };
+    let section = &file[start..];
+    let header_date = section
+        .lines()
+        .find_map(|l| l.strip_prefix("Latest run: "))
+        .and_then(|l| l.split(" on ").next())
+        .unwrap_or("?")
+        .to_string();
+    section
+        .lines()
+        .take_while(|l| !l.starts_with("<!-- bench:end"))
+        .filter_map(|line| {
+            let (key, json) = line.split_once(": ")?;
+            let mut report: Value = serde_json::from_str(json).ok()?;
+            if report.get("ran_at").is_none() {
+                report["ran_at"] = json!(header_date);
+            }
+            Some((key.to_string(), report))
+        })
+        .collect()
 }
 
 /// UTC date and time, from `date` (the runner avoids a date crate for one string).
