@@ -6,9 +6,7 @@ use crate::domain::{Clock, Robot, RobotStatus};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, RobotAction, TransitionError};
 use crate::recovery::{self, PolicyDefaults};
-use crate::robot_registry::{
-    PulseBoard, RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg,
-};
+use crate::robot_registry::{PulseBoard, RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg};
 use crate::robot_session::ws::WsLink;
 use crate::robot_session::{RobotSessionMsg, WsAttach};
 use crate::store::{LeasedItem, RobotPatch, Store};

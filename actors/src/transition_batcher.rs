@@ -172,8 +172,7 @@ impl BatcherState {
         };
         let now = self.args.clock.now();
         // Each item's state as the requests planned so far leave it.
-        let mut current: HashMap<i64, ItemState> =
-            states.into_iter().map(|s| (s.id, s)).collect();
+        let mut current: HashMap<i64, ItemState> = states.into_iter().map(|s| (s.id, s)).collect();
         let stored = current.clone();
         // Requests that write, each with the state it leaves its item in.
         let mut writers: Vec<(ActRequest, ItemState)> = Vec::new();

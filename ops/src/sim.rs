@@ -649,9 +649,8 @@ async fn connect_ws(
                 attempt += 1;
             }
             Err(err) => {
-                return Err(err).with_context(|| {
-                    format!("robot {} connect (attempt {attempt})", robot.id)
-                });
+                return Err(err)
+                    .with_context(|| format!("robot {} connect (attempt {attempt})", robot.id));
             }
         }
     }

@@ -334,7 +334,10 @@ async fn the_upgrade_needs_a_robot_token() -> Result<()> {
         .await?;
     assert_eq!(resp.status(), 426);
     let body: Value = resp.json().await?;
-    assert_eq!(body["error"]["code"], "websocket_upgrade_required", "{body}");
+    assert_eq!(
+        body["error"]["code"], "websocket_upgrade_required",
+        "{body}"
+    );
 
     // The token may come as a query parameter, for tools that cannot set headers.
     let (socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}")).await?;

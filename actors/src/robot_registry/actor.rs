@@ -335,10 +335,10 @@ async fn handle_message(
                 );
                 info!(robot_id, in_flight, "robot connected");
                 let stamp = state.board.next_stamp();
-                state.board.robots.insert(
-                    robot_id,
-                    RegistryState::slot_from(&robot, in_flight, stamp),
-                );
+                state
+                    .board
+                    .robots
+                    .insert(robot_id, RegistryState::slot_from(&robot, in_flight, stamp));
                 state.args.pulses.set_session(robot_id, true);
             }
             state.apply_settings(&robot);

@@ -45,10 +45,12 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::header::headers_cloned())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::ext::optional::<OnUpgrade>())
-        .then(move |headers: HeaderMap, query, on_upgrade: Option<OnUpgrade>| {
-            let state = state.clone();
-            async move { respond(upgrade(state, headers, query, on_upgrade).await) }
-        })
+        .then(
+            move |headers: HeaderMap, query, on_upgrade: Option<OnUpgrade>| {
+                let state = state.clone();
+                async move { respond(upgrade(state, headers, query, on_upgrade).await) }
+            },
+        )
         .boxed()
 }
 
