@@ -174,8 +174,12 @@ impl BatcherState {
         // Each item's state as the requests planned so far leave it.
         let mut current: HashMap<i64, ItemState> = states.into_iter().map(|s| (s.id, s)).collect();
         let stored = current.clone();
-        // Requests that write, each with the state it leaves its item in.
-        let mut writers: Vec<(ActRequest, ItemState)> = Vec::new();
+        // Items a request in this batch writes.
+        let mut written = HashSet::new();
+        // Requests whose answer rests on this batch's write: every writer, and any later request
+        // about an item a writer touched. They are answered once the batch commits, or retried
+        // alone, in order, if it does not.
+        let mut held: Vec<(ActRequest, Result<ItemState, DispatchError>)> = Vec::new();
         let mut unplanned = Vec::new();
         for request in requests {
             let Some(old) = current.get(&request.item_id) else {
@@ -196,34 +200,31 @@ impl BatcherState {
                 policy,
                 now,
             );
-            match plan {
-                Err(err) => {
-                    let _ = request.reply.send(Err(err.into()));
-                }
-                Ok(Plan::Unchanged) => {
-                    let _ = request.reply.send(Ok(old.clone()));
-                }
+            let outcome = match plan {
+                Err(err) => Err(err.into()),
+                Ok(Plan::Unchanged) => Ok(old.clone()),
                 Ok(Plan::Write(new)) => {
+                    written.insert(new.id);
                     current.insert(new.id, (*new).clone());
-                    writers.push((request, *new));
+                    held.push((request, Ok(*new)));
+                    continue;
                 }
+            };
+            if written.contains(&request.item_id) {
+                held.push((request, outcome));
+            } else {
+                let _ = request.reply.send(outcome);
             }
         }
         // One change per item: from the stored state to the last planned one.
-        let mut written = HashSet::new();
-        let changes: Vec<(ItemState, ItemState)> = writers
+        let changes: Vec<(ItemState, ItemState)> = written
             .iter()
-            .filter(|(request, _)| written.insert(request.item_id))
-            .filter_map(|(request, _)| {
-                let old = stored.get(&request.item_id)?.clone();
-                let new = current.get(&request.item_id)?.clone();
-                Some((old, new))
-            })
+            .filter_map(|id| Some((stored.get(id)?.clone(), current.get(id)?.clone())))
             .collect();
-        let retry_alone = |writers: Vec<(ActRequest, ItemState)>| {
+        let retry_alone = |held: Vec<(ActRequest, Result<ItemState, DispatchError>)>| {
             unplanned
                 .into_iter()
-                .chain(writers.into_iter().map(|(request, _)| request))
+                .chain(held.into_iter().map(|(request, _)| request))
                 .collect::<Vec<_>>()
         };
         match store.apply_transitions(&changes, now).await {
@@ -231,13 +232,13 @@ impl BatcherState {
                 for (old, new) in &changes {
                     notify_transition(&self.args.registry, &self.args.director, old, new);
                 }
-                for (request, new) in writers {
-                    let _ = request.reply.send(Ok(new));
+                for (request, outcome) in held {
+                    let _ = request.reply.send(outcome);
                 }
                 Ok(retry_alone(Vec::new()))
             }
-            Ok(false) => Ok(retry_alone(writers)),
-            Err(err) => Err((retry_alone(writers), err.into())),
+            Ok(false) => Ok(retry_alone(held)),
+            Err(err) => Err((retry_alone(held), err.into())),
         }
     }
 }
