@@ -211,13 +211,22 @@ impl RegistryState {
     }
 
     fn end_session(&mut self, robot_id: i64) {
-        if let Some(session) = self.sessions.remove(&robot_id) {
-            self.by_actor.remove(&session.actor.get_id());
+        if let Some(session) = self.forget_session(robot_id) {
             session.actor.stop(Some("session ended".into()));
+        }
+    }
+
+    /// Drops everything the registry keeps about a robot's session: the session, its load slot,
+    /// its queued pulse and its mark on the pulse board.
+    fn forget_session(&mut self, robot_id: i64) -> Option<Session> {
+        let session = self.sessions.remove(&robot_id);
+        if let Some(session) = &session {
+            self.by_actor.remove(&session.actor.get_id());
         }
         self.pulse_writer.forget(robot_id);
         self.args.pulses.set_session(robot_id, false);
         self.board.robots.remove(&robot_id);
+        session
     }
 }
 
@@ -288,9 +297,7 @@ impl Actor for RobotRegistry {
             && let Some(robot_id) = state.by_actor.remove(&actor.get_id())
         {
             // The robot reconnects with its next request; its leases stay in the store.
-            state.sessions.remove(&robot_id);
-            state.board.robots.remove(&robot_id);
-            state.args.pulses.set_session(robot_id, false);
+            state.forget_session(robot_id);
         }
         Ok(())
     }
