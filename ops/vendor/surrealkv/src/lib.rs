@@ -167,6 +167,10 @@ pub struct Options {
 	pub path: PathBuf,
 	pub level_count: u8,
 	pub max_memtable_size: usize,
+	/// Orchestrator RPA patch: a compaction starts a new output table once the one being written
+	/// reaches this many bytes (at a user-key boundary), so no table, and none of the filter
+	/// hashes and index partitions a table writer holds until it finishes, grows with the level.
+	pub target_table_size: usize,
 	pub index_partition_size: usize,
 
 	// VLog configuration
@@ -246,6 +250,7 @@ impl Default for Options {
 			path: PathBuf::from(""),
 			level_count: 6,
 			max_memtable_size: 100 * 1024 * 1024,  // 100 MB
+			target_table_size: 64 * 1024 * 1024,  // 64 MB (Orchestrator RPA patch)
 			index_partition_size: 16384,           // 16KB
 			vlog_max_file_size: 256 * 1024 * 1024, // 256MB
 			vlog_checksum_verification: VLogChecksumLevel::Disabled,
@@ -359,6 +364,12 @@ impl Options {
 
 	pub const fn with_max_memtable_size(mut self, value: usize) -> Self {
 		self.max_memtable_size = value;
+		self
+	}
+
+	/// Orchestrator RPA patch: size at which a compaction starts its next output table.
+	pub const fn with_target_table_size(mut self, value: usize) -> Self {
+		self.target_table_size = value;
 		self
 	}
 

@@ -1817,6 +1817,12 @@ impl TreeBuilder {
 		self
 	}
 
+	/// Orchestrator RPA patch: sets the size at which a compaction starts its next output table.
+	pub fn with_target_table_size(mut self, size: usize) -> Self {
+		self.opts = self.opts.with_target_table_size(size);
+		self
+	}
+
 	/// Sets the unified block cache capacity (includes data blocks, index
 	/// blocks, and VLog values).
 	pub fn with_block_cache_capacity(mut self, capacity_bytes: u64) -> Self {

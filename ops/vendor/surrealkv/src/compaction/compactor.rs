@@ -128,53 +128,57 @@ impl Compactor {
 
 		drop(levels);
 
-		// Create new table
-		let new_table_id = self.options.level_manifest.read().unwrap().next_table_id();
-		let new_table_path = self.get_table_path(new_table_id);
-
-		// Write merged data
-		let table_created =
-			match self.write_merged_table(&new_table_path, new_table_id, iterators, input) {
-				Ok(result) => result,
+		// Orchestrator RPA patch: the merged data goes to as many tables as `target_table_size`
+		// asks for (upstream wrote one table however large the merge), then each is opened.
+		let written = self.write_merged_tables(iterators, input)?;
+		let mut new_tables = Vec::with_capacity(written.len());
+		for (table_id, path) in &written {
+			match self.open_table(*table_id, path) {
+				Ok(table) => new_tables.push(table),
 				Err(e) => {
-					// Guard will unhide tables on drop
-					return Err(e);
-				}
-			};
-
-		// Open table only if one was created
-		let new_table = if table_created {
-			match self.open_table(new_table_id, &new_table_path) {
-				Ok(table) => Some(table),
-				Err(e) => {
-					// Guard will unhide tables on drop
+					// Guard will unhide tables on drop; the new files are not referenced anywhere
+					Self::remove_files(&written);
 					return Err(e);
 				}
 			}
-		} else {
-			None
-		};
+		}
 
 		// Update manifest - this will commit the guard on success
-		self.update_manifest(input, new_table, &mut guard)?;
+		self.update_manifest(input, new_tables, &mut guard)?;
 
 		self.cleanup_old_tables(input);
 
 		Ok(())
 	}
 
-	/// Returns true if a table file was created and finished, false otherwise
-	fn write_merged_table(
+	/// Orchestrator RPA patch: writes the merge into tables of about `target_table_size` bytes
+	/// each and returns their ids and paths, in key order (none when the merge drops every
+	/// entry). A table is only ended between two user keys, so all versions of a key stay in one
+	/// table and the tables of a level never overlap. A merge into level 0 stays one table,
+	/// because level 0 orders its tables by sequence number, not by key. On error, every file
+	/// this call created is removed.
+	fn write_merged_tables(
 		&self,
-		path: &Path,
-		table_id: u64,
 		merge_iter: Vec<BoxedLSMIterator<'_>>,
 		input: &CompactionInput,
-	) -> Result<bool> {
-		let file = SysFile::create(path)?;
-		let mut writer =
-			TableWriter::new(file, table_id, Arc::clone(&self.options.lopts), input.target_level);
+	) -> Result<Vec<(u64, PathBuf)>> {
+		let mut written = Vec::new();
+		let result = self.write_merged_tables_into(merge_iter, input, &mut written);
+		match result {
+			Ok(()) => Ok(written),
+			Err(e) => {
+				Self::remove_files(&written);
+				Err(e)
+			}
+		}
+	}
 
+	fn write_merged_tables_into(
+		&self,
+		merge_iter: Vec<BoxedLSMIterator<'_>>,
+		input: &CompactionInput,
+		written: &mut Vec<(u64, PathBuf)>,
+	) -> Result<()> {
 		// Get active snapshots for snapshot-aware compaction
 		// This is a snapshot of the snapshot list at the start of compaction.
 		// Any snapshots created during compaction will be handled by the next compaction.
@@ -193,44 +197,79 @@ impl Compactor {
 			snapshots,
 		);
 
-		let mut entries = 0;
+		let split = input.target_level > 0;
+		let target_size = self.options.lopts.target_table_size.max(1);
+		let mut writer: Option<TableWriter<SysFile>> = None;
+		// Set once the table being written is full: the user key after which it ends.
+		let mut split_after: Option<Vec<u8>> = None;
+
 		for item in &mut comp_iter {
 			let (key, value) = item?;
-			writer.add(key, &value)?;
-			entries += 1;
+			if split_after.as_deref().is_some_and(|last| last != key.user_key.as_slice()) {
+				if let (Some(full), Some((_, path))) = (writer.take(), written.last()) {
+					Self::finish_table(full, path)?;
+				}
+				split_after = None;
+			}
+			let current = match writer.as_mut() {
+				Some(current) => current,
+				None => {
+					let table_id = self.options.level_manifest.read()?.next_table_id();
+					let path = self.get_table_path(table_id);
+					let file = SysFile::create(&path)?;
+					written.push((table_id, path));
+					writer.insert(TableWriter::new(
+						file,
+						table_id,
+						Arc::clone(&self.options.lopts),
+						input.target_level,
+					))
+				}
+			};
+			if split && split_after.is_none() && current.size_estimate() >= target_size {
+				split_after = Some(key.user_key.clone());
+			}
+			current.add(key, &value)?;
 		}
 
-		if entries == 0 {
-			// No entries - drop writer and remove empty file
-			drop(writer);
-			let _ = std::fs::remove_file(path);
-			return Ok(false);
+		if let (Some(last), Some((_, path))) = (writer.take(), written.last()) {
+			Self::finish_table(last, path)?;
 		}
+		if !written.is_empty() {
+			crate::lsm::fsync_directory(self.options.lopts.sstable_dir())?;
+		}
+		Ok(())
+	}
 
+	fn finish_table(writer: TableWriter<SysFile>, path: &Path) -> Result<()> {
 		writer.finish()?;
-
 		// Durability fix: the SST's data and its directory entry must be
 		// durable BEFORE the manifest (fsynced in update_manifest) references
 		// this table. Otherwise a power loss after the manifest commit leaves
 		// a durable manifest pointing at a zero-byte table, with the merged
 		// inputs already deleted (surrealdb/surrealdb#7426).
+		// (The directory is fsynced once all of a merge's tables are written.)
 		crate::vfs::fsync_file(path)?;
-		crate::lsm::fsync_directory(self.options.lopts.sstable_dir())?;
+		Ok(())
+	}
 
-		Ok(true)
+	fn remove_files(written: &[(u64, PathBuf)]) {
+		for (_, path) in written {
+			let _ = std::fs::remove_file(path);
+		}
 	}
 
 	fn update_manifest(
 		&self,
 		input: &CompactionInput,
-		new_table: Option<Arc<Table>>,
+		new_tables: Vec<Arc<Table>>,
 		guard: &mut HiddenTablesGuard,
 	) -> Result<()> {
 		let mut manifest = self.options.level_manifest.write()?;
 		let _imm_guard = self.options.immutable_memtables.write();
 
-		// Check for table ID collision if adding a new table
-		if let Some(ref table) = new_table {
+		// Check for table ID collision for each new table
+		for table in &new_tables {
 			if input.tables_to_merge.contains(&table.id) {
 				return Err(crate::error::Error::TableIDCollision(table.id));
 			}
@@ -247,8 +286,8 @@ impl Compactor {
 			}
 		}
 
-		// Add new table if present
-		if let Some(table) = new_table {
+		// Add the new tables, if any
+		for table in new_tables {
 			changeset.new_tables.push((input.target_level, table));
 		}
 

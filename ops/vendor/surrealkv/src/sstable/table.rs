@@ -458,6 +458,12 @@ impl<W: Write> TableWriter<W> {
 		Ok(())
 	}
 
+	/// Orchestrator RPA patch: bytes written so far plus the data block being built, which is what
+	/// a compaction compares with `target_table_size` to decide when to start its next table.
+	pub(crate) fn size_estimate(&self) -> usize {
+		self.offset + self.data_block.as_ref().map_or(0, BlockWriter::size_estimate)
+	}
+
 	/// Flushes the current data block and creates an index entry.
 	///
 	/// ## Index Entry Creation
