@@ -17,6 +17,13 @@ pub enum StoreError {
     /// The database holds a newer schema than this binary understands.
     #[error("database schema version {found} is newer than this binary's {supported}")]
     SchemaTooNew { found: i64, supported: i64 },
+    /// The database keeps items one row each (schema 2 and before) and still holds some.
+    #[error(
+        "database schema version {found} keeps one row per item and still holds items; this \
+         binary (schema {supported}) stores items in chunks and cannot read them: finish or \
+         export those tasks with the earlier release, or start on a new database"
+    )]
+    RowPerItemLayout { found: i64, supported: i64 },
     /// The store URL is not one this node can open.
     #[error("unsupported store url '{0}': use surrealkv://PATH, mem:// or ws://HOST:PORT")]
     UnsupportedUrl(String),

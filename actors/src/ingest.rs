@@ -21,8 +21,8 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// Rows per INSERT statement.
-pub const BATCH_ROWS: usize = 1_000;
+/// Rows per INSERT statement: four whole chunks.
+pub const BATCH_ROWS: usize = 4 * crate::store::CHUNK_ITEMS as usize;
 
 /// Why an upload was refused or failed.
 #[derive(Debug, Error)]
@@ -213,7 +213,7 @@ async fn write_batches(
                         .as_mut()
                         .ok_or_else(|| StoreError::Malformed("rows before header".into()))?;
                     let count = rows.len() as i64;
-                    let first = store.reserve_ids("item", count).await?;
+                    let first = store.reserve_item_ids(count).await?;
                     store
                         .insert_staged_items(upload.task_id, first, rows)
                         .await?;

@@ -1,6 +1,7 @@
 //! Group commit for robot actions: requests that arrive within a couple of milliseconds are read
-//! in one query, planned one by one, and written in one transaction, so a busy fleet costs two
-//! database round trips per batch instead of three per item. Several requests about one item in a
+//! together (from the node's chunk cache when it is warm), planned one by one, and written in one
+//! transaction, so a busy fleet costs one or two database round trips per batch instead of three
+//! per item. Several requests about one item in a
 //! batch (a robot with instant work sends `started` and `completed` back to back) are planned in
 //! the order they arrived, each on the state the one before left, and the item is written once,
 //! from its stored state to the last. If the batch loses a race (a sweep changed one of its

@@ -134,7 +134,9 @@ impl TestNode {
         Ok(json!({
             "stats": self.get("/api/v1/stats").await?,
             "tasks": self.get("/api/v1/tasks?limit=1000").await?,
-            "item_rows": store.count_rows("item").await?,
+            "items": store.count_items().await?,
+            "chunk_rows": store.count_rows("chunk").await?,
+            "chunk_data_rows": store.count_rows("chunk_data").await?,
             "task_rows": store.count_rows("task").await?,
         }))
     }

@@ -56,7 +56,7 @@ impl Rig {
         let task_id = store
             .create_staged_task(1, &["a".to_string()], None, 0)
             .await?;
-        let first = store.reserve_ids("item", items as i64).await?;
+        let first = store.reserve_item_ids(items as i64).await?;
         let rows = (0..items)
             .map(|i| NewItem {
                 line: i as i64 + 2,

@@ -89,7 +89,7 @@ async fn abandoned_staged_uploads_are_swept() -> Result<()> {
     let staged = store
         .create_staged_task(1, &["a".to_string()], None, 0)
         .await?;
-    let first = store.reserve_ids("item", 2).await?;
+    let first = store.reserve_item_ids(2).await?;
     let rows = (0..2)
         .map(|i| orchestrator_actors::store::NewItem {
             line: i + 2,
@@ -97,17 +97,17 @@ async fn abandoned_staged_uploads_are_swept() -> Result<()> {
         })
         .collect();
     store.insert_staged_items(staged, first, rows).await?;
-    assert_eq!(store.count_rows("item").await?, 2);
+    assert_eq!(store.count_items().await?, 2);
     assert_eq!(
         t.get("/api/v1/tasks").await?["total"],
         0,
         "staged tasks are invisible"
     );
     eventually(Duration::from_secs(10), || async {
-        Ok(
-            (store.count_rows("task").await? == 0 && store.count_rows("item").await? == 0)
-                .then_some(()),
-        )
+        Ok((store.count_rows("task").await? == 0
+            && store.count_rows("chunk").await? == 0
+            && store.count_rows("chunk_data").await? == 0)
+            .then_some(()))
     })
     .await?;
     Ok(())

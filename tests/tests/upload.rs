@@ -352,7 +352,7 @@ async fn large_uploads_stream_in_batches_with_distinct_ids() -> Result<()> {
     let task = expect(resp, StatusCode::CREATED).await?;
     assert_eq!(task["item_count"], rows);
     let id = task["id"].as_i64().unwrap_or_default();
-    assert_eq!(t.node.store().count_rows("item").await?, rows as i64);
+    assert_eq!(t.node.store().count_items().await?, rows as i64);
 
     let page = t
         .get(&format!("/api/v1/tasks/{id}/items?offset=24990&limit=20"))

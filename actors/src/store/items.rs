@@ -1,29 +1,31 @@
-//! Item transitions. Every write is a compare-and-set on the item's old status and lease, in one
-//! transaction with the task's counters, so counters never drift and two writers never both win.
+//! Item transitions and reads, on chunk rows (see `chunks.rs`). Every write is a compare-and-set
+//! on each item's old status and lease, checked on the chunk as stored, in one transaction with
+//! the tasks' counters, so counters never drift and two writers never both win.
 
 use super::Store;
-use super::throughput::ADD_TO_MINUTE;
-use crate::domain::{ItemCounts, ItemStatus, Millis, rfc3339};
+use super::chunks::{Cached, Chunk, Payload, TaskDelta, chunk_of};
+use crate::domain::{Item, ItemCounts, ItemStatus, Millis, rfc3339};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, add_counts, count_delta};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-const STATE_FIELDS: &str = "record::id(id) AS id, task AS task_id, status, robot AS robot_id, \
-                            attempt, lease_id, lease_expires_at, lease_expiries, observation, \
-                            output, fail_kind, not_before, started_at, ended_at";
+/// Chunks reopened per transaction by retry-failed.
+const RETRY_CHUNKS: i64 = 16;
 
-/// Items reopened per transaction by retry-failed.
-const RETRY_BATCH: i64 = 5_000;
+/// Chunks with an expired lease. The lower bound matters: chunks with nothing in flight have
+/// NONE there, which sorts below every number, so `< $now` alone would read every idle chunk
+/// on every sweep.
+const EXPIRED_LEASES_WHERE: &str = "lease_min > 0 AND lease_min < $now";
 
-/// Items whose lease expired. The lower bound matters: items without a lease (every PENDING one)
-/// have NONE there, which sorts below every number, so `< $now` alone would read the whole
-/// backlog on every sweep.
-const EXPIRED_LEASES_WHERE: &str = "WHERE lease_expires_at > 0 AND lease_expires_at < $now \
-     AND status IN ['ASSIGNED', 'STARTED']";
+/// Chunks where `$robot` holds items.
+const HELD_BY_ROBOT_WHERE: &str = "in_flight > 0 AND holders CONTAINS $robot";
 
-const CONFLICT: &str = "item transition conflict";
+/// Times a write re-reads chunks that another node changed before it gives up the batch.
+const STALE_RETRIES: usize = 8;
 
 /// An item as delivered to a robot.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
@@ -75,67 +77,160 @@ pub struct PendingItem {
     pub not_before: Option<Millis>,
 }
 
+/// Sorted, distinct chunk numbers of `ids`.
+fn chunks_of(ids: impl IntoIterator<Item = i64>) -> Vec<i64> {
+    let mut ns: Vec<i64> = ids.into_iter().map(chunk_of).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    ns
+}
+
+fn in_flight(status: ItemStatus) -> bool {
+    matches!(status, ItemStatus::Assigned | ItemStatus::Started)
+}
+
+/// The line and values of item `id` of `chunk`.
+fn payload_of<'a>(
+    chunk: &Chunk,
+    payloads: &'a HashMap<i64, Arc<Payload>>,
+    id: i64,
+) -> Option<&'a (i64, Map<String, Value>)> {
+    payloads
+        .get(&chunk.n)?
+        .get(usize::try_from(id - chunk.first).ok()?)
+}
+
+/// An item as delivered, from its chunk, payload and state (`None` without a lease).
+fn leased_item(
+    chunk: &Chunk,
+    payloads: &HashMap<i64, Arc<Payload>>,
+    state: &ItemState,
+) -> Option<LeasedItem> {
+    let (line, values) = payload_of(chunk, payloads, state.id)?;
+    Some(LeasedItem {
+        id: state.id,
+        task_id: state.task_id,
+        process_id: None,
+        line: *line,
+        values: values.clone(),
+        attempt: state.attempt,
+        lease_id: state.lease_id.clone()?,
+        lease_expires_at: state.lease_expires_at?,
+        status: state.status,
+    })
+}
+
+/// Everything the user API shows of one item.
+pub(super) fn full_item(
+    chunk: &Chunk,
+    payloads: &HashMap<i64, Arc<Payload>>,
+    state: ItemState,
+) -> Item {
+    let (line, values) = payload_of(chunk, payloads, state.id)
+        .cloned()
+        .unwrap_or_default();
+    Item {
+        id: state.id,
+        task_id: state.task_id,
+        line,
+        values,
+        status: state.status,
+        robot_id: state.robot_id,
+        attempt: state.attempt,
+        lease_id: state.lease_id,
+        lease_expires_at: state.lease_expires_at,
+        observation: state.observation,
+        output: state.output,
+        fail_kind: state.fail_kind,
+        created_at: chunk.created_at,
+        started_at: state.started_at,
+        ended_at: state.ended_at,
+    }
+}
+
+/// The items a robot holds: chunk and state, in id order.
+type Held = Vec<(Chunk, ItemState)>;
+
 impl Store {
-    /// The current state of one item.
+    /// The current state of one item, read from the store (not the cache).
     pub async fn item_state(&self, id: i64) -> Result<Option<ItemState>, StoreError> {
-        let sql = format!("SELECT {STATE_FIELDS} FROM type::record('item', $id);");
-        self.row(&sql, json!({ "id": id }), 0).await
+        let n = chunk_of(id);
+        let mut cached = self.chunk_lock().await;
+        self.load(&mut cached, &[n], true).await?;
+        Ok(cached.get(n).and_then(|c| c.state(id)))
     }
 
-    /// The current state of several items (missing ids are left out).
+    /// The state of several items (missing ids are left out), from the node's cache where it
+    /// has them: writes check each item's state as stored, so a stale copy only costs a retry.
     pub async fn item_states(&self, ids: &[i64]) -> Result<Vec<ItemState>, StoreError> {
-        let sql = format!(
-            "SELECT {STATE_FIELDS} FROM array::map($ids, |$i| type::record('item', $i)) \
-                     WHERE status != NONE;"
-        );
-        let rows: Vec<Value> = self.rows(&sql, json!({ "ids": ids }), 0).await?;
-        // Ids that do not exist are filtered out (the WHERE) or, on some engines, empty rows.
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.get("status").is_some())
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()?)
+        let ns = chunks_of(ids.iter().copied());
+        let mut cached = self.chunk_lock().await;
+        self.load(&mut cached, &ns, false).await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| cached.get(chunk_of(*id))?.state(*id))
+            .collect())
+    }
+
+    /// Items `robot` holds (ASSIGNED or STARTED), in id order, each with its chunk.
+    async fn held_by(&self, robot: i64) -> Result<Held, StoreError> {
+        let chunks = self
+            .query_chunks(HELD_BY_ROBOT_WHERE, None, json!({ "robot": robot }))
+            .await?;
+        let mut held = Vec::new();
+        for chunk in chunks {
+            let states: Vec<ItemState> = chunk
+                .states()
+                .filter(|s| in_flight(s.status) && s.robot_id == Some(robot))
+                .collect();
+            for state in states {
+                held.push((chunk.clone(), state));
+            }
+        }
+        Ok(held)
     }
 
     /// Items held by `robot` (ASSIGNED or STARTED).
     pub async fn robot_items_in_flight(&self, robot: i64) -> Result<Vec<ItemState>, StoreError> {
-        let sql = format!(
-            "SELECT {STATE_FIELDS} FROM item WHERE robot = $robot \
-             AND status IN ['ASSIGNED', 'STARTED'] ORDER BY id;"
-        );
-        self.rows(&sql, json!({ "robot": robot }), 0).await
+        Ok(self
+            .held_by(robot)
+            .await?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect())
     }
 
     /// How many items `robot` holds (ASSIGNED or STARTED).
     pub async fn robot_in_flight_count(&self, robot: i64) -> Result<i64, StoreError> {
-        let row: Option<Value> = self
-            .row(
-                "SELECT count() AS n FROM item WHERE robot = $robot \
-                 AND status IN ['ASSIGNED', 'STARTED'] GROUP ALL;",
-                json!({ "robot": robot }),
-                0,
-            )
-            .await?;
-        Ok(row.and_then(|r| r["n"].as_i64()).unwrap_or(0))
+        Ok(self.held_by(robot).await?.len() as i64)
     }
 
-    /// Items `robot` holds (ASSIGNED or STARTED) with everything the seed API shows, by task.
-    pub async fn robot_items_full(
-        &self,
-        robot: i64,
-    ) -> Result<Vec<crate::domain::Item>, StoreError> {
-        let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, status, \
-                   robot AS robot_id, attempt, lease_id, lease_expires_at, observation, output, \
-                   fail_kind, created_at, started_at, ended_at FROM item \
-                   WHERE robot = $robot AND status IN ['ASSIGNED', 'STARTED'] ORDER BY id;";
-        self.rows(sql, json!({ "robot": robot }), 0).await
+    /// Items `robot` holds (ASSIGNED or STARTED) with everything the seed API shows.
+    pub async fn robot_items_full(&self, robot: i64) -> Result<Vec<Item>, StoreError> {
+        let held = self.held_by(robot).await?;
+        let payloads = self
+            .read_payloads(&chunks_of(held.iter().map(|(_, s)| s.id)))
+            .await?;
+        Ok(held
+            .into_iter()
+            .map(|(chunk, state)| full_item(&chunk, &payloads, state))
+            .collect())
     }
 
     /// ASSIGNED items of a task.
     pub async fn assigned_items_of_task(&self, task_id: i64) -> Result<Vec<ItemState>, StoreError> {
-        let sql =
-            format!("SELECT {STATE_FIELDS} FROM item WHERE task = $task AND status = 'ASSIGNED';");
-        self.rows(&sql, json!({ "task": task_id }), 0).await
+        let chunks = self
+            .query_chunks(
+                "task = $task AND in_flight > 0",
+                None,
+                json!({ "task": task_id }),
+            )
+            .await?;
+        Ok(chunks
+            .iter()
+            .flat_map(Chunk::states)
+            .filter(|s| s.status == ItemStatus::Assigned)
+            .collect())
     }
 
     /// The dispatch policy of a task's process.
@@ -171,9 +266,42 @@ impl Store {
         now: Millis,
         limit: i64,
     ) -> Result<Vec<ItemState>, StoreError> {
-        let sql = format!("SELECT {STATE_FIELDS} FROM item {EXPIRED_LEASES_WHERE} LIMIT $limit;");
-        self.rows(&sql, json!({ "now": now, "limit": limit }), 0)
-            .await
+        let chunks = self
+            .query_chunks(EXPIRED_LEASES_WHERE, None, json!({ "now": now }))
+            .await?;
+        Ok(chunks
+            .iter()
+            .flat_map(Chunk::states)
+            .filter(|s| in_flight(s.status) && s.lease_expires_at.is_some_and(|at| at < now))
+            .take(usize::try_from(limit).unwrap_or(0))
+            .collect())
+    }
+
+    /// Items `robot` holds with their payload, oldest first (at most `limit`): with
+    /// `only_assigned` just the ASSIGNED ones (for delivery), else STARTED ones too (what a
+    /// reconnecting WebSocket robot is sent again).
+    async fn held_items(
+        &self,
+        robot: i64,
+        limit: i64,
+        only_assigned: bool,
+    ) -> Result<Vec<LeasedItem>, StoreError> {
+        let held: Held = self
+            .held_by(robot)
+            .await?
+            .into_iter()
+            .filter(|(_, s)| !only_assigned || s.status == ItemStatus::Assigned)
+            .take(usize::try_from(limit).unwrap_or(0))
+            .collect();
+        let ns = chunks_of(held.iter().map(|(_, s)| s.id));
+        let payloads = {
+            let mut cached = self.chunk_lock().await;
+            self.payloads(&mut cached, &ns).await?
+        };
+        Ok(held
+            .iter()
+            .filter_map(|(chunk, state)| leased_item(chunk, &payloads, state))
+            .collect())
     }
 
     /// ASSIGNED items of `robot` with their payload, oldest first, for delivery.
@@ -182,11 +310,7 @@ impl Store {
         robot: i64,
         limit: i64,
     ) -> Result<Vec<LeasedItem>, StoreError> {
-        let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
-                   lease_expires_at FROM item WHERE robot = $robot AND status = 'ASSIGNED' \
-                   ORDER BY id LIMIT $limit;";
-        self.rows(sql, json!({ "robot": robot, "limit": limit }), 0)
-            .await
+        self.held_items(robot, limit, true).await
     }
 
     /// Items `robot` holds (ASSIGNED or STARTED), oldest first: what a reconnecting WebSocket
@@ -196,20 +320,7 @@ impl Store {
         robot: i64,
         limit: i64,
     ) -> Result<Vec<LeasedItem>, StoreError> {
-        let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
-                   lease_expires_at, status FROM item \
-                   WHERE robot = $robot AND status IN ['ASSIGNED', 'STARTED'] \
-                   ORDER BY id LIMIT $limit;";
-        self.rows(sql, json!({ "robot": robot, "limit": limit }), 0)
-            .await
-    }
-
-    /// Payloads of the given items if still ASSIGNED to `robot` under `lease`.
-    pub async fn leased_items(&self, ids: &[i64]) -> Result<Vec<LeasedItem>, StoreError> {
-        let sql = "SELECT record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
-                   lease_expires_at FROM array::map($ids, |$i| type::record('item', $i)) \
-                   WHERE status = 'ASSIGNED';";
-        self.rows(sql, json!({ "ids": ids }), 0).await
+        self.held_items(robot, limit, false).await
     }
 
     /// Writes `changes` (old state, new state) all or nothing. `Ok(false)` when another writer
@@ -222,78 +333,41 @@ impl Store {
         if changes.is_empty() {
             return Ok(true);
         }
-        let mut per_task: BTreeMap<i64, ItemCounts> = BTreeMap::new();
-        let mut rows = Vec::with_capacity(changes.len());
+        let mut tasks: BTreeMap<i64, TaskDelta> = BTreeMap::new();
         for (old, new) in changes {
             add_counts(
-                per_task.entry(old.task_id).or_default(),
+                &mut tasks.entry(old.task_id).or_default().counts,
                 &count_delta(old.status, new.status),
             );
-            let mut row = serde_json::to_value(new)?;
-            row["expect_status"] = json!(old.status);
-            row["expect_lease"] = json!(old.lease_id);
-            rows.push(super::unset_nulls(row));
         }
-        let tasks: Vec<Value> = per_task
-            .iter()
-            .map(|(task, d)| json!({ "id": task, "d": d }))
-            .collect();
         let finished = |status: ItemStatus| {
             changes
                 .iter()
                 .filter(|(old, new)| new.status == status && old.status != status)
                 .count()
         };
-        let done = json!({
-            "minute": super::minute_of(now),
-            "completed": finished(ItemStatus::Completed),
-            "failed": finished(ItemStatus::Failed),
-        });
-        let sql = format!(
-            "BEGIN; \
-             FOR $c IN $changes {{ \
-               LET $hit = (UPDATE type::record('item', $c.id) SET status = $c.status, \
-                 robot = $c.robot_id, attempt = $c.attempt, lease_id = $c.lease_id, \
-                 lease_expires_at = $c.lease_expires_at, lease_expiries = $c.lease_expiries, \
-                 observation = $c.observation, output = $c.output, fail_kind = $c.fail_kind, \
-                 not_before = $c.not_before, started_at = $c.started_at, ended_at = $c.ended_at \
-                 WHERE status = $c.expect_status AND lease_id = $c.expect_lease RETURN VALUE 1); \
-               IF array::len($hit) = 0 {{ THROW '{CONFLICT}' }}; \
-             }}; \
-             FOR $t IN $tasks {{ \
-               UPDATE type::record('task', $t.id) SET counts.pending += $t.d.pending, \
-                 counts.assigned += $t.d.assigned, counts.started += $t.d.started, \
-                 counts.completed += $t.d.completed, counts.failed += $t.d.failed, \
-                 counts.abandoned += $t.d.abandoned; \
-             }}; \
-             {ADD_TO_MINUTE} \
-             {COMPLETE_FINISHED_TASKS} \
-             COMMIT;"
+        let done = (
+            finished(ItemStatus::Completed),
+            finished(ItemStatus::Failed),
         );
-        let vars = json!({
-            "changes": rows, "tasks": tasks, "now": now, "done": done,
-            "task_ids": per_task.keys().collect::<Vec<_>>(),
-        });
-        let mut response = self.db.run(&sql, vars).await?;
-        // In a failed transaction every later statement reports "not executed"; the THROW that
-        // caused it says whether this was a lost race or a real failure.
-        let mut errors: Vec<(usize, String)> = response
-            .take_errors()
-            .into_iter()
-            .map(|(index, err)| (index, err.to_string()))
-            .collect();
-        errors.sort();
-        if errors.is_empty() {
-            return Ok(true);
+        let ns = chunks_of(changes.iter().map(|(old, _)| old.id));
+        let mut cached = self.chunk_lock().await;
+        for round in 0..STALE_RETRIES {
+            self.load(&mut cached, &ns, round > 0).await?;
+            let Some(changed) = plan_changes(&mut cached, changes) else {
+                if round == 0 {
+                    continue; // the cached copy may be behind another node: read it again
+                }
+                return Ok(false);
+            };
+            if self
+                .write_chunks(&mut cached, changed, &tasks, done, now)
+                .await?
+            {
+                return Ok(true);
+            }
         }
-        if errors.iter().any(|(_, text)| text.contains(CONFLICT)) {
-            return Ok(false);
-        }
-        let first = StoreError::Database(errors.remove(0).1);
-        if first.is_retryable() {
-            return Ok(false);
-        }
-        Err(first)
+        Ok(false)
     }
 
     /// Leases PENDING items of `task_id` to robots in one transaction; returns what was leased
@@ -307,66 +381,108 @@ impl Store {
         if grants.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = String::from("BEGIN; ");
-        let mut vars = Map::new();
-        for (i, grant) in grants.iter().enumerate() {
-            sql.push_str(&format!(
-                "LET $d{i} = (UPDATE array::map($ids{i}, |$x| type::record('item', $x)) SET \
-                 status = 'ASSIGNED', robot = $robot{i}, lease_id = $lease{i}, \
-                 lease_expires_at = $exp{i}, attempt += 1, not_before = NONE \
-                 WHERE status = 'PENDING' AND task = $task \
-                 RETURN record::id(id) AS id, task AS task_id, line, values, attempt, lease_id, \
-                 lease_expires_at); "
-            ));
-            vars.insert(format!("ids{i}"), json!(grant.item_ids));
-            vars.insert(format!("robot{i}"), json!(grant.robot_id));
-            vars.insert(format!("lease{i}"), json!(grant.lease_id));
-            vars.insert(format!("exp{i}"), json!(grant.lease_expires_at));
+        let ns = chunks_of(grants.iter().flat_map(|g| g.item_ids.iter().copied()));
+        let mut cached = self.chunk_lock().await;
+        // Payloads never change: read before anything is written, so a failed read leases nothing.
+        let payloads = self.payloads(&mut cached, &ns).await?;
+        for round in 0..STALE_RETRIES {
+            self.load(&mut cached, &ns, round > 0).await?;
+            let mut changed: BTreeMap<i64, Chunk> = BTreeMap::new();
+            let mut leased: Vec<Vec<LeasedItem>> = Vec::with_capacity(grants.len());
+            for grant in grants {
+                let mut got = Vec::new();
+                for id in &grant.item_ids {
+                    let n = chunk_of(*id);
+                    let chunk = match changed.entry(n) {
+                        Entry::Occupied(entry) => entry.into_mut(),
+                        Entry::Vacant(entry) => match cached.get(n) {
+                            Some(chunk) if chunk.task == task_id => entry.insert(chunk.clone()),
+                            _ => continue,
+                        },
+                    };
+                    let Some(slot) = chunk.slot_mut(*id) else {
+                        continue;
+                    };
+                    if slot.status != ItemStatus::Pending {
+                        continue;
+                    }
+                    slot.status = ItemStatus::Assigned;
+                    slot.robot = Some(grant.robot_id);
+                    slot.lease_id = Some(grant.lease_id.clone());
+                    slot.lease_expires_at = Some(grant.lease_expires_at);
+                    slot.attempt += 1;
+                    slot.not_before = None;
+                    let state = chunk.state(*id).ok_or_else(|| {
+                        StoreError::Malformed(format!("item {id} left its chunk"))
+                    })?;
+                    if let Some(item) = leased_item(chunk, &payloads, &state) {
+                        got.push(item);
+                    }
+                }
+                leased.push(got);
+            }
+            let count: usize = leased.iter().map(Vec::len).sum();
+            if count == 0 {
+                return Ok(leased);
+            }
+            // Only the chunks that changed are written.
+            let touched: Vec<i64> = leased.iter().flatten().map(|i| chunk_of(i.id)).collect();
+            changed.retain(|n, _| touched.contains(n));
+            let mut delta = TaskDelta {
+                start: true,
+                ..TaskDelta::default()
+            };
+            delta.counts.pending = -(count as i64);
+            delta.counts.assigned = count as i64;
+            let tasks = BTreeMap::from([(task_id, delta)]);
+            if self
+                .write_chunks(
+                    &mut cached,
+                    changed.into_values().collect(),
+                    &tasks,
+                    (0, 0),
+                    now,
+                )
+                .await?
+            {
+                return Ok(leased);
+            }
         }
-        let lens: Vec<String> = (0..grants.len())
-            .map(|i| format!("array::len($d{i})"))
-            .collect();
-        let all: Vec<String> = (0..grants.len()).map(|i| format!("$d{i}")).collect();
-        sql.push_str(&format!(
-            "LET $n = {sum}; \
-             UPDATE type::record('task', $task) SET counts.pending -= $n, counts.assigned += $n, \
-               started_at = started_at ?? $now, \
-               status = IF status = 'CREATED' AND $n > 0 THEN 'STARTED' ELSE status END; \
-             RETURN [{all}]; \
-             COMMIT;",
-            sum = lens.join(" + "),
-            all = all.join(", "),
-        ));
-        vars.insert("task".into(), json!(task_id));
-        vars.insert("now".into(), json!(now));
-        let return_index = grants.len() + 3;
-        let leased: Vec<Vec<LeasedItem>> = self
-            .retry_conflicts(|| async {
-                let mut response = self
-                    .db
-                    .run(&sql, Value::Object(vars.clone()))
-                    .await?
-                    .check()?;
-                let value: surrealdb::types::Value = response.take(return_index)?;
-                Ok(serde_json::from_value(value.into_json_value())?)
-            })
-            .await?;
-        Ok(leased)
+        Err(StoreError::Database(format!(
+            "could not lease items of task {task_id}: their chunks kept changing"
+        )))
     }
 
-    /// Up to `limit` PENDING items of `task_id` with ids in `[from, to]`, in id order.
+    /// PENDING items of `task_id` with ids in `[from, to]`, in id order, read from the store:
+    /// a scan must not miss an item another node handed back.
     pub async fn pending_in_range(
         &self,
         task_id: i64,
         from: i64,
         to: i64,
     ) -> Result<Vec<PendingItem>, StoreError> {
-        // Integer bounds are formatted in: record-id ranges cannot take parameters.
-        let sql = format!(
-            "SELECT record::id(id) AS id, not_before FROM item:{from}..={to} \
-             WHERE task = $task AND status = 'PENDING';"
-        );
-        self.rows(&sql, json!({ "task": task_id }), 0).await
+        let ns: Vec<i64> = (chunk_of(from)..=chunk_of(to)).collect();
+        let mut cached = self.chunk_lock().await;
+        self.load(&mut cached, &ns, true).await?;
+        let mut found = Vec::new();
+        for n in ns {
+            let Some(chunk) = cached.get(n) else {
+                continue;
+            };
+            if chunk.task != task_id {
+                continue;
+            }
+            found.extend(
+                chunk
+                    .states()
+                    .filter(|s| s.id >= from && s.id <= to && s.status == ItemStatus::Pending)
+                    .map(|s| PendingItem {
+                        id: s.id,
+                        not_before: s.not_before,
+                    }),
+            );
+        }
+        Ok(found)
     }
 
     /// The id ranges a task's items occupy.
@@ -402,43 +518,69 @@ impl Store {
     }
 
     /// Puts FAILED and ABANDONED items of a task back to PENDING and reopens the task; returns
-    /// how many items were reopened. Works in batches, each one transaction with the task's
+    /// how many items were reopened. Works a few chunks per transaction, each with the task's
     /// counters, so the counters always equal the items and no transaction outgrows the
     /// engine's memtable.
     pub async fn retry_failed(&self, task_id: i64, now: Millis) -> Result<i64, StoreError> {
-        let sql = "BEGIN; \
-             LET $f = (UPDATE (SELECT VALUE id FROM item \
-                 WHERE task = $task AND status = 'FAILED' LIMIT $batch) \
-               SET status = 'PENDING', robot = NONE, lease_id = NONE, \
-               lease_expires_at = NONE, lease_expiries = 0, fail_kind = NONE, not_before = NONE, \
-               ended_at = NONE, started_at = NONE, attempt = 0 \
-               WHERE status = 'FAILED' RETURN VALUE 1); \
-             LET $a = (UPDATE (SELECT VALUE id FROM item \
-                 WHERE task = $task AND status = 'ABANDONED' LIMIT $batch) \
-               SET status = 'PENDING', robot = NONE, lease_id = NONE, \
-               lease_expires_at = NONE, lease_expiries = 0, not_before = NONE, ended_at = NONE, \
-               started_at = NONE, attempt = 0 \
-               WHERE status = 'ABANDONED' RETURN VALUE 1); \
-             LET $n = array::len($f) + array::len($a); \
-             UPDATE type::record('task', $task) SET counts.failed -= array::len($f), \
-               counts.abandoned -= array::len($a), counts.pending += $n, \
-               status = IF $n > 0 AND status != 'CANCELLED' THEN 'STARTED' ELSE status END, \
-               ended_at = IF $n > 0 AND status != 'CANCELLED' THEN NONE ELSE ended_at END; \
-             RETURN $n; \
-             COMMIT;";
-        let vars = json!({ "task": task_id, "now": now, "batch": RETRY_BATCH });
+        let vars = json!({ "task": task_id });
         let mut total = 0;
+        let mut lost_races = 0;
         loop {
-            let n = self
-                .retry_conflicts(|| async {
-                    let mut response = self.db.run(sql, vars.clone()).await?.check()?;
-                    let n: surrealdb::types::Value = response.take(5)?;
-                    Ok(n.into_json_value().as_i64().unwrap_or(0))
-                })
+            let chunks = self
+                .query_chunks(
+                    "task = $task AND (counts.failed > 0 OR counts.abandoned > 0)",
+                    Some(RETRY_CHUNKS),
+                    vars.clone(),
+                )
                 .await?;
-            total += n;
-            if n == 0 {
+            if chunks.is_empty() {
                 return Ok(total);
+            }
+            let mut counts = ItemCounts::default();
+            let mut changed = Vec::with_capacity(chunks.len());
+            for mut chunk in chunks {
+                for slot in &mut chunk.slots {
+                    if !matches!(slot.status, ItemStatus::Failed | ItemStatus::Abandoned) {
+                        continue;
+                    }
+                    add_counts(&mut counts, &count_delta(slot.status, ItemStatus::Pending));
+                    if slot.status == ItemStatus::Failed {
+                        slot.fail_kind = None;
+                    }
+                    slot.status = ItemStatus::Pending;
+                    slot.robot = None;
+                    slot.lease_id = None;
+                    slot.lease_expires_at = None;
+                    slot.lease_expiries = 0;
+                    slot.not_before = None;
+                    slot.ended_at = None;
+                    slot.started_at = None;
+                    slot.attempt = 0;
+                }
+                changed.push(chunk);
+            }
+            let reopened = counts.pending;
+            let tasks = BTreeMap::from([(
+                task_id,
+                TaskDelta {
+                    counts,
+                    reopen: true,
+                    ..TaskDelta::default()
+                },
+            )]);
+            let mut cached = self.chunk_lock().await;
+            if self
+                .write_chunks(&mut cached, changed, &tasks, (0, 0), now)
+                .await?
+            {
+                total += reopened;
+            } else {
+                lost_races += 1;
+                if lost_races > 20 {
+                    return Err(StoreError::Database(format!(
+                        "could not reopen the items of task {task_id}: they kept changing"
+                    )));
+                }
             }
         }
     }
@@ -461,43 +603,176 @@ impl Store {
     }
 }
 
-/// Completes tasks that have nothing left in flight or pending (used after item transitions).
-const COMPLETE_FINISHED_TASKS: &str = "UPDATE array::map($task_ids, |$t| type::record('task', $t)) \
-     SET status = 'COMPLETED', ended_at = $now WHERE status IN ['CREATED', 'STARTED'] \
-     AND counts.pending + counts.assigned + counts.started = 0;";
+/// Applies `changes` to copies of their cached chunks; `None` when an item is missing or not in
+/// the state the change expects (another writer was first).
+fn plan_changes(cached: &mut Cached, changes: &[(ItemState, ItemState)]) -> Option<Vec<Chunk>> {
+    let mut changed: BTreeMap<i64, Chunk> = BTreeMap::new();
+    for (old, new) in changes {
+        let n = chunk_of(old.id);
+        let chunk = match changed.entry(n) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(cached.get(n)?.clone()),
+        };
+        let slot = chunk.slot_mut(old.id)?;
+        if slot.status != old.status || slot.lease_id != old.lease_id {
+            return None;
+        }
+        if !chunk.put(new) {
+            return None;
+        }
+    }
+    Some(changed.into_values().collect())
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{NewItem, StoreConfig};
 
-    /// The lease sweep runs every second: it must not read the PENDING backlog.
-    #[tokio::test]
-    async fn the_lease_sweep_reads_no_pending_item() -> Result<(), StoreError> {
-        let store = Store::open(&StoreConfig::memory()).await?;
+    /// A task of `n` PENDING items committed under process 1; returns (task, first item id).
+    async fn staged(store: &Store, n: i64) -> Result<(i64, i64), StoreError> {
         let task = store.create_staged_task(1, &["a".into()], None, 0).await?;
-        let first = store.reserve_ids("item", 2_000).await?;
-        let items = (0..2_000)
+        let first = store.reserve_item_ids(n).await?;
+        let items = (0..n)
             .map(|line| NewItem {
-                line,
-                values: Map::new(),
+                line: line + 2,
+                values: Map::from_iter([("a".to_string(), json!(line))]),
             })
             .collect();
         store.insert_staged_items(task, first, items).await?;
-        let sql = format!("SELECT id FROM item {EXPIRED_LEASES_WHERE} EXPLAIN FULL;");
-        let plan = store
-            .query_all(&sql, json!({ "now": crate::domain::now_millis() }))
+        store
+            .commit_staged_task(task, 1, n, &[(first, first + n - 1)])
             .await?;
-        let plan = plan[0].to_string();
-        assert!(plan.contains("item_lease_expiry"), "uses the index: {plan}");
-        assert!(plan.contains(r#""output_rows":0"#), "reads nothing: {plan}");
-        assert!(!plan.contains(r#""output_rows":2000"#), "{plan}");
+        Ok((task, first))
+    }
+
+    fn grant(robot: i64, ids: Vec<i64>) -> Grant {
+        Grant {
+            robot_id: robot,
+            item_ids: ids,
+            lease_id: crate::lifecycle::new_lease_id(robot),
+            lease_expires_at: crate::domain::now_millis() + 60_000,
+        }
+    }
+
+    /// The lease sweep and a robot's lookup run all the time: they must not read idle chunks.
+    #[tokio::test]
+    async fn sweeps_and_robot_lookups_read_no_idle_chunk() -> Result<(), StoreError> {
+        let store = Store::open(&StoreConfig::memory()).await?;
+        staged(&store, 2_000).await?;
+        let now = crate::domain::now_millis();
+        for (cond, index) in [
+            (EXPIRED_LEASES_WHERE, "chunk_lease_min"),
+            (HELD_BY_ROBOT_WHERE, "chunk_in_flight"),
+        ] {
+            let sql = format!("SELECT id FROM chunk WHERE {cond} EXPLAIN FULL;");
+            let plan = store
+                .query_all(&sql, json!({ "now": now, "robot": 1 }))
+                .await?;
+            let plan = plan[0].to_string();
+            assert!(plan.contains(index), "uses {index}: {plan}");
+            assert!(plan.contains(r#""output_rows":0"#), "reads nothing: {plan}");
+        }
+        assert!(store.expired_leases(now, 10).await?.is_empty());
+        assert!(store.robot_items_in_flight(1).await?.is_empty());
+        Ok(())
+    }
+
+    /// Leasing, a transition, a stale cache (another node wrote the chunk) and a lost race.
+    #[tokio::test]
+    async fn writes_check_each_item_as_stored() -> Result<(), StoreError> {
+        let store = Store::open(&StoreConfig::memory()).await?;
+        let (task, first) = staged(&store, 600).await?;
+        let now = crate::domain::now_millis();
+        let ids: Vec<i64> = (first..first + 300).collect();
+        let leased = store
+            .assign_items(
+                task,
+                &[grant(1, ids[..2].to_vec()), grant(2, ids[2..].to_vec())],
+                now,
+            )
+            .await?;
+        assert_eq!(leased[0].len(), 2);
+        assert_eq!(leased[1].len(), 298, "the grant spans two chunks");
+        assert_eq!(leased[0][1].line, 3);
+        assert_eq!(leased[0][1].values["a"], 1);
+        let again = store
+            .assign_items(task, &[grant(3, ids.clone())], now)
+            .await?;
+        assert!(again[0].is_empty(), "leased items are not leased twice");
+        let task_row = store.task(task).await?.expect("task");
+        assert_eq!(task_row.counts.assigned, 300);
+        assert_eq!(task_row.counts.pending, 300);
+
+        // Another node completes robot 1's first item behind this node's cache.
+        let old = store.item_states(&[first]).await?.remove(0);
+        let mut elsewhere = old.clone();
+        elsewhere.status = ItemStatus::Completed;
+        let mut chunk = store.chunks_uncached(&[chunk_of(first)]).await?.remove(0);
+        chunk.put(&elsewhere);
+        let state = serde_json::to_string(&chunk.slots)?;
+        store
+            .query_all(
+                "UPDATE type::record('chunk', $n) SET state = $state, version += 1;",
+                json!({ "n": chunk.n, "state": state }),
+            )
+            .await?;
+        // This node's start of the same item finds it already completed: a lost race.
+        let mut started = old.clone();
+        started.status = ItemStatus::Started;
+        assert!(!store.apply_transitions(&[(old, started)], now).await?);
+        // Its second item still goes through once the chunk was read again.
+        let second = store.item_states(&[first + 1]).await?.remove(0);
+        let mut done = second.clone();
+        done.status = ItemStatus::Completed;
         assert!(
             store
-                .expired_leases(crate::domain::now_millis(), 10)
+                .apply_transitions(&[(second.clone(), done.clone())], now)
                 .await?
-                .is_empty()
         );
+        assert_eq!(store.item_state(first + 1).await?, Some(done));
+        assert_eq!(
+            store.robot_items_in_flight(2).await?.len(),
+            298,
+            "robot 2's items are found through the chunks' holders"
+        );
+        assert_eq!(
+            store.robot_in_flight_count(1).await?,
+            0,
+            "robot 1's items were completed here and elsewhere"
+        );
+        Ok(())
+    }
+
+    /// Paging a task's items by status reads the chunks' counts to find the page.
+    #[tokio::test]
+    async fn item_pages_skip_whole_chunks() -> Result<(), StoreError> {
+        let store = Store::open(&StoreConfig::memory()).await?;
+        let (task, first) = staged(&store, 1_000).await?;
+        let now = crate::domain::now_millis();
+        let picked: Vec<i64> = [5, 300, 301, 700, 999].iter().map(|k| first + k).collect();
+        store
+            .assign_items(task, &[grant(1, picked.clone())], now)
+            .await?;
+        let page = |status, offset, limit| crate::store::ItemFilter {
+            status,
+            offset,
+            limit,
+        };
+        let assigned = store
+            .list_items(task, &page(Some(ItemStatus::Assigned), 1, 3))
+            .await?;
+        let ids: Vec<i64> = assigned.iter().map(|i| i.id).collect();
+        assert_eq!(ids, picked[1..4]);
+        let all = store.list_items(task, &page(None, 510, 4)).await?;
+        let ids: Vec<i64> = all.iter().map(|i| i.id).collect();
+        assert_eq!(ids, (first + 510..first + 514).collect::<Vec<_>>());
+        assert_eq!(all[0].line, 512);
+        let tail = store.list_items(task, &page(None, 998, 10)).await?;
+        assert_eq!(tail.len(), 2);
+        let slice = store.items_in_range(first + 250, first + 260).await?;
+        assert_eq!(slice.len(), 11);
+        assert_eq!(slice[0].values["a"], 250);
         Ok(())
     }
 
@@ -517,7 +792,7 @@ mod tests {
         let store = Store::open(&config).await?;
         let n: i64 = 20_000;
         let task = store.create_staged_task(1, &["a".into()], None, 0).await?;
-        let first = store.reserve_ids("item", n).await?;
+        let first = store.reserve_item_ids(n).await?;
         let rows = (0..n)
             .map(|line| NewItem {
                 line,
@@ -525,16 +800,16 @@ mod tests {
             })
             .collect::<Vec<_>>();
         let clock = Instant::now();
-        for (i, chunk) in rows.chunks(1_000).enumerate() {
+        for (i, chunk) in rows.chunks(1_024).enumerate() {
             store
-                .insert_staged_items(task, first + i as i64 * 1_000, chunk.to_vec())
+                .insert_staged_items(task, first + i as i64 * 1_024, chunk.to_vec())
                 .await?;
         }
         let report = |what: &str, items: i64, since: Instant| {
             let us = since.elapsed().as_micros() as f64 / items as f64;
             println!("{what}: {us:.0} µs per item");
         };
-        report("insert (batches of 1,000)", n, clock);
+        report("insert (batches of 1,024)", n, clock);
         store
             .commit_staged_task(task, 1, n, &[(first, first + n - 1)])
             .await?;

@@ -7,6 +7,7 @@
 //!   ingest ────────┘
 //! ```
 
+mod chunks;
 mod items;
 mod processes;
 mod robots;
@@ -16,6 +17,7 @@ mod tasks;
 mod throughput;
 mod users;
 
+pub use chunks::{CHUNK_ITEMS, chunk_of};
 pub use items::{Grant, LeasedItem, PendingItem};
 pub use processes::{NewProcess, ProcessPatch};
 pub use robots::{NewRobot, RobotPatch};
@@ -82,6 +84,8 @@ impl StoreConfig {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Arc<Db>,
+    /// Recently used item chunks and the node's item write lock (see `chunks.rs`).
+    chunks: Arc<chunks::ChunkCache>,
 }
 
 /// The two ways the store reaches SurrealDB. The embedded engine is built here rather than by
@@ -181,7 +185,10 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.into()));
         };
         db.use_ns_db(&config.namespace, &config.database).await?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store {
+            db: Arc::new(db),
+            chunks: Arc::default(),
+        };
         store.apply_schema().await?;
         Ok(store)
     }
@@ -205,6 +212,11 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
+        if let Some(found) = found
+            && found < schema::CHUNKED_ITEMS_SINCE
+        {
+            self.drop_row_per_item_table(found).await?;
+        }
         self.retry_conflicts(|| async {
             self.db.run(schema::SCHEMA, Value::Null).await?.check()?;
             Ok(())
@@ -213,6 +225,28 @@ impl Store {
         self.put_setting("schema", Value::from(SCHEMA_VERSION))
             .await?;
         info!(version = SCHEMA_VERSION, "schema applied");
+        Ok(())
+    }
+
+    /// Removes the one-row-per-item table of schema 2 and before, if it holds nothing; refuses
+    /// to start if it holds items (they cannot be read as chunks).
+    async fn drop_row_per_item_table(&self, found: i64) -> Result<(), StoreError> {
+        // Reading a table that was never defined is an error in SurrealDB 3: nothing to drop.
+        let Ok(held) = self
+            .rows::<Value>("SELECT VALUE id FROM item LIMIT 1;", Value::Null, 0)
+            .await
+        else {
+            return Ok(());
+        };
+        if !held.is_empty() {
+            return Err(StoreError::RowPerItemLayout {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        self.exec("REMOVE TABLE IF EXISTS item;", Value::Null)
+            .await?;
+        info!(found, "removed the empty one-row-per-item table");
         Ok(())
     }
 
@@ -277,6 +311,26 @@ impl Store {
                 .and_then(|r| r.get("last"))
                 .and_then(Value::as_i64)
                 .ok_or_else(|| StoreError::Malformed(format!("counter {table} has no value")))?;
+            Ok(last - count + 1)
+        })
+        .await
+    }
+
+    /// Reserves ids for `count` items, starting a new chunk, so a chunk never holds the items of
+    /// two tasks or two batches; returns the first. The ids after the last up to the chunk's end
+    /// stay unused.
+    pub async fn reserve_item_ids(&self, count: i64) -> Result<i64, StoreError> {
+        let sql = "UPSERT counter:item \
+                   SET last = (last ?? 0) - (last ?? 0) % $chunk + $chunk + $count - 1 \
+                   RETURN AFTER;";
+        let vars = serde_json::json!({ "count": count, "chunk": CHUNK_ITEMS });
+        self.retry_conflicts(|| async {
+            let row: Option<Value> = self.row(sql, vars.clone(), 0).await?;
+            let last = row
+                .as_ref()
+                .and_then(|r| r.get("last"))
+                .and_then(Value::as_i64)
+                .ok_or_else(|| StoreError::Malformed("counter item has no value".into()))?;
             Ok(last - count + 1)
         })
         .await

@@ -4,7 +4,10 @@
 //! live in `counter:<table>`; settings in `setting:<name>`; the schema version in `setting:schema`.
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// The first version that stores items in chunks; older ones kept a row per item.
+pub const CHUNKED_ITEMS_SINCE: i64 = 3;
 
 /// The table holding the schema version; defined before the version is read.
 pub const SETTINGS_TABLE: &str = "DEFINE TABLE IF NOT EXISTS setting SCHEMAFULL; \
@@ -69,29 +72,35 @@ DEFINE FIELD IF NOT EXISTS ended_at ON task TYPE option<int>;
 DEFINE INDEX IF NOT EXISTS task_status ON task FIELDS status;
 DEFINE INDEX IF NOT EXISTS task_owner ON task FIELDS owner;
 
-DEFINE TABLE IF NOT EXISTS item SCHEMAFULL;
-DEFINE FIELD IF NOT EXISTS task ON item TYPE int;
-DEFINE FIELD IF NOT EXISTS line ON item TYPE int;
-DEFINE FIELD IF NOT EXISTS values ON item TYPE object FLEXIBLE;
-DEFINE FIELD IF NOT EXISTS status ON item TYPE string;
-DEFINE FIELD IF NOT EXISTS robot ON item TYPE option<int>;
-DEFINE FIELD IF NOT EXISTS attempt ON item TYPE int;
-DEFINE FIELD IF NOT EXISTS lease_id ON item TYPE option<string>;
-DEFINE FIELD IF NOT EXISTS lease_expires_at ON item TYPE option<int>;
-DEFINE FIELD IF NOT EXISTS lease_expiries ON item TYPE int;
-DEFINE FIELD IF NOT EXISTS observation ON item TYPE option<string>;
-DEFINE FIELD IF NOT EXISTS output ON item TYPE any;
-DEFINE FIELD IF NOT EXISTS fail_kind ON item TYPE option<string>;
-DEFINE FIELD IF NOT EXISTS not_before ON item TYPE option<int>;
-DEFINE FIELD IF NOT EXISTS created_at ON item TYPE int;
-DEFINE FIELD IF NOT EXISTS started_at ON item TYPE option<int>;
-DEFINE FIELD IF NOT EXISTS ended_at ON item TYPE option<int>;
-DEFINE INDEX IF NOT EXISTS item_task_status ON item FIELDS task, status;
-DEFINE INDEX IF NOT EXISTS item_robot_status ON item FIELDS robot, status;
-DEFINE INDEX IF NOT EXISTS item_lease_expiry ON item FIELDS lease_expires_at;
-
 -- Version 2: items finished per minute, `throughput:<epoch minute>`, for the dashboard's chart.
 DEFINE TABLE IF NOT EXISTS throughput SCHEMAFULL;
 DEFINE FIELD IF NOT EXISTS completed ON throughput TYPE int;
 DEFINE FIELD IF NOT EXISTS failed ON throughput TYPE int;
+
+-- Version 3: items live in chunks of 256 (store/chunks.rs): `chunk:<n>` holds their state as one
+-- JSON text with the summary fields queries use, `chunk_data:<n>` their lines and values.
+DEFINE TABLE IF NOT EXISTS chunk SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS task ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS first ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS version ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS created_at ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS state ON chunk TYPE string;
+DEFINE FIELD IF NOT EXISTS in_flight ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS lease_min ON chunk TYPE option<int>;
+DEFINE FIELD IF NOT EXISTS holders ON chunk TYPE array<int>;
+DEFINE FIELD IF NOT EXISTS counts ON chunk TYPE object;
+DEFINE FIELD IF NOT EXISTS counts.pending ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.assigned ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.started ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.completed ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.failed ON chunk TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.abandoned ON chunk TYPE int;
+DEFINE INDEX IF NOT EXISTS chunk_task ON chunk FIELDS task;
+DEFINE INDEX IF NOT EXISTS chunk_in_flight ON chunk FIELDS in_flight;
+DEFINE INDEX IF NOT EXISTS chunk_lease_min ON chunk FIELDS lease_min;
+
+DEFINE TABLE IF NOT EXISTS chunk_data SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS task ON chunk_data TYPE int;
+DEFINE FIELD IF NOT EXISTS data ON chunk_data TYPE string;
+DEFINE INDEX IF NOT EXISTS chunk_data_task ON chunk_data FIELDS task;
 "#;

@@ -1,4 +1,5 @@
-//! `task:<id>` and `item:<id>` rows: staged uploads, listings, and the counters the dashboard reads.
+//! `task:<id>` rows and the item chunks under them: staged uploads, listings, and the counters the
+//! dashboard reads.
 //!
 //! An upload is staged: the task is written as UPLOADING (invisible to every listing), its items
 //! are inserted in batches, and one final write flips the task to CREATED with its counts. A failed
@@ -6,22 +7,20 @@
 //! stops moving, and [`Store::discard_stale_uploads`] removes it.
 
 use super::Store;
-use crate::domain::{ItemCounts, ItemStatus, Millis, Task, TaskStatus, now_millis};
+use super::chunks::{CHUNK_ITEMS, Chunk, chunk_of};
+use super::items::full_item;
+use crate::domain::{Item, ItemCounts, ItemStatus, Millis, Task, TaskStatus, now_millis};
 use crate::error::StoreError;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-/// Rows deleted per transaction when a staged upload is discarded, so no transaction outgrows
+/// Chunks deleted per transaction when a staged upload is discarded, so no transaction outgrows
 /// the engine's memtable.
-const DELETE_BATCH: i64 = 5_000;
+const DELETE_BATCH: i64 = 64;
 
 const TASK_FIELDS: &str = "record::id(id) AS id, process AS process_id, owner AS owner_id, status, \
                            priority, item_count, counts, columns, filename, created_at, \
                            started_at, ended_at";
-
-const ITEM_FIELDS: &str = "record::id(id) AS id, task AS task_id, line, values, status, \
-                           robot AS robot_id, attempt, lease_id, lease_expires_at, observation, \
-                           output, fail_kind, created_at, started_at, ended_at";
 
 /// Which tasks to list.
 #[derive(Debug, Clone, Default)]
@@ -89,29 +88,42 @@ impl Store {
         Ok(id)
     }
 
-    /// Inserts one batch of PENDING items with ids `first_id..first_id + items.len()`.
+    /// Inserts one batch of PENDING items with ids `first_id..first_id + items.len()`, where
+    /// `first_id` starts a chunk ([`Store::reserve_item_ids`]).
     pub async fn insert_staged_items(
         &self,
         task_id: i64,
         first_id: i64,
         items: Vec<NewItem>,
     ) -> Result<(), StoreError> {
+        if first_id % CHUNK_ITEMS != 0 {
+            return Err(StoreError::Malformed(format!(
+                "item ids of a batch must start a chunk, not at {first_id}"
+            )));
+        }
         let now = now_millis();
-        let rows: Vec<Value> = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                json!({
-                    "id": first_id + i as i64, "task": task_id, "line": item.line,
-                    "values": item.values, "status": "PENDING", "attempt": 0,
-                    "lease_expiries": 0, "created_at": now,
-                })
-            })
-            .collect();
+        let mut chunks = Vec::new();
+        let mut data = Vec::new();
+        for (k, group) in items.chunks(CHUNK_ITEMS as usize).enumerate() {
+            let first = first_id + k as i64 * CHUNK_ITEMS;
+            let chunk = Chunk::new(task_id, first, group.len(), now);
+            let mut row = chunk.row()?;
+            row["id"] = row["n"].take();
+            if let Some(fields) = row.as_object_mut() {
+                fields.remove("n");
+            }
+            chunks.push(row);
+            let payload: Vec<(i64, &Map<String, Value>)> =
+                group.iter().map(|item| (item.line, &item.values)).collect();
+            data.push(json!({
+                "id": chunk_of(first), "task": task_id, "data": serde_json::to_string(&payload)?,
+            }));
+        }
         self.exec(
-            "INSERT INTO item $rows RETURN NONE; \
+            "INSERT INTO chunk $chunks RETURN NONE; \
+             INSERT INTO chunk_data $data RETURN NONE; \
              UPDATE type::record('task', $task) SET touched_at = $now RETURN NONE;",
-            json!({ "rows": rows, "task": task_id, "now": now }),
+            json!({ "chunks": chunks, "data": data, "task": task_id, "now": now }),
         )
         .await
     }
@@ -146,10 +158,12 @@ impl Store {
             let deleted: Vec<Value> = self
                 .retry_conflicts(|| {
                     self.rows(
-                        "DELETE (SELECT VALUE id FROM item WHERE task = $id LIMIT $batch) \
+                        "DELETE (SELECT VALUE id FROM chunk_data WHERE task = $id LIMIT $batch) \
+                         RETURN NONE; \
+                         DELETE (SELECT VALUE id FROM chunk WHERE task = $id LIMIT $batch) \
                          RETURN VALUE 1;",
                         vars.clone(),
-                        0,
+                        1,
                     )
                 })
                 .await?;
@@ -233,38 +247,96 @@ impl Store {
         Ok((tasks, total))
     }
 
-    /// Items of a task in id (file) order, optionally of one status.
+    /// Items of a task in id (file) order, optionally of one status. Pages are found from the
+    /// chunks' counts, so only the chunks a page covers are decoded.
     pub async fn list_items(
         &self,
         task_id: i64,
         filter: &ItemFilter,
-    ) -> Result<Vec<crate::domain::Item>, StoreError> {
-        let status_cond = if filter.status.is_some() {
-            " AND status = $status"
-        } else {
-            ""
+    ) -> Result<Vec<Item>, StoreError> {
+        #[derive(Deserialize)]
+        struct Summary {
+            n: i64,
+            counts: ItemCounts,
+        }
+        let summaries: Vec<Summary> = self
+            .rows(
+                "SELECT record::id(id) AS n, counts FROM chunk WHERE task = $task ORDER BY n;",
+                json!({ "task": task_id }),
+                0,
+            )
+            .await?;
+        let wanted = |counts: &ItemCounts| match filter.status {
+            Some(status) => counts.get(status),
+            None => ItemStatus::ALL.iter().map(|s| counts.get(*s)).sum(),
         };
-        let sql = format!(
-            "SELECT {ITEM_FIELDS} FROM item WHERE task = $task{status_cond} \
-             ORDER BY id LIMIT $limit START $offset;"
-        );
-        let vars = json!({
-            "task": task_id, "status": filter.status.map(ItemStatus::as_str),
-            "limit": filter.limit, "offset": filter.offset,
-        });
-        self.rows(&sql, vars, 0).await
+        let mut skip = filter.offset.max(0);
+        let mut room = filter.limit.max(0);
+        // Matching items to pass over in the first chunk read.
+        let mut skip_first = 0;
+        let mut needed = Vec::new();
+        for summary in &summaries {
+            if room <= 0 {
+                break;
+            }
+            let here = wanted(&summary.counts);
+            if skip >= here {
+                skip -= here;
+                continue;
+            }
+            if needed.is_empty() {
+                skip_first = skip;
+            }
+            needed.push(summary.n);
+            room -= here - skip;
+            skip = 0;
+        }
+        let mut items = self.items_of_chunks(&needed).await?;
+        items.retain(|item| filter.status.is_none_or(|s| item.status == s));
+        Ok(items
+            .into_iter()
+            .skip(usize::try_from(skip_first).unwrap_or(0))
+            .take(usize::try_from(filter.limit).unwrap_or(0))
+            .collect())
+    }
+
+    /// Every item of chunks `ns`, in id order.
+    async fn items_of_chunks(&self, ns: &[i64]) -> Result<Vec<Item>, StoreError> {
+        let chunks = self.chunks_uncached(ns).await?;
+        let payloads = self.read_payloads(ns).await?;
+        let mut items = Vec::new();
+        for chunk in &chunks {
+            items.extend(
+                chunk
+                    .states()
+                    .map(|state| full_item(chunk, &payloads, state)),
+            );
+        }
+        items.sort_by_key(|item| item.id);
+        Ok(items)
     }
 
     /// Items with ids in `[from, to]`, in id order: a slice of one of a task's id ranges, read
-    /// by key range so exporting a task never scans other tasks' items.
-    pub async fn items_in_range(
-        &self,
-        from: i64,
-        to: i64,
-    ) -> Result<Vec<crate::domain::Item>, StoreError> {
-        // Integer bounds are formatted in: record-id ranges cannot take parameters.
-        let sql = format!("SELECT {ITEM_FIELDS} FROM item:{from}..={to};");
-        self.rows(&sql, json!({}), 0).await
+    /// by chunk so exporting a task never reads other tasks' items.
+    pub async fn items_in_range(&self, from: i64, to: i64) -> Result<Vec<Item>, StoreError> {
+        let ns: Vec<i64> = (chunk_of(from)..=chunk_of(to)).collect();
+        let mut items = self.items_of_chunks(&ns).await?;
+        items.retain(|item| item.id >= from && item.id <= to);
+        Ok(items)
+    }
+
+    /// How many items the store holds, staged uploads included, summed from the chunks' counts
+    /// (for tools and tests; the dashboard reads the tasks' counters).
+    pub async fn count_items(&self) -> Result<i64, StoreError> {
+        let row: Option<Value> = self
+            .row(
+                "SELECT math::sum(counts.pending + counts.assigned + counts.started + \
+                 counts.completed + counts.failed + counts.abandoned) AS n FROM chunk GROUP ALL;",
+                Value::Null,
+                0,
+            )
+            .await?;
+        Ok(row.and_then(|r| r["n"].as_i64()).unwrap_or(0))
     }
 
     /// Dashboard figures; `connected_since` counts robots that pulsed at or after it.

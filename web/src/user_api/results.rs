@@ -18,7 +18,7 @@ use warp::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use warp::reply::Response;
 
 /// Items read per query while exporting.
-const SLICE: i64 = 1_000;
+const SLICE: i64 = 4 * orchestrator_actors::store::CHUNK_ITEMS;
 
 /// The outcome columns appended after the original ones.
 const OUTCOME_COLUMNS: [&str; 9] = [

@@ -1,0 +1,619 @@
+//! Items are stored in chunks of [`CHUNK_ITEMS`], not one row each.
+//!
+//! - `chunk:<n>` holds the mutable state of the items with ids `n * CHUNK_ITEMS ..` of one task,
+//!   as one JSON text, plus the few summary fields queries need: items in flight, the earliest
+//!   lease expiry among them, the robots holding them, and counts by status.
+//! - `chunk_data:<n>` holds their line numbers and values, written once at upload.
+//!
+//! Why: SurrealDB's cost is per row and per index entry, not per byte. Updating one item row with
+//! three indexes cost about 330 µs (see `store_cost_per_item`), so three transitions per item
+//! capped the node near 250 items/s. A batch of transitions now rewrites the handful of chunks
+//! it touches.
+//!
+//! Every item write on a node takes one lock and works on a cache of recently used chunks, so a
+//! batch costs one transaction and, while the cache is warm, no read. Each chunk carries a
+//! version and every write is a compare-and-set on it: a node whose copy is stale (another node
+//! of the cluster wrote the chunk) re-reads it and re-plans. Item-level compare-and-set (old
+//! status and lease) is checked on the chunk as it is stored, so two writers never both win.
+
+use super::Store;
+use super::throughput::ADD_TO_MINUTE;
+use crate::domain::{ItemCounts, ItemStatus, Millis};
+use crate::error::StoreError;
+use crate::lifecycle::{ItemState, add_counts};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Items per chunk. Uploads reserve item ids in whole chunks, so a chunk never holds two tasks.
+pub const CHUNK_ITEMS: i64 = 256;
+
+/// Chunks whose state a node keeps cached (about 25–60 KB each).
+const CACHE_CHUNKS: usize = 512;
+
+/// Chunks whose payload (lines and values) a node keeps cached for delivery.
+const CACHE_PAYLOADS: usize = 64;
+
+/// The error a write throws when a chunk's version moved.
+const CHUNK_CONFLICT: &str = "chunk version conflict";
+
+/// Fields read from a `chunk` row.
+const CHUNK_FIELDS: &str = "record::id(id) AS n, task, first, version, created_at, state";
+
+/// The chunk holding item `id`.
+pub fn chunk_of(id: i64) -> i64 {
+    id.div_euclid(CHUNK_ITEMS)
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// One item's mutable state inside a chunk; short names keep the chunk's text small.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Slot {
+    #[serde(rename = "s")]
+    pub status: ItemStatus,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub robot: Option<i64>,
+    #[serde(rename = "a", default, skip_serializing_if = "is_zero")]
+    pub attempt: i64,
+    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Millis>,
+    #[serde(rename = "e", default, skip_serializing_if = "is_zero")]
+    pub lease_expiries: i64,
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub observation: Option<String>,
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub fail_kind: Option<String>,
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Millis>,
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Millis>,
+}
+
+impl Slot {
+    /// A freshly uploaded item.
+    pub fn pending() -> Slot {
+        Slot {
+            status: ItemStatus::Pending,
+            robot: None,
+            attempt: 0,
+            lease_id: None,
+            lease_expires_at: None,
+            lease_expiries: 0,
+            observation: None,
+            output: None,
+            fail_kind: None,
+            not_before: None,
+            started_at: None,
+            ended_at: None,
+        }
+    }
+
+    fn from_state(s: &ItemState) -> Slot {
+        Slot {
+            status: s.status,
+            robot: s.robot_id,
+            attempt: s.attempt,
+            lease_id: s.lease_id.clone(),
+            lease_expires_at: s.lease_expires_at,
+            lease_expiries: s.lease_expiries,
+            observation: s.observation.clone(),
+            output: s.output.clone(),
+            fail_kind: s.fail_kind.clone(),
+            not_before: s.not_before,
+            started_at: s.started_at,
+            ended_at: s.ended_at,
+        }
+    }
+
+    fn in_flight(&self) -> bool {
+        matches!(self.status, ItemStatus::Assigned | ItemStatus::Started)
+    }
+}
+
+/// A chunk as read from the store (or the cache).
+#[derive(Debug, Clone)]
+pub(crate) struct Chunk {
+    pub n: i64,
+    pub task: i64,
+    /// Id of the first item; the others follow without gaps.
+    pub first: i64,
+    pub version: i64,
+    pub created_at: Millis,
+    pub slots: Vec<Slot>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChunkRow {
+    n: i64,
+    task: i64,
+    first: i64,
+    version: i64,
+    created_at: Millis,
+    state: String,
+}
+
+impl TryFrom<ChunkRow> for Chunk {
+    type Error = StoreError;
+    fn try_from(row: ChunkRow) -> Result<Chunk, StoreError> {
+        let slots: Vec<Slot> = serde_json::from_str(&row.state)
+            .map_err(|e| StoreError::Malformed(format!("chunk {}: {e}", row.n)))?;
+        Ok(Chunk {
+            n: row.n,
+            task: row.task,
+            first: row.first,
+            version: row.version,
+            created_at: row.created_at,
+            slots,
+        })
+    }
+}
+
+impl Chunk {
+    /// A new chunk of PENDING items, the first with id `first`.
+    pub fn new(task: i64, first: i64, len: usize, created_at: Millis) -> Chunk {
+        Chunk {
+            n: chunk_of(first),
+            task,
+            first,
+            version: 0,
+            created_at,
+            slots: vec![Slot::pending(); len],
+        }
+    }
+
+    fn index(&self, id: i64) -> Option<usize> {
+        let i = usize::try_from(id - self.first).ok()?;
+        (i < self.slots.len()).then_some(i)
+    }
+
+    /// The state of item `id`, if this chunk holds it.
+    pub fn state(&self, id: i64) -> Option<ItemState> {
+        let slot = &self.slots[self.index(id)?];
+        Some(self.state_of(id, slot))
+    }
+
+    fn state_of(&self, id: i64, slot: &Slot) -> ItemState {
+        ItemState {
+            id,
+            task_id: self.task,
+            status: slot.status,
+            robot_id: slot.robot,
+            attempt: slot.attempt,
+            lease_id: slot.lease_id.clone(),
+            lease_expires_at: slot.lease_expires_at,
+            lease_expiries: slot.lease_expiries,
+            observation: slot.observation.clone(),
+            output: slot.output.clone(),
+            fail_kind: slot.fail_kind.clone(),
+            not_before: slot.not_before,
+            started_at: slot.started_at,
+            ended_at: slot.ended_at,
+        }
+    }
+
+    /// Every item's state, in id order.
+    pub fn states(&self) -> impl Iterator<Item = ItemState> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| self.state_of(self.first + i as i64, slot))
+    }
+
+    /// The slot of item `id`.
+    pub fn slot_mut(&mut self, id: i64) -> Option<&mut Slot> {
+        let i = self.index(id)?;
+        Some(&mut self.slots[i])
+    }
+
+    /// Overwrites item `state.id`; false when this chunk does not hold it.
+    pub fn put(&mut self, state: &ItemState) -> bool {
+        match self.slot_mut(state.id) {
+            Some(slot) => {
+                *slot = Slot::from_state(state);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn counts(&self) -> ItemCounts {
+        let mut counts = ItemCounts::default();
+        for slot in &self.slots {
+            add_counts(
+                &mut counts,
+                &crate::lifecycle::count_delta(ItemStatus::Pending, slot.status),
+            );
+        }
+        counts.pending += self.slots.len() as i64;
+        counts
+    }
+
+    /// The row written for this chunk: its state text and the summary fields queries use.
+    pub fn row(&self) -> Result<Value, StoreError> {
+        let in_flight: Vec<&Slot> = self.slots.iter().filter(|s| s.in_flight()).collect();
+        let lease_min = in_flight.iter().filter_map(|s| s.lease_expires_at).min();
+        let mut holders: Vec<i64> = in_flight.iter().filter_map(|s| s.robot).collect();
+        holders.sort_unstable();
+        holders.dedup();
+        let mut row = json!({
+            "n": self.n, "task": self.task, "first": self.first, "version": self.version,
+            "created_at": self.created_at, "state": serde_json::to_string(&self.slots)?,
+            "in_flight": in_flight.len(), "holders": holders, "counts": self.counts(),
+        });
+        if let Some(at) = lease_min {
+            row["lease_min"] = json!(at);
+        }
+        Ok(row)
+    }
+}
+
+/// Line numbers and values of a chunk's items, in id order.
+pub(crate) type Payload = Vec<(i64, Map<String, Value>)>;
+
+/// What a write does to one task's row besides its counters.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TaskDelta {
+    pub counts: ItemCounts,
+    /// Items were leased: a CREATED task becomes STARTED.
+    pub start: bool,
+    /// Items were reopened: a finished task (not a cancelled one) runs again.
+    pub reopen: bool,
+}
+
+/// The node's chunk cache and write lock.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkCache {
+    inner: Mutex<Cached>,
+}
+
+/// Cached chunks and payloads, each stamped with when it was last used.
+#[derive(Debug, Default)]
+pub(crate) struct Cached {
+    chunks: HashMap<i64, (u64, Chunk)>,
+    payloads: HashMap<i64, (u64, Arc<Payload>)>,
+    clock: u64,
+}
+
+impl Cached {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The cached chunk `n`.
+    pub fn get(&mut self, n: i64) -> Option<&Chunk> {
+        let now = self.tick();
+        let entry = self.chunks.get_mut(&n)?;
+        entry.0 = now;
+        Some(&entry.1)
+    }
+
+    /// Keeps `chunk` unless a newer version is cached.
+    pub fn keep(&mut self, chunk: Chunk) {
+        let now = self.tick();
+        match self.chunks.get_mut(&chunk.n) {
+            Some(entry) if entry.1.version > chunk.version => entry.0 = now,
+            Some(entry) => *entry = (now, chunk),
+            None => {
+                self.chunks.insert(chunk.n, (now, chunk));
+                evict(&mut self.chunks, CACHE_CHUNKS);
+            }
+        }
+    }
+
+    pub fn forget(&mut self, ns: impl IntoIterator<Item = i64>) {
+        for n in ns {
+            self.chunks.remove(&n);
+        }
+    }
+
+    fn keep_payload(&mut self, n: i64, payload: Arc<Payload>) {
+        let now = self.tick();
+        self.payloads.insert(n, (now, payload));
+        evict(&mut self.payloads, CACHE_PAYLOADS);
+    }
+}
+
+/// Drops the least recently used entries beyond `cap` (an eighth of the cache at a time, so the
+/// scan is rare).
+fn evict<T>(map: &mut HashMap<i64, (u64, T)>, cap: usize) {
+    if map.len() <= cap {
+        return;
+    }
+    let mut stamps: Vec<u64> = map.values().map(|(at, _)| *at).collect();
+    stamps.sort_unstable();
+    let cutoff = stamps[map.len() - cap + cap / 8];
+    map.retain(|_, (at, _)| *at >= cutoff);
+}
+
+impl Store {
+    /// Takes the node's item write lock, with the chunk cache.
+    pub(crate) async fn chunk_lock(&self) -> MutexGuard<'_, Cached> {
+        self.chunks.inner.lock().await
+    }
+
+    /// Reads chunks by number from the store (missing ones are left out).
+    async fn read_chunks(&self, ns: &[i64]) -> Result<Vec<Chunk>, StoreError> {
+        if ns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {CHUNK_FIELDS} FROM array::map($ns, |$n| type::record('chunk', $n)) \
+             WHERE version != NONE;"
+        );
+        let rows: Vec<ChunkRow> = self.rows(&sql, json!({ "ns": ns }), 0).await?;
+        rows.into_iter().map(Chunk::try_from).collect()
+    }
+
+    /// Makes sure chunks `ns` are cached, reading those that are not (all of them if `fresh`).
+    pub(crate) async fn load(
+        &self,
+        cached: &mut Cached,
+        ns: &[i64],
+        fresh: bool,
+    ) -> Result<(), StoreError> {
+        let mut missing: Vec<i64> = ns
+            .iter()
+            .copied()
+            .filter(|n| fresh || !cached.chunks.contains_key(n))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if fresh {
+            cached.forget(missing.iter().copied());
+        }
+        for chunk in self.read_chunks(&missing).await? {
+            cached.keep(chunk);
+        }
+        Ok(())
+    }
+
+    /// Chunks matching a SurrealQL condition, read from the store and kept in the cache.
+    pub(crate) async fn query_chunks(
+        &self,
+        cond: &str,
+        limit: Option<i64>,
+        vars: Value,
+    ) -> Result<Vec<Chunk>, StoreError> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+        let sql = format!("SELECT {CHUNK_FIELDS} FROM chunk WHERE {cond} ORDER BY n{limit};");
+        let rows: Vec<ChunkRow> = self.rows(&sql, vars, 0).await?;
+        let chunks: Vec<Chunk> = rows
+            .into_iter()
+            .map(Chunk::try_from)
+            .collect::<Result<_, _>>()?;
+        let mut cached = self.chunk_lock().await;
+        for chunk in &chunks {
+            cached.keep(chunk.clone());
+        }
+        Ok(chunks)
+    }
+
+    /// Chunks `ns` straight from the store, not cached (listings and exports).
+    pub(crate) async fn chunks_uncached(&self, ns: &[i64]) -> Result<Vec<Chunk>, StoreError> {
+        self.read_chunks(ns).await
+    }
+
+    /// Payloads of chunks `ns` from the store.
+    pub(crate) async fn read_payloads(
+        &self,
+        ns: &[i64],
+    ) -> Result<HashMap<i64, Arc<Payload>>, StoreError> {
+        if ns.is_empty() {
+            return Ok(HashMap::new());
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            n: i64,
+            data: String,
+        }
+        let rows: Vec<Row> = self
+            .rows(
+                "SELECT record::id(id) AS n, data FROM \
+                 array::map($ns, |$n| type::record('chunk_data', $n)) WHERE data != NONE;",
+                json!({ "ns": ns }),
+                0,
+            )
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let payload: Payload = serde_json::from_str(&row.data)
+                    .map_err(|e| StoreError::Malformed(format!("chunk data {}: {e}", row.n)))?;
+                Ok((row.n, Arc::new(payload)))
+            })
+            .collect()
+    }
+
+    /// Payloads of chunks `ns`, from the cache where it has them.
+    pub(crate) async fn payloads(
+        &self,
+        cached: &mut Cached,
+        ns: &[i64],
+    ) -> Result<HashMap<i64, Arc<Payload>>, StoreError> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        for n in ns {
+            let now = cached.tick();
+            match cached.payloads.get_mut(n) {
+                Some(entry) => {
+                    entry.0 = now;
+                    out.insert(*n, Arc::clone(&entry.1));
+                }
+                None => missing.push(*n),
+            }
+        }
+        for (n, payload) in self.read_payloads(&missing).await? {
+            cached.keep_payload(n, Arc::clone(&payload));
+            out.insert(n, payload);
+        }
+        Ok(out)
+    }
+
+    /// Writes changed chunks (each a compare-and-set on the version it was read at) with their
+    /// tasks' counters, the minute's throughput and finished tasks, in one transaction.
+    /// `Ok(false)`: a chunk had moved on; it is dropped from the cache, re-read and re-plan.
+    pub(crate) async fn write_chunks(
+        &self,
+        cached: &mut Cached,
+        chunks: Vec<Chunk>,
+        tasks: &BTreeMap<i64, TaskDelta>,
+        finished: (usize, usize),
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        if chunks.is_empty() {
+            return Ok(true);
+        }
+        let rows = chunks
+            .iter()
+            .map(Chunk::row)
+            .collect::<Result<Vec<Value>, _>>()?;
+        let task_rows: Vec<Value> = tasks
+            .iter()
+            .map(|(id, d)| json!({ "id": id, "d": d.counts, "start": d.start, "reopen": d.reopen }))
+            .collect();
+        let done = json!({
+            "minute": super::minute_of(now), "completed": finished.0, "failed": finished.1,
+        });
+        let sql = format!(
+            "BEGIN; \
+             FOR $c IN $chunks {{ \
+               LET $hit = (UPDATE type::record('chunk', $c.n) SET version = $c.version + 1, \
+                 state = $c.state, in_flight = $c.in_flight, lease_min = $c.lease_min, \
+                 holders = $c.holders, counts = $c.counts \
+                 WHERE version = $c.version RETURN VALUE 1); \
+               IF array::len($hit) = 0 {{ THROW '{CHUNK_CONFLICT}' }}; \
+             }}; \
+             FOR $t IN $tasks {{ \
+               UPDATE type::record('task', $t.id) SET counts.pending += $t.d.pending, \
+                 counts.assigned += $t.d.assigned, counts.started += $t.d.started, \
+                 counts.completed += $t.d.completed, counts.failed += $t.d.failed, \
+                 counts.abandoned += $t.d.abandoned, \
+                 started_at = IF $t.start THEN started_at ?? $now ELSE started_at END, \
+                 ended_at = IF $t.reopen AND status != 'CANCELLED' THEN NONE ELSE ended_at END, \
+                 status = IF $t.reopen AND status != 'CANCELLED' THEN 'STARTED' \
+                   ELSE IF $t.start AND status = 'CREATED' THEN 'STARTED' ELSE status END; \
+             }}; \
+             {ADD_TO_MINUTE} \
+             {COMPLETE_FINISHED_TASKS} \
+             COMMIT;"
+        );
+        let vars = json!({
+            "chunks": rows, "tasks": task_rows, "now": now, "done": done,
+            "task_ids": tasks.keys().collect::<Vec<_>>(),
+        });
+        let outcome = self.db.run(&sql, vars).await;
+        let ns: Vec<i64> = chunks.iter().map(|c| c.n).collect();
+        let mut response = match outcome {
+            Ok(response) => response,
+            Err(err) => {
+                // The outcome is unknown: nothing cached about these chunks can be trusted.
+                cached.forget(ns);
+                return Err(err.into());
+            }
+        };
+        // In a failed transaction every later statement reports "not executed"; the THROW that
+        // caused it says whether this was a lost race or a real failure.
+        let mut errors: Vec<(usize, String)> = response
+            .take_errors()
+            .into_iter()
+            .map(|(index, err)| (index, err.to_string()))
+            .collect();
+        if errors.is_empty() {
+            for mut chunk in chunks {
+                chunk.version += 1;
+                cached.keep(chunk);
+            }
+            return Ok(true);
+        }
+        cached.forget(ns);
+        errors.sort();
+        if errors.iter().any(|(_, text)| text.contains(CHUNK_CONFLICT)) {
+            return Ok(false);
+        }
+        let first = StoreError::Database(errors.remove(0).1);
+        if first.is_retryable() {
+            return Ok(false);
+        }
+        Err(first)
+    }
+}
+
+/// Completes tasks that have nothing left in flight or pending (used after item transitions).
+const COMPLETE_FINISHED_TASKS: &str = "UPDATE array::map($task_ids, |$t| type::record('task', $t)) \
+     SET status = 'COMPLETED', ended_at = $now WHERE status IN ['CREATED', 'STARTED'] \
+     AND counts.pending + counts.assigned + counts.started = 0;";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_round_trips_through_its_text_and_summarises_itself() {
+        let mut chunk = Chunk::new(7, 512, 3, 1_000);
+        let mut state = chunk.state(513).expect("held");
+        state.status = ItemStatus::Assigned;
+        state.robot_id = Some(4);
+        state.lease_id = Some("4-x".into());
+        state.lease_expires_at = Some(9_000);
+        state.attempt = 1;
+        assert!(chunk.put(&state));
+        assert!(!chunk.put(&ItemState {
+            id: 515,
+            ..state.clone()
+        }));
+        let row = chunk.row().expect("row");
+        assert_eq!(row["in_flight"], 1);
+        assert_eq!(row["lease_min"], 9_000);
+        assert_eq!(row["holders"], json!([4]));
+        assert_eq!(row["counts"]["pending"], 2);
+        assert_eq!(row["counts"]["assigned"], 1);
+        let back = Chunk::try_from(ChunkRow {
+            n: 2,
+            task: 7,
+            first: 512,
+            version: 0,
+            created_at: 1_000,
+            state: row["state"].as_str().expect("text").to_string(),
+        })
+        .expect("parses");
+        assert_eq!(back.state(513), Some(state));
+        assert_eq!(back.states().count(), 3);
+        assert_eq!(back.state(511), None);
+        assert_eq!(back.state(515), None);
+        assert!(
+            row["state"].as_str().expect("text").len() < 120,
+            "pending items are written short: {}",
+            row["state"]
+        );
+    }
+
+    #[test]
+    fn the_cache_keeps_the_newest_version_and_evicts_the_least_used() {
+        let mut cached = Cached::default();
+        let mut chunk = Chunk::new(1, 0, 1, 0);
+        chunk.version = 5;
+        cached.keep(chunk.clone());
+        chunk.version = 4;
+        cached.keep(chunk.clone());
+        assert_eq!(cached.get(0).map(|c| c.version), Some(5));
+        for n in 1..=(CACHE_CHUNKS as i64 + 1) {
+            cached.keep(Chunk::new(1, n * CHUNK_ITEMS, 1, 0));
+        }
+        assert!(cached.chunks.len() <= CACHE_CHUNKS);
+        assert!(
+            cached.get(CACHE_CHUNKS as i64 + 1).is_some(),
+            "the newest stays"
+        );
+    }
+}
