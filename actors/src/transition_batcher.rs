@@ -9,17 +9,23 @@
 
 use crate::dispatcher::DispatchError;
 use crate::domain::{Clock, ItemStatus};
+use crate::error::StoreError;
+use crate::lifecycle::Policy;
 use crate::lifecycle::{ItemState, Plan, RobotAction, plan_robot_action};
-use crate::recovery::{self, PolicyDefaults};
+use crate::recovery::PolicyDefaults;
 use crate::robot_registry::RobotRegistryMsg;
 use crate::store::{PendingItem, Store};
 use crate::task_director::TaskDirectorMsg;
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// How long a task's dispatch policy is reused before it is read again: a process's new
+/// settings reach robot actions within this time.
+const POLICY_TTL: Duration = Duration::from_secs(2);
 
 /// The batcher actor.
 #[derive(Debug)]
@@ -64,6 +70,8 @@ pub struct BatcherState {
     args: BatcherArgs,
     gathered: Vec<ActRequest>,
     flush_scheduled: bool,
+    /// Recently read policies by task, with when they were read.
+    policies: HashMap<i64, (Instant, Policy)>,
 }
 
 /// Tells the registry and the director what a transition changed.
@@ -92,6 +100,35 @@ pub fn notify_transition(
 }
 
 impl BatcherState {
+    /// The policies of `task_ids`, read again once older than [`POLICY_TTL`].
+    async fn policies(
+        &mut self,
+        task_ids: impl IntoIterator<Item = i64>,
+    ) -> Result<HashMap<i64, Policy>, StoreError> {
+        let mut out = HashMap::new();
+        for task_id in task_ids {
+            if out.contains_key(&task_id) {
+                continue;
+            }
+            let policy = match self.policies.get(&task_id) {
+                Some((read_at, policy)) if read_at.elapsed() < POLICY_TTL => *policy,
+                _ => {
+                    let policy = self
+                        .args
+                        .store
+                        .task_policy(task_id, self.args.defaults)
+                        .await?;
+                    self.policies.insert(task_id, (Instant::now(), policy));
+                    policy
+                }
+            };
+            out.insert(task_id, policy);
+        }
+        self.policies
+            .retain(|_, (read_at, _)| read_at.elapsed() < POLICY_TTL);
+        Ok(out)
+    }
+
     /// Applies one request alone, re-reading and re-planning while it loses races.
     async fn act_alone(&self, request: &ActRequest) -> Result<ItemState, DispatchError> {
         let store = &self.args.store;
@@ -154,20 +191,20 @@ impl BatcherState {
 
     /// Writes what it can in one transaction; returns the requests to retry alone.
     async fn write_batch(
-        &self,
+        &mut self,
         requests: Vec<ActRequest>,
     ) -> Result<Vec<ActRequest>, (Vec<ActRequest>, DispatchError)> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let store = &self.args.store;
+        let store = self.args.store.clone();
         let ids: Vec<i64> = requests.iter().map(|r| r.item_id).collect();
         let states = match store.item_states(&ids).await {
             Ok(states) => states,
             Err(err) => return Err((requests, err.into())),
         };
         let task_ids: Vec<i64> = states.iter().map(|s| s.task_id).collect();
-        let policies = match recovery::policies(store, task_ids, self.args.defaults).await {
+        let policies = match self.policies(task_ids).await {
             Ok(p) => p,
             Err(err) => return Err((requests, err.into())),
         };
@@ -258,6 +295,7 @@ impl Actor for TransitionBatcher {
             args,
             gathered: Vec::new(),
             flush_scheduled: false,
+            policies: HashMap::new(),
         })
     }
 

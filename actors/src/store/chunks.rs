@@ -277,6 +277,13 @@ pub(crate) struct ChunkCache {
     inner: Mutex<Cached>,
 }
 
+impl ChunkCache {
+    /// The cache, if no writer holds it.
+    pub(crate) fn inner_try_lock(&self) -> Option<MutexGuard<'_, Cached>> {
+        self.inner.try_lock().ok()
+    }
+}
+
 /// Cached chunks and payloads, each stamped with when it was last used.
 #[derive(Debug, Default)]
 pub(crate) struct Cached {
@@ -393,10 +400,23 @@ impl Store {
             .into_iter()
             .map(Chunk::try_from)
             .collect::<Result<_, _>>()?;
-        let mut cached = self.chunk_lock().await;
-        for chunk in &chunks {
-            cached.keep(chunk.clone());
+        self.keep_if_idle(&chunks);
+        Ok(chunks)
+    }
+
+    /// Caches what a read found, unless a writer holds the lock: readers never wait for writes.
+    pub(crate) fn keep_if_idle(&self, chunks: &[Chunk]) {
+        if let Some(mut cached) = self.chunks.inner_try_lock() {
+            for chunk in chunks {
+                cached.keep(chunk.clone());
+            }
         }
+    }
+
+    /// Chunks `ns` read from the store, kept in the cache if no writer holds it.
+    pub(crate) async fn read_fresh(&self, ns: &[i64]) -> Result<Vec<Chunk>, StoreError> {
+        let chunks = self.read_chunks(ns).await?;
+        self.keep_if_idle(&chunks);
         Ok(chunks)
     }
 

@@ -21,8 +21,8 @@ const RETRY_CHUNKS: i64 = 16;
 /// on every sweep.
 const EXPIRED_LEASES_WHERE: &str = "lease_min > 0 AND lease_min < $now";
 
-/// Chunks where `$robot` holds items.
-const HELD_BY_ROBOT_WHERE: &str = "in_flight > 0 AND holders CONTAINS $robot";
+/// Chunks where `$robot` holds items (through the index on each element of `holders`).
+const HELD_BY_ROBOT_WHERE: &str = "holders CONTAINS $robot";
 
 /// Times a write re-reads chunks that another node changed before it gives up the batch.
 const STALE_RETRIES: usize = 8;
@@ -154,10 +154,8 @@ type Held = Vec<(Chunk, ItemState)>;
 impl Store {
     /// The current state of one item, read from the store (not the cache).
     pub async fn item_state(&self, id: i64) -> Result<Option<ItemState>, StoreError> {
-        let n = chunk_of(id);
-        let mut cached = self.chunk_lock().await;
-        self.load(&mut cached, &[n], true).await?;
-        Ok(cached.get(n).and_then(|c| c.state(id)))
+        let chunks = self.read_fresh(&[chunk_of(id)]).await?;
+        Ok(chunks.first().and_then(|c| c.state(id)))
     }
 
     /// The state of several items (missing ids are left out), from the node's cache where it
@@ -294,9 +292,10 @@ impl Store {
             .take(usize::try_from(limit).unwrap_or(0))
             .collect();
         let ns = chunks_of(held.iter().map(|(_, s)| s.id));
-        let payloads = {
-            let mut cached = self.chunk_lock().await;
-            self.payloads(&mut cached, &ns).await?
+        // From the cache if no writer holds it; a delivery never waits for a write.
+        let payloads = match self.chunks.inner_try_lock() {
+            Some(mut cached) => self.payloads(&mut cached, &ns).await?,
+            None => self.read_payloads(&ns).await?,
         };
         Ok(held
             .iter()
@@ -462,13 +461,8 @@ impl Store {
         to: i64,
     ) -> Result<Vec<PendingItem>, StoreError> {
         let ns: Vec<i64> = (chunk_of(from)..=chunk_of(to)).collect();
-        let mut cached = self.chunk_lock().await;
-        self.load(&mut cached, &ns, true).await?;
         let mut found = Vec::new();
-        for n in ns {
-            let Some(chunk) = cached.get(n) else {
-                continue;
-            };
+        for chunk in self.read_fresh(&ns).await? {
             if chunk.task != task_id {
                 continue;
             }
@@ -663,7 +657,7 @@ mod tests {
         let now = crate::domain::now_millis();
         for (cond, index) in [
             (EXPIRED_LEASES_WHERE, "chunk_lease_min"),
-            (HELD_BY_ROBOT_WHERE, "chunk_in_flight"),
+            (HELD_BY_ROBOT_WHERE, "chunk_holders"),
         ] {
             let sql = format!("SELECT id FROM chunk WHERE {cond} EXPLAIN FULL;");
             let plan = store

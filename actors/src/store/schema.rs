@@ -96,7 +96,7 @@ DEFINE FIELD IF NOT EXISTS counts.completed ON chunk TYPE int;
 DEFINE FIELD IF NOT EXISTS counts.failed ON chunk TYPE int;
 DEFINE FIELD IF NOT EXISTS counts.abandoned ON chunk TYPE int;
 DEFINE INDEX IF NOT EXISTS chunk_task ON chunk FIELDS task;
-DEFINE INDEX IF NOT EXISTS chunk_in_flight ON chunk FIELDS in_flight;
+DEFINE INDEX IF NOT EXISTS chunk_holders ON chunk FIELDS holders.*;
 DEFINE INDEX IF NOT EXISTS chunk_lease_min ON chunk FIELDS lease_min;
 
 DEFINE TABLE IF NOT EXISTS chunk_data SCHEMAFULL;
