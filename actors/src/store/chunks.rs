@@ -271,24 +271,25 @@ pub(crate) struct TaskDelta {
     pub reopen: bool,
 }
 
-/// The node's chunk cache and write lock.
+/// The node's chunk cache and write lock, and its payload cache (payloads never change, so
+/// reading them never waits for a write).
 #[derive(Debug, Default)]
 pub(crate) struct ChunkCache {
     inner: Mutex<Cached>,
+    payloads: std::sync::Mutex<Payloads>,
 }
 
-impl ChunkCache {
-    /// The cache, if no writer holds it.
-    pub(crate) fn inner_try_lock(&self) -> Option<MutexGuard<'_, Cached>> {
-        self.inner.try_lock().ok()
-    }
+/// Recently used payloads, each stamped with when it was last used.
+#[derive(Debug, Default)]
+struct Payloads {
+    map: HashMap<i64, (u64, Arc<Payload>)>,
+    clock: u64,
 }
 
 /// Cached chunks and payloads, each stamped with when it was last used.
 #[derive(Debug, Default)]
 pub(crate) struct Cached {
     chunks: HashMap<i64, (u64, Chunk)>,
-    payloads: HashMap<i64, (u64, Arc<Payload>)>,
     clock: u64,
 }
 
@@ -323,12 +324,6 @@ impl Cached {
         for n in ns {
             self.chunks.remove(&n);
         }
-    }
-
-    fn keep_payload(&mut self, n: i64, payload: Arc<Payload>) {
-        let now = self.tick();
-        self.payloads.insert(n, (now, payload));
-        evict(&mut self.payloads, CACHE_PAYLOADS);
     }
 }
 
@@ -406,7 +401,7 @@ impl Store {
 
     /// Caches what a read found, unless a writer holds the lock: readers never wait for writes.
     pub(crate) fn keep_if_idle(&self, chunks: &[Chunk]) {
-        if let Some(mut cached) = self.chunks.inner_try_lock() {
+        if let Ok(mut cached) = self.chunks.inner.try_lock() {
             for chunk in chunks {
                 cached.keep(chunk.clone());
             }
@@ -458,25 +453,33 @@ impl Store {
     /// Payloads of chunks `ns`, from the cache where it has them.
     pub(crate) async fn payloads(
         &self,
-        cached: &mut Cached,
         ns: &[i64],
     ) -> Result<HashMap<i64, Arc<Payload>>, StoreError> {
         let mut out = HashMap::new();
         let mut missing = Vec::new();
-        for n in ns {
-            let now = cached.tick();
-            match cached.payloads.get_mut(n) {
-                Some(entry) => {
-                    entry.0 = now;
-                    out.insert(*n, Arc::clone(&entry.1));
+        if let Ok(mut cache) = self.chunks.payloads.lock() {
+            for n in ns {
+                cache.clock += 1;
+                let now = cache.clock;
+                match cache.map.get_mut(n) {
+                    Some(entry) => {
+                        entry.0 = now;
+                        out.insert(*n, Arc::clone(&entry.1));
+                    }
+                    None => missing.push(*n),
                 }
-                None => missing.push(*n),
             }
         }
-        for (n, payload) in self.read_payloads(&missing).await? {
-            cached.keep_payload(n, Arc::clone(&payload));
-            out.insert(n, payload);
+        let read = self.read_payloads(&missing).await?;
+        if let Ok(mut cache) = self.chunks.payloads.lock() {
+            for (n, payload) in &read {
+                cache.clock += 1;
+                let now = cache.clock;
+                cache.map.insert(*n, (now, Arc::clone(payload)));
+            }
+            evict(&mut cache.map, CACHE_PAYLOADS);
         }
+        out.extend(read);
         Ok(out)
     }
 

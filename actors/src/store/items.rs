@@ -292,11 +292,7 @@ impl Store {
             .take(usize::try_from(limit).unwrap_or(0))
             .collect();
         let ns = chunks_of(held.iter().map(|(_, s)| s.id));
-        // From the cache if no writer holds it; a delivery never waits for a write.
-        let payloads = match self.chunks.inner_try_lock() {
-            Some(mut cached) => self.payloads(&mut cached, &ns).await?,
-            None => self.read_payloads(&ns).await?,
-        };
+        let payloads = self.payloads(&ns).await?;
         Ok(held
             .iter()
             .filter_map(|(chunk, state)| leased_item(chunk, &payloads, state))
@@ -383,7 +379,7 @@ impl Store {
         let ns = chunks_of(grants.iter().flat_map(|g| g.item_ids.iter().copied()));
         let mut cached = self.chunk_lock().await;
         // Payloads never change: read before anything is written, so a failed read leases nothing.
-        let payloads = self.payloads(&mut cached, &ns).await?;
+        let payloads = self.payloads(&ns).await?;
         for round in 0..STALE_RETRIES {
             self.load(&mut cached, &ns, round > 0).await?;
             let mut changed: BTreeMap<i64, Chunk> = BTreeMap::new();

@@ -86,6 +86,8 @@ pub struct Store {
     db: Arc<Db>,
     /// Recently used item chunks and the node's item write lock (see `chunks.rs`).
     chunks: Arc<chunks::ChunkCache>,
+    /// Robots recently found by token (see `robots.rs`).
+    tokens: Arc<robots::TokenCache>,
 }
 
 /// The two ways the store reaches SurrealDB. The embedded engine is built here rather than by
@@ -188,6 +190,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             chunks: Arc::default(),
+            tokens: Arc::default(),
         };
         store.apply_schema().await?;
         Ok(store)

@@ -60,10 +60,20 @@ impl Store {
         self.row(&sql, json!({ "id": id }), 0).await
     }
 
-    /// The robot whose token hashes to `token_hash`.
+    /// The robot whose token hashes to `token_hash`. A robot found is remembered for
+    /// [`TOKEN_CACHE_TTL`], so a robot's requests do not each cost a query; this node forgets
+    /// it at once when the robot is changed, deleted or given a new token here, other nodes of a
+    /// cluster within the TTL. Unknown tokens are not remembered.
     pub async fn robot_by_token_hash(&self, token_hash: &str) -> Result<Option<Robot>, StoreError> {
+        if let Some(robot) = self.tokens.get(token_hash) {
+            return Ok(Some(robot));
+        }
         let sql = format!("SELECT {ROBOT_FIELDS} FROM robot WHERE token_hash = $hash;");
-        self.row(&sql, json!({ "hash": token_hash }), 0).await
+        let robot: Option<Robot> = self.row(&sql, json!({ "hash": token_hash }), 0).await?;
+        if let Some(robot) = &robot {
+            self.tokens.put(token_hash, robot);
+        }
+        Ok(robot)
     }
 
     /// Applies `patch` to robot `id`; `None` when no such robot.
@@ -78,14 +88,18 @@ impl Store {
              processes = $processes ?? processes, status = $status ?? status \
              RETURN {ROBOT_FIELDS};"
         );
+        self.tokens.forget_robot(id);
         let vars = json!({
             "id": id, "name": patch.name, "platform": patch.platform.map(Platform::as_str),
             "capacity": patch.capacity, "processes": patch.processes,
             "status": patch.status.map(RobotStatus::as_str),
         });
-        self.retry_conflicts(|| self.row(&sql, vars.clone(), 0))
+        let robot = self
+            .retry_conflicts(|| self.row(&sql, vars.clone(), 0))
             .await
-            .map_err(|e| name_conflict(e, patch.name.as_deref().unwrap_or_default()))
+            .map_err(|e| name_conflict(e, patch.name.as_deref().unwrap_or_default()));
+        self.tokens.forget_robot(id);
+        robot
     }
 
     /// Replaces robot `id`'s token hash; the old token stops working with this write.
@@ -97,15 +111,24 @@ impl Store {
         let sql = format!(
             "UPDATE type::record('robot', $id) SET token_hash = $hash RETURN {ROBOT_FIELDS};"
         );
-        self.row(&sql, json!({ "id": id, "hash": token_hash }), 0)
-            .await
+        self.tokens.forget_robot(id);
+        let robot = self
+            .row(&sql, json!({ "id": id, "hash": token_hash }), 0)
+            .await;
+        // A lookup that ran during the write may have remembered the old token again.
+        self.tokens.forget_robot(id);
+        robot
     }
 
     /// Deletes robot `id`; returns whether it existed.
     pub async fn delete_robot(&self, id: i64) -> Result<bool, StoreError> {
         let sql = "DELETE type::record('robot', $id) RETURN BEFORE;";
-        let gone: Vec<serde_json::Value> = self.rows(sql, json!({ "id": id }), 0).await?;
-        Ok(!gone.is_empty())
+        self.tokens.forget_robot(id);
+        let gone = self
+            .rows::<serde_json::Value>(sql, json!({ "id": id }), 0)
+            .await;
+        self.tokens.forget_robot(id);
+        Ok(!gone?.is_empty())
     }
 }
 
@@ -113,5 +136,80 @@ fn name_conflict(err: StoreError, name: &str) -> StoreError {
     match err {
         StoreError::Conflict(_) => StoreError::Conflict(format!("robot name '{name}' is taken")),
         other => other,
+    }
+}
+
+/// How long a robot found by its token is remembered.
+pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Robots recently found by token hash.
+#[derive(Debug, Default)]
+pub(crate) struct TokenCache {
+    inner: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Robot)>>,
+}
+
+impl TokenCache {
+    fn get(&self, token_hash: &str) -> Option<Robot> {
+        let map = self.inner.lock().ok()?;
+        let (at, robot) = map.get(token_hash)?;
+        (at.elapsed() < TOKEN_CACHE_TTL).then(|| robot.clone())
+    }
+
+    fn put(&self, token_hash: &str, robot: &Robot) {
+        if let Ok(mut map) = self.inner.lock() {
+            if map.len() >= 4_096 {
+                map.retain(|_, (at, _)| at.elapsed() < TOKEN_CACHE_TTL);
+            }
+            map.insert(
+                token_hash.to_string(),
+                (std::time::Instant::now(), robot.clone()),
+            );
+        }
+    }
+
+    fn forget_robot(&self, id: i64) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.retain(|_, (_, robot)| robot.id != id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    /// A robot found by token is remembered, and forgotten at once when it changes here.
+    #[tokio::test]
+    async fn remembered_tokens_are_forgotten_on_every_change() -> Result<(), StoreError> {
+        let store = Store::open(&StoreConfig::memory()).await?;
+        let robot = store
+            .create_robot(&NewRobot {
+                name: "r1".into(),
+                platform: Platform::Python,
+                capacity: 1,
+                processes: Vec::new(),
+                token_hash: "old".into(),
+            })
+            .await?;
+        assert!(store.robot_by_token_hash("old").await?.is_some());
+        assert!(store.tokens.get("old").is_some(), "remembered");
+        let patch = RobotPatch {
+            capacity: Some(5),
+            ..RobotPatch::default()
+        };
+        store.update_robot(robot.id, &patch).await?;
+        let found = store
+            .robot_by_token_hash("old")
+            .await?
+            .expect("still valid");
+        assert_eq!(found.capacity, 5, "a change is seen at once");
+        store.replace_robot_token(robot.id, "new").await?;
+        assert!(store.robot_by_token_hash("old").await?.is_none());
+        assert!(store.robot_by_token_hash("new").await?.is_some());
+        store.delete_robot(robot.id).await?;
+        assert!(store.robot_by_token_hash("new").await?.is_none());
+        assert!(store.tokens.get("new").is_none());
+        Ok(())
     }
 }
