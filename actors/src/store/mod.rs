@@ -304,36 +304,39 @@ impl Store {
 
     /// Reserves `count` consecutive ids for `table`; returns the first.
     pub async fn reserve_ids(&self, table: &str, count: i64) -> Result<i64, StoreError> {
-        let sql = "UPSERT type::record('counter', $table) SET last = (last ?? 0) + $count \
-                   RETURN AFTER;";
-        let vars = serde_json::json!({ "table": table, "count": count });
-        self.retry_conflicts(|| async {
-            let row: Option<Value> = self.row(sql, vars.clone(), 0).await?;
-            let last = row
-                .as_ref()
-                .and_then(|r| r.get("last"))
-                .and_then(Value::as_i64)
-                .ok_or_else(|| StoreError::Malformed(format!("counter {table} has no value")))?;
-            Ok(last - count + 1)
-        })
-        .await
+        self.advance_counter("(last ?? 0) + $count", table, count)
+            .await
     }
 
     /// Reserves ids for `count` items, starting a new chunk, so a chunk never holds the items of
     /// two tasks or two batches; returns the first. The ids after the last up to the chunk's end
     /// stay unused.
     pub async fn reserve_item_ids(&self, count: i64) -> Result<i64, StoreError> {
-        let sql = "UPSERT counter:item \
-                   SET last = (last ?? 0) - (last ?? 0) % $chunk + $chunk + $count - 1 \
-                   RETURN AFTER;";
-        let vars = serde_json::json!({ "count": count, "chunk": CHUNK_ITEMS });
+        self.advance_counter(
+            "(last ?? 0) - (last ?? 0) % $chunk + $chunk + $count - 1",
+            "item",
+            count,
+        )
+        .await
+    }
+
+    /// Sets `counter:<table>` to `next` (an expression of `last`, `$count` and `$chunk`) and
+    /// returns the first of the `count` ids that ends at it.
+    async fn advance_counter(
+        &self,
+        next: &str,
+        table: &str,
+        count: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = format!("UPSERT type::record('counter', $table) SET last = {next} RETURN AFTER;");
+        let vars = serde_json::json!({ "table": table, "count": count, "chunk": CHUNK_ITEMS });
         self.retry_conflicts(|| async {
-            let row: Option<Value> = self.row(sql, vars.clone(), 0).await?;
+            let row: Option<Value> = self.row(&sql, vars.clone(), 0).await?;
             let last = row
                 .as_ref()
                 .and_then(|r| r.get("last"))
                 .and_then(Value::as_i64)
-                .ok_or_else(|| StoreError::Malformed("counter item has no value".into()))?;
+                .ok_or_else(|| StoreError::Malformed(format!("counter {table} has no value")))?;
             Ok(last - count + 1)
         })
         .await
