@@ -345,8 +345,8 @@ impl Store {
         self.chunks.inner.lock().await
     }
 
-    /// Reads chunks by number from the store (missing ones are left out).
-    async fn read_chunks(&self, ns: &[i64]) -> Result<Vec<Chunk>, StoreError> {
+    /// Reads chunks by number from the store, not caching them (missing ones are left out).
+    pub(crate) async fn read_chunks(&self, ns: &[i64]) -> Result<Vec<Chunk>, StoreError> {
         if ns.is_empty() {
             return Ok(Vec::new());
         }
@@ -413,11 +413,6 @@ impl Store {
         let chunks = self.read_chunks(ns).await?;
         self.keep_if_idle(&chunks);
         Ok(chunks)
-    }
-
-    /// Chunks `ns` straight from the store, not cached (listings and exports).
-    pub(crate) async fn chunks_uncached(&self, ns: &[i64]) -> Result<Vec<Chunk>, StoreError> {
-        self.read_chunks(ns).await
     }
 
     /// Payloads of chunks `ns` from the store.

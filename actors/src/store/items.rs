@@ -148,8 +148,8 @@ pub(super) fn full_item(
     }
 }
 
-/// The items a robot holds: chunk and state, in id order.
-type Held = Vec<(Chunk, ItemState)>;
+/// The items a robot holds: chunk (shared by its items) and state, in id order.
+type Held = Vec<(Arc<Chunk>, ItemState)>;
 
 impl Store {
     /// The current state of one item, read from the store (not the cache).
@@ -176,14 +176,13 @@ impl Store {
             .query_chunks(HELD_BY_ROBOT_WHERE, None, json!({ "robot": robot }))
             .await?;
         let mut held = Vec::new();
-        for chunk in chunks {
-            let states: Vec<ItemState> = chunk
-                .states()
-                .filter(|s| in_flight(s.status) && s.robot_id == Some(robot))
-                .collect();
-            for state in states {
-                held.push((chunk.clone(), state));
-            }
+        for chunk in chunks.into_iter().map(Arc::new) {
+            held.extend(
+                chunk
+                    .states()
+                    .filter(|s| in_flight(s.status) && s.robot_id == Some(robot))
+                    .map(|state| (Arc::clone(&chunk), state)),
+            );
         }
         Ok(held)
     }
@@ -698,7 +697,7 @@ mod tests {
         let old = store.item_states(&[first]).await?.remove(0);
         let mut elsewhere = old.clone();
         elsewhere.status = ItemStatus::Completed;
-        let mut chunk = store.chunks_uncached(&[chunk_of(first)]).await?.remove(0);
+        let mut chunk = store.read_chunks(&[chunk_of(first)]).await?.remove(0);
         chunk.put(&elsewhere);
         let state = serde_json::to_string(&chunk.slots)?;
         store

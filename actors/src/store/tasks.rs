@@ -302,7 +302,7 @@ impl Store {
 
     /// Every item of chunks `ns`, in id order.
     async fn items_of_chunks(&self, ns: &[i64]) -> Result<Vec<Item>, StoreError> {
-        let chunks = self.chunks_uncached(ns).await?;
+        let chunks = self.read_chunks(ns).await?;
         let payloads = self.read_payloads(ns).await?;
         let mut items = Vec::new();
         for chunk in &chunks {
