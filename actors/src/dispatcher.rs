@@ -137,15 +137,17 @@ impl Dispatcher {
         }
     }
 
-    /// Records a pulse from `robot` and returns its session (started if needed).
+    /// Records a pulse from `robot` and returns its session (started if needed). A robot with a
+    /// session is served from the pulse board: its request costs no registry message, which at
+    /// thousands of robot requests a second kept the registry's mailbox busy with pulses.
     pub async fn connect(&self, robot: &Robot) -> Result<ActorRef<RobotSessionMsg>, DispatchError> {
+        if let Some(session) = self.pulses.session(robot.id) {
+            self.pulse(robot.id);
+            return Ok(session);
+        }
         let robot = robot.clone();
         // A robot without a session here has its load counted now, outside the registry.
-        let in_flight = if self.pulses.has_session(robot.id) {
-            None
-        } else {
-            Some(self.store.robot_in_flight_count(robot.id).await?)
-        };
+        let in_flight = Some(self.store.robot_in_flight_count(robot.id).await?);
         self.registry
             .call(
                 |reply| RobotRegistryMsg::Connect {
@@ -235,6 +237,29 @@ impl Dispatcher {
         lease: Option<&str>,
         action: &RobotAction,
     ) -> Result<ItemState, DispatchError> {
+        self.send_act(robot_id, item_id, lease, action, false).await
+    }
+
+    /// As [`Dispatcher::act`], but an item already final refuses every action, a repeat of the
+    /// one that finished it too (`TransitionError::Illegal`): the prototype's API answered 403
+    /// to any change of a finished item.
+    pub async fn act_once(
+        &self,
+        robot_id: i64,
+        item_id: i64,
+        action: &RobotAction,
+    ) -> Result<ItemState, DispatchError> {
+        self.send_act(robot_id, item_id, None, action, true).await
+    }
+
+    async fn send_act(
+        &self,
+        robot_id: i64,
+        item_id: i64,
+        lease: Option<&str>,
+        action: &RobotAction,
+        once: bool,
+    ) -> Result<ItemState, DispatchError> {
         let lease = lease.map(str::to_string);
         let action = action.clone();
         self.batcher
@@ -245,6 +270,7 @@ impl Dispatcher {
                         item_id,
                         lease,
                         action,
+                        once,
                         reply,
                     })
                 },

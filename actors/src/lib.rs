@@ -11,6 +11,7 @@ pub mod csv_ingest;
 pub mod dispatcher;
 pub mod domain;
 pub mod error;
+pub mod gather;
 pub mod ingest;
 pub mod lifecycle;
 pub mod recovery;

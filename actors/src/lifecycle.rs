@@ -295,7 +295,8 @@ fn lease_matches(item: &ItemState, lease: Option<&str>) -> bool {
     }
 }
 
-fn action_name(action: &RobotAction) -> &'static str {
+/// The verb of `action` as error messages use it.
+pub fn action_name(action: &RobotAction) -> &'static str {
     match action {
         RobotAction::Start => "started",
         RobotAction::Renew => "renewed",

@@ -8,10 +8,13 @@
 //! items), each request is retried alone, in order.
 
 use crate::dispatcher::DispatchError;
-use crate::domain::{Clock, ItemStatus};
+use crate::domain::{Clock, ItemStatus, Millis};
 use crate::error::StoreError;
+use crate::gather::flush_later;
 use crate::lifecycle::Policy;
-use crate::lifecycle::{ItemState, Plan, RobotAction, plan_robot_action};
+use crate::lifecycle::{
+    ItemState, Plan, RobotAction, TransitionError, action_name, plan_robot_action,
+};
 use crate::recovery::PolicyDefaults;
 use crate::robot_registry::RobotRegistryMsg;
 use crate::store::{PendingItem, Store};
@@ -38,7 +41,30 @@ pub struct ActRequest {
     pub item_id: i64,
     pub lease: Option<String>,
     pub action: RobotAction,
+    /// A final item refuses every action, a repeat of the one that finished it too.
+    pub once: bool,
     pub reply: RpcReplyPort<Result<ItemState, DispatchError>>,
+}
+
+impl ActRequest {
+    /// Plans this request on `old`.
+    fn plan(&self, old: &ItemState, policy: &Policy, now: Millis) -> Result<Plan, TransitionError> {
+        if self.once && old.status.is_final() && old.robot_id == Some(self.robot_id) {
+            return Err(TransitionError::Illegal {
+                item: old.id,
+                from: old.status,
+                action: action_name(&self.action),
+            });
+        }
+        plan_robot_action(
+            old,
+            self.robot_id,
+            self.lease.as_deref(),
+            &self.action,
+            policy,
+            now,
+        )
+    }
 }
 
 /// Messages of the [`TransitionBatcher`].
@@ -60,7 +86,8 @@ pub struct BatcherArgs {
     pub defaults: PolicyDefaults,
     pub registry: ActorRef<RobotRegistryMsg>,
     pub director: ActorRef<TaskDirectorMsg>,
-    /// How long a batch gathers before it is written.
+    /// How long a batch gathers before it is written (zero: it holds what arrived while the
+    /// previous batch was written, see [`crate::gather`]).
     pub delay: Duration,
 }
 
@@ -143,14 +170,7 @@ impl BatcherState {
                 .ok_or(DispatchError::ItemNotFound(request.item_id))?;
             let policy = store.task_policy(old.task_id, self.args.defaults).await?;
             let now = self.args.clock.now();
-            let plan = plan_robot_action(
-                &old,
-                request.robot_id,
-                request.lease.as_deref(),
-                &request.action,
-                &policy,
-                now,
-            )?;
+            let plan = request.plan(&old, &policy, now)?;
             let new = match plan {
                 Plan::Unchanged => return Ok(old),
                 Plan::Write(new) => *new,
@@ -230,14 +250,7 @@ impl BatcherState {
                 unplanned.push(request);
                 continue;
             };
-            let plan = plan_robot_action(
-                old,
-                request.robot_id,
-                request.lease.as_deref(),
-                &request.action,
-                policy,
-                now,
-            );
+            let plan = request.plan(old, policy, now);
             let outcome = match plan {
                 Err(err) => Err(err.into()),
                 Ok(Plan::Unchanged) => Ok(old.clone()),
@@ -312,7 +325,7 @@ impl Actor for TransitionBatcher {
                     state.flush().await;
                 } else if !state.flush_scheduled {
                     state.flush_scheduled = true;
-                    myself.send_after(state.args.delay, || BatcherMsg::Flush);
+                    flush_later(&myself, state.args.delay, || BatcherMsg::Flush);
                 }
             }
             BatcherMsg::Flush => {

@@ -88,7 +88,7 @@ impl Node {
                 lease_ttl: config.lease_ttl,
                 sweep_period: config.sweep_period,
                 backoff_base: config.retry_backoff,
-                dispatch_delay: Duration::from_millis(2),
+                dispatch_delay: Duration::ZERO,
                 clock: Clock::system(),
             },
         )

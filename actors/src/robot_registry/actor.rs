@@ -3,6 +3,7 @@
 use super::model::{LoadBoard, RobotSlot, TaskDemand};
 use super::pulses::{PulseBoard, PulseWriter};
 use crate::domain::{Clock, Millis, Robot, RobotStatus};
+use crate::gather::flush_later;
 use crate::recovery::{self, PolicyDefaults, Released};
 use crate::robot_session::{RobotSession, RobotSessionArgs, RobotSessionMsg};
 use crate::store::{RobotPatch, Store};
@@ -135,7 +136,9 @@ impl RegistryState {
     fn schedule_dispatch(&mut self, myself: &ActorRef<RobotRegistryMsg>) {
         if !self.dispatch_scheduled {
             self.dispatch_scheduled = true;
-            myself.send_after(self.args.dispatch_delay, || RobotRegistryMsg::Dispatch);
+            flush_later(myself, self.args.dispatch_delay, || {
+                RobotRegistryMsg::Dispatch
+            });
         }
     }
 
@@ -224,7 +227,7 @@ impl RegistryState {
             self.by_actor.remove(&session.actor.get_id());
         }
         self.pulse_writer.forget(robot_id);
-        self.args.pulses.set_session(robot_id, false);
+        self.args.pulses.set_session(robot_id, None);
         self.board.robots.remove(&robot_id);
         session
     }
@@ -331,6 +334,7 @@ async fn handle_message(
                 let (actor, _) =
                     Actor::spawn_linked(None, RobotSession, args, myself.get_cell()).await?;
                 state.by_actor.insert(actor.get_id(), robot_id);
+                state.args.pulses.set_session(robot_id, Some(actor.clone()));
                 state.sessions.insert(
                     robot_id,
                     Session {
@@ -346,7 +350,6 @@ async fn handle_message(
                     .board
                     .robots
                     .insert(robot_id, RegistryState::slot_from(&robot, in_flight, stamp));
-                state.args.pulses.set_session(robot_id, true);
             }
             state.apply_settings(&robot);
             if let Some(session) = state.sessions.get(&robot_id) {

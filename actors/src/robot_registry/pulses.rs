@@ -12,8 +12,10 @@
 //! waits on the store for a pulse.
 
 use crate::domain::Millis;
+use crate::robot_session::RobotSessionMsg;
 use crate::store::Store;
-use std::collections::{HashMap, HashSet};
+use ractor::ActorRef;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tracing::warn;
@@ -22,7 +24,7 @@ use tracing::warn;
 #[derive(Debug, Clone, Default)]
 pub struct PulseBoard {
     fresh: Arc<Mutex<HashMap<i64, Millis>>>,
-    sessions: Arc<Mutex<HashSet<i64>>>,
+    sessions: Arc<Mutex<HashMap<i64, ActorRef<RobotSessionMsg>>>>,
 }
 
 impl PulseBoard {
@@ -43,17 +45,27 @@ impl PulseBoard {
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(&robot_id)
+            .contains_key(&robot_id)
     }
 
-    /// The registry's record of which robots have a session.
-    pub(super) fn set_session(&self, robot_id: i64, open: bool) {
+    /// The session of `robot_id` on this node, if it has one (as of the registry's last
+    /// change). A request from a robot with a session reaches it through here, without a
+    /// registry message.
+    pub fn session(&self, robot_id: i64) -> Option<ActorRef<RobotSessionMsg>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&robot_id)
+            .cloned()
+    }
+
+    /// The registry's record of which robots have a session: `Some` opens, `None` closes.
+    pub(super) fn set_session(&self, robot_id: i64, session: Option<ActorRef<RobotSessionMsg>>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if open {
-            sessions.insert(robot_id);
-        } else {
-            sessions.remove(&robot_id);
-        }
+        match session {
+            Some(actor) => sessions.insert(robot_id, actor),
+            None => sessions.remove(&robot_id),
+        };
     }
 }
 
@@ -122,13 +134,42 @@ mod tests {
         assert!(board.take().is_empty());
     }
 
-    #[test]
-    fn the_board_lists_open_sessions() {
+    /// Stands in for a robot session: the board only keeps and hands out its address.
+    struct Idle;
+
+    impl ractor::Actor for Idle {
+        type Msg = RobotSessionMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            _args: (),
+        ) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_board_lists_open_sessions_and_hands_them_out() {
         let board = PulseBoard::default();
         assert!(!board.has_session(7));
-        board.clone().set_session(7, true);
+        assert!(board.session(7).is_none());
+        let (actor, handle) = ractor::Actor::spawn(None, Idle, ())
+            .await
+            .expect("spawn a stand-in session");
+        board.clone().set_session(7, Some(actor.clone()));
         assert!(board.has_session(7));
-        board.set_session(7, false);
+        assert_eq!(
+            board.session(7).map(|a| a.get_id()),
+            Some(actor.get_id()),
+            "the board hands out the session it was given"
+        );
+        board.set_session(7, None);
         assert!(!board.has_session(7));
+        assert!(board.session(7).is_none());
+        actor.stop(None);
+        let _ = handle.await;
     }
 }

@@ -7,12 +7,17 @@ use crate::error::StoreError;
 use crate::store::{LeasedItem, Store};
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 /// Most held items re-sent to a reconnecting robot (capacity is at most 1,000).
 const MAX_HELD: i64 = 2_000;
+
+/// How long a claim that finds the mailbox empty trusts it before reading the store again.
+/// Deliveries are the normal path; the store read catches one that never arrived (items leased
+/// before this session existed, or a delivery lost to a session restart).
+const RESYNC_AFTER: Duration = Duration::from_secs(1);
 
 /// The session actor.
 #[derive(Debug)]
@@ -87,9 +92,15 @@ impl Connection {
     }
 }
 
-/// Session state: leases already handed out, parked claims, and the WebSocket if one is open.
+/// Session state: items delivered and not yet claimed, leases already handed out, parked
+/// claims, and the WebSocket if one is open.
 pub struct SessionState {
     args: RobotSessionArgs,
+    /// Items leased to the robot and delivered here, not handed out yet (REST claims take
+    /// them without reading the store).
+    mailbox: Vec<LeasedItem>,
+    /// When claims last read the robot's leased items from the store.
+    synced_at: Option<Instant>,
     handed: HashSet<String>,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
@@ -101,6 +112,7 @@ impl std::fmt::Debug for SessionState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionState")
             .field("robot_id", &self.args.robot_id)
+            .field("mailbox", &self.mailbox.len())
             .field("handed", &self.handed.len())
             .field("waiters", &self.waiters.len())
             .field("websocket", &self.ws.is_some())
@@ -123,6 +135,38 @@ impl SessionState {
         }
         *items = rest;
         out
+    }
+
+    /// Whether a claim must read the store first: the session never has, or the mailbox is
+    /// empty and was last checked against the store a while ago, or the record of handed
+    /// leases (pruned only by a store read) has grown well past the robot's capacity.
+    fn needs_sync(&self, max: usize) -> bool {
+        let stale = self.synced_at.is_none_or(|at| at.elapsed() >= RESYNC_AFTER);
+        (stale && self.mailbox.is_empty())
+            || self.handed.len() > 4 * self.args.capacity.max(max) + 64
+    }
+
+    /// Reads the robot's ASSIGNED items from the store: those not handed out join the mailbox,
+    /// and handed leases that are no longer ASSIGNED (started, finished, lost) are forgotten.
+    async fn sync(&mut self) -> Result<(), StoreError> {
+        let limit = (self.args.capacity as i64).max(1) * 2 + self.mailbox.len() as i64;
+        let mut leased = self
+            .args
+            .store
+            .leased_items_of(self.args.robot_id, limit)
+            .await?;
+        let live: HashSet<String> = leased.iter().map(LeasedItem::lease_key).collect();
+        self.handed.retain(|key| live.contains(key));
+        self.mailbox.retain(|item| live.contains(&item.lease_key()));
+        let queued: HashSet<String> = self.mailbox.iter().map(LeasedItem::lease_key).collect();
+        leased.retain(|item| {
+            !self.handed.contains(&item.lease_key()) && !queued.contains(&item.lease_key())
+        });
+        fill_process_ids(&self.args.store, &mut leased).await?;
+        self.mailbox.extend(leased);
+        self.mailbox.sort_by_key(|item| item.id);
+        self.synced_at = Some(Instant::now());
+        Ok(())
     }
 
     /// Pushes `items` not handed out yet over the WebSocket. A robot that stopped reading is
@@ -186,6 +230,8 @@ impl Actor for RobotSession {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SessionState {
             args,
+            mailbox: Vec::new(),
+            synced_at: None,
             handed: HashSet::new(),
             waiters: VecDeque::new(),
             next_waiter: 0,
@@ -213,6 +259,7 @@ impl Actor for RobotSession {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RobotSessionMsg::Deliver { mut items } => {
+                items.retain(|item| !state.handed.contains(&item.lease_key()));
                 if state.ws.is_some() {
                     state.push_items(&mut items);
                 }
@@ -228,25 +275,25 @@ impl Actor for RobotSession {
                     // A waiter that gave up (closed port) loses nothing: its items stay leased
                     // and are handed to the next claim.
                     let keys: Vec<String> = given.iter().map(LeasedItem::lease_key).collect();
-                    if waiter.reply.send(given).is_err() {
+                    if let Err(err) = waiter.reply.send(given) {
                         for key in keys {
                             state.handed.remove(&key);
                         }
+                        if let ractor::MessagingErr::SendErr(given) = err {
+                            state.mailbox.extend(given);
+                        }
                     }
                 }
+                // What no connection or waiter took waits for the next claim.
+                state.mailbox.extend(items);
             }
             RobotSessionMsg::Claim { max, wait, reply } => {
-                let limit = state.args.capacity.max(max) as i64 * 2;
-                let mut leased = state
-                    .args
-                    .store
-                    .leased_items_of(state.args.robot_id, limit)
-                    .await?;
-                // Forget handed leases that are no longer ASSIGNED (started, finished, lost).
-                let live: HashSet<String> = leased.iter().map(LeasedItem::lease_key).collect();
-                state.handed.retain(|key| live.contains(key));
-                let mut given = state.take_new(&mut leased, max);
-                fill_process_ids(&state.args.store, &mut given).await?;
+                if state.needs_sync(max) {
+                    state.sync().await?;
+                }
+                let mut mailbox = std::mem::take(&mut state.mailbox);
+                let given = state.take_new(&mut mailbox, max);
+                state.mailbox = mailbox;
                 if !given.is_empty() || wait.is_zero() {
                     let _ = reply.send(given);
                 } else {
@@ -295,6 +342,7 @@ impl Actor for RobotSession {
                 );
                 // A new connection knows nothing yet: send everything the robot holds.
                 state.handed.clear();
+                state.mailbox.clear();
                 let mut held = state
                     .args
                     .store
@@ -311,6 +359,7 @@ impl Actor for RobotSession {
             }
             RobotSessionMsg::Revoke { item_ids } => {
                 let revoked: HashSet<i64> = item_ids.iter().copied().collect();
+                state.mailbox.retain(|item| !revoked.contains(&item.id));
                 state.handed.retain(|key| {
                     let id = key.split_once(':').and_then(|(id, _)| id.parse().ok());
                     id.is_none_or(|id| !revoked.contains(&id))

@@ -2,6 +2,7 @@
 
 use super::queue::PendingQueue;
 use crate::domain::Clock;
+use crate::gather::flush_later;
 use crate::lifecycle::new_lease_id;
 use crate::robot_registry::RobotRegistryMsg;
 use crate::robot_session::RobotSessionMsg;
@@ -31,6 +32,8 @@ pub struct GrantRequest {
 pub enum TaskMsg {
     /// Lease items to robots as the registry granted.
     Lease { grants: Vec<GrantRequest> },
+    /// Write the leases gathered so far (sent to itself, see [`crate::gather`]).
+    LeaseGathered,
     /// Items of this task went back to PENDING.
     Requeued { items: Vec<PendingItem> },
     /// Timer: release items whose backoff ended.
@@ -57,6 +60,8 @@ pub struct TaskState {
     args: TaskArgs,
     queue: PendingQueue,
     timer: JoinHandle<()>,
+    /// Grants received and not yet written.
+    gathered: Vec<GrantRequest>,
 }
 
 impl TaskState {
@@ -72,6 +77,63 @@ impl TaskState {
                 .pending_in_range(self.args.task_id, from, to)
                 .await?;
             self.queue.scanned(to, &found, self.args.clock.now());
+        }
+        Ok(())
+    }
+
+    /// Leases items for `grants` in one write, delivers them, and tells the registry which
+    /// slots went unused.
+    async fn lease(
+        &mut self,
+        myself: &ActorRef<TaskMsg>,
+        grants: Vec<GrantRequest>,
+    ) -> Result<(), ActorProcessingErr> {
+        let wanted: i64 = grants.iter().map(|g| g.count).sum();
+        self.fill(wanted as usize).await?;
+        let now = self.args.clock.now();
+        let expires = now + self.args.lease_ttl.as_millis() as i64;
+        let store_grants: Vec<Grant> = grants
+            .iter()
+            .map(|g| Grant {
+                robot_id: g.robot_id,
+                item_ids: self.queue.take(g.count as usize),
+                lease_id: new_lease_id(g.robot_id),
+                lease_expires_at: expires,
+            })
+            .collect();
+        let leased = self
+            .args
+            .store
+            .assign_items(self.args.task_id, &store_grants, now)
+            .await?;
+        let mut unused = Vec::new();
+        for (grant, mut items) in grants.iter().zip(leased) {
+            for item in &mut items {
+                item.process_id = Some(self.args.process_id);
+            }
+            let got = items.len() as i64;
+            if got < grant.count {
+                unused.push((grant.robot_id, grant.count - got));
+            }
+            if !items.is_empty() {
+                // A session that ended meanwhile loses nothing: the lease stays in the
+                // store and is released when the robot is declared lost.
+                let _ = grant
+                    .session
+                    .send_message(RobotSessionMsg::Deliver { items });
+            }
+        }
+        self.fill(READY_TARGET).await?;
+        debug!(task_id = self.args.task_id, wanted, ?unused, "leased");
+        self.args
+            .registry
+            .send_message(RobotRegistryMsg::GrantsSettled {
+                task_id: self.args.task_id,
+                unused,
+                pending: self.queue.ready_len() as i64,
+            })?;
+        if self.queue.is_exhausted() {
+            myself.stop(Some("no pending items".into()));
         }
         Ok(())
     }
@@ -106,6 +168,7 @@ impl Actor for TaskActor {
             args,
             queue: PendingQueue::new(ranges),
             timer,
+            gathered: Vec::new(),
         };
         state.fill(READY_TARGET).await?;
         state.announce(&myself)?;
@@ -129,54 +192,15 @@ impl Actor for TaskActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             TaskMsg::Lease { grants } => {
-                let wanted: i64 = grants.iter().map(|g| g.count).sum();
-                state.fill(wanted as usize).await?;
-                let now = state.args.clock.now();
-                let expires = now + state.args.lease_ttl.as_millis() as i64;
-                let store_grants: Vec<Grant> = grants
-                    .iter()
-                    .map(|g| Grant {
-                        robot_id: g.robot_id,
-                        item_ids: state.queue.take(g.count as usize),
-                        lease_id: new_lease_id(g.robot_id),
-                        lease_expires_at: expires,
-                    })
-                    .collect();
-                let leased = state
-                    .args
-                    .store
-                    .assign_items(state.args.task_id, &store_grants, now)
-                    .await?;
-                let mut unused = Vec::new();
-                for (grant, mut items) in grants.iter().zip(leased) {
-                    for item in &mut items {
-                        item.process_id = Some(state.args.process_id);
-                    }
-                    let got = items.len() as i64;
-                    if got < grant.count {
-                        unused.push((grant.robot_id, grant.count - got));
-                    }
-                    if !items.is_empty() {
-                        // A session that ended meanwhile loses nothing: the lease stays in the
-                        // store and is released when the robot is declared lost.
-                        let _ = grant
-                            .session
-                            .send_message(RobotSessionMsg::Deliver { items });
-                    }
+                // Grants that arrive while a lease is written go out together in the next one.
+                if state.gathered.is_empty() {
+                    flush_later(&myself, Duration::ZERO, || TaskMsg::LeaseGathered);
                 }
-                state.fill(READY_TARGET).await?;
-                debug!(task_id = state.args.task_id, wanted, ?unused, "leased");
-                state
-                    .args
-                    .registry
-                    .send_message(RobotRegistryMsg::GrantsSettled {
-                        task_id: state.args.task_id,
-                        unused,
-                        pending: state.queue.ready_len() as i64,
-                    })?;
-                if state.queue.is_exhausted() {
-                    myself.stop(Some("no pending items".into()));
-                }
+                state.gathered.extend(grants);
+            }
+            TaskMsg::LeaseGathered => {
+                let grants = std::mem::take(&mut state.gathered);
+                state.lease(&myself, grants).await?;
             }
             TaskMsg::Requeued { items } => {
                 state.queue.push(&items, state.args.clock.now());

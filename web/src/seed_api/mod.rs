@@ -250,24 +250,24 @@ async fn patch_items(robot: Robot, params: Params, state: AppState) -> Result<Re
             ));
         }
     };
-    let current = state
-        .store
-        .item_state(item_id)
-        .await?
-        .ok_or_else(|| Detail(StatusCode::NOT_FOUND, format!("item {item_id} not found")))?;
-    if current.status.is_final() {
-        return Err(Detail(
-            StatusCode::FORBIDDEN,
-            format!(
-                "item {item_id} is already {}",
-                views::seed_status(current.status)
-            ),
-        ));
-    }
+    // One batched write, no read first: the batcher refuses a finished item (and an unknown one).
     state
         .dispatcher
-        .act(robot.id, item_id, None, &action)
+        .act_once(robot.id, item_id, &action)
         .await
-        .map_err(Detail::from)?;
+        .map_err(|err| match err {
+            DispatchError::Transition(TransitionError::Illegal { item, from, .. })
+                if from.is_final() =>
+            {
+                Detail(
+                    StatusCode::FORBIDDEN,
+                    format!("item {item} is already {}", views::seed_status(from)),
+                )
+            }
+            DispatchError::ItemNotFound(item) => {
+                Detail(StatusCode::NOT_FOUND, format!("item {item} not found"))
+            }
+            other => Detail::from(other),
+        })?;
     Ok(empty_ok())
 }
