@@ -284,3 +284,116 @@ async fn actions_on_one_item_in_one_batch_apply_in_the_order_sent() -> Result<()
     assert_eq!(load[0].in_flight, 1, "the item left the robot's load once");
     Ok(())
 }
+
+/// A REST robot's claims are served from what dispatch delivered to its session: each lease is
+/// handed out once, a long-poll claim wakes for the item leased after a completion, and an item
+/// taken back while it waited in the session (the robot was drained) is never handed out.
+#[tokio::test]
+async fn claims_hand_out_delivered_leases_once_and_never_revoked_ones() -> Result<()> {
+    let rig = Rig::new(5, 2, Duration::from_secs(3600), Duration::from_secs(300)).await?;
+    let robot = &rig.robot;
+    let ids = |items: &[orchestrator_actors::store::LeasedItem]| {
+        let mut ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+        ids.sort();
+        ids
+    };
+    rig.dispatcher.connect(robot).await?;
+    rig.dispatcher.task_ready(rig.task_id);
+    let held = rig.held(2).await?;
+    let first = rig.dispatcher.claim(robot, 10, Duration::ZERO).await?;
+    assert_eq!(
+        ids(&first),
+        held.iter().map(|i| i.id).collect::<Vec<_>>(),
+        "the claim hands out both leased items"
+    );
+    assert!(
+        first.iter().all(|i| i.process_id.is_some()),
+        "delivered items carry their process"
+    );
+    assert!(
+        rig.dispatcher
+            .claim(robot, 10, Duration::ZERO)
+            .await?
+            .is_empty(),
+        "a lease is handed out once"
+    );
+
+    // A completion frees a slot; a claim already waiting gets the next item.
+    let finish = |item: &orchestrator_actors::store::LeasedItem| {
+        let (dispatcher, id, lease) = (rig.dispatcher.clone(), item.id, item.lease_id.clone());
+        async move {
+            dispatcher
+                .act(robot.id, id, Some(&lease), &RobotAction::Start)
+                .await?;
+            let complete = RobotAction::Complete {
+                observation: None,
+                output: None,
+            };
+            dispatcher.act(robot.id, id, Some(&lease), &complete).await
+        }
+    };
+    let waiting = {
+        let (dispatcher, robot) = (rig.dispatcher.clone(), robot.clone());
+        tokio::spawn(async move { dispatcher.claim(&robot, 10, Duration::from_secs(10)).await })
+    };
+    finish(&first[0]).await?;
+    let next = waiting.await??;
+    assert_eq!(next.len(), 1, "the waiting claim gets the one freed slot");
+    assert!(!ids(&first).contains(&next[0].id));
+
+    // Another completion: its replacement waits in the session, unclaimed, until a drain takes
+    // it back. The next claim must not hand it out.
+    finish(&first[1]).await?;
+    eventually(Duration::from_secs(10), || async {
+        let items = rig.store.robot_items_in_flight(robot.id).await?;
+        Ok((items
+            .iter()
+            .filter(|i| i.status == ItemStatus::Assigned)
+            .count()
+            == 2)
+            .then_some(()))
+    })
+    .await?;
+    let patch = RobotPatch {
+        status: Some(RobotStatus::Inactive),
+        ..RobotPatch::default()
+    };
+    let drained = rig
+        .store
+        .update_robot(robot.id, &patch)
+        .await?
+        .expect("robot");
+    rig.dispatcher.robot_changed(&drained);
+    rig.held(0).await?;
+    assert!(
+        rig.dispatcher
+            .claim(&drained, 10, Duration::from_millis(300))
+            .await?
+            .is_empty(),
+        "a drained robot's revoked items are not handed out"
+    );
+
+    // Active again: fresh leases arrive and are handed out.
+    let patch = RobotPatch {
+        status: Some(RobotStatus::Active),
+        ..RobotPatch::default()
+    };
+    let active = rig
+        .store
+        .update_robot(robot.id, &patch)
+        .await?
+        .expect("robot");
+    rig.dispatcher.robot_changed(&active);
+    let again = rig
+        .dispatcher
+        .claim(&active, 10, Duration::from_secs(10))
+        .await?;
+    assert!(!again.is_empty(), "an active robot gets work again");
+    let stored = rig.held(2).await?;
+    for item in &again {
+        let state = stored.iter().find(|s| s.id == item.id).expect("held");
+        assert_eq!(state.lease_id.as_deref(), Some(item.lease_id.as_str()));
+        assert_eq!(state.status, ItemStatus::Assigned);
+    }
+    Ok(())
+}
