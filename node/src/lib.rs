@@ -19,10 +19,9 @@ use orchestrator_actors::store::NewUser;
 use orchestrator_actors::upload_sweeper::{UploadSweeper, UploadSweeperArgs, UploadSweeperMsg};
 use orchestrator_actors::{Store, StoreError};
 use orchestrator_web::auth::JwtKeys;
-use orchestrator_web::{AppState, WebConfig};
+use orchestrator_web::{AppParts, AppState, WebConfig};
 use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -94,17 +93,17 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Actor(e.to_string()))?;
-        let state = AppState {
+        let state = AppState::new(AppParts {
             store: store.clone(),
             dispatcher: dispatcher.clone(),
-            jwt: Arc::new(JwtKeys::new(&secret)),
-            config: Arc::new(WebConfig {
+            jwt: JwtKeys::new(&secret),
+            config: WebConfig {
                 max_upload_bytes: config.max_upload_bytes,
                 max_json_bytes: 1 << 20,
                 jwt_ttl: config.jwt_ttl,
                 pulse_timeout: config.pulse_timeout,
-            }),
-        };
+            },
+        });
         let listener = listen(config.listen).map_err(|source| NodeError::Bind {
             addr: config.listen,
             source,

@@ -132,8 +132,10 @@ struct Fleet {
     assign_ms: Mutex<Vec<f64>>,
     next_item_ms: Mutex<Vec<f64>>,
     stop: AtomicBool,
-    /// Completions allowed so far by `--rate`.
+    /// When `--rate` pacing began.
     started_at: Mutex<Option<Instant>>,
+    /// Completion slots handed out by `--rate` pacing so far.
+    paced: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -223,7 +225,10 @@ impl Fleet {
         self.completions.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Waits so that completions stay under `rate` per second.
+    /// Waits for this robot's turn so that completions are sent at `rate` per second, evenly
+    /// spaced: each call takes the next slot (slot k is due k / rate seconds after the first).
+    /// Counting accepted completions instead let every robot that woke before the acks came
+    /// back through at once, so the node saw bursts of a whole fleet's completions.
     async fn pace(&self, rate: f64) {
         if rate <= 0.0 {
             return;
@@ -233,8 +238,8 @@ impl Fleet {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(Instant::now);
-        let done = self.completions.load(Ordering::Relaxed) as f64;
-        let due = start + Duration::from_secs_f64(done / rate);
+        let slot = self.paced.fetch_add(1, Ordering::Relaxed) as f64;
+        let due = start + Duration::from_secs_f64(slot / rate);
         tokio::time::sleep_until(due.into()).await;
     }
 }

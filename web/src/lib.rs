@@ -21,7 +21,7 @@ pub mod state;
 pub mod user_api;
 pub mod views;
 
-pub use state::{AppState, WebConfig};
+pub use state::{AppParts, AppState, WebConfig};
 
 use warp::Filter;
 use warp::Reply;
