@@ -84,12 +84,28 @@ impl Dispatcher {
         )
         .await
         .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
+        // The batcher writes every item change, leases included, so it starts first; it learns
+        // of the director once that exists, before any robot action can reach it.
+        let (batcher, _) = Actor::spawn(
+            None,
+            TransitionBatcher,
+            BatcherArgs {
+                store: store.clone(),
+                clock: config.clock.clone(),
+                defaults,
+                registry: registry.clone(),
+                delay: config.dispatch_delay,
+            },
+        )
+        .await
+        .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
         let (director, _) = Actor::spawn(
             None,
             TaskDirector,
             TaskDirectorArgs {
                 store: store.clone(),
                 registry: registry.clone(),
+                batcher: batcher.clone(),
                 default_lease_ttl: config.lease_ttl,
                 clock: config.clock.clone(),
             },
@@ -101,20 +117,11 @@ impl Dispatcher {
                 director: director.clone(),
             })
             .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
-        let (batcher, _) = Actor::spawn(
-            None,
-            TransitionBatcher,
-            BatcherArgs {
-                store: store.clone(),
-                clock: config.clock.clone(),
-                defaults,
-                registry: registry.clone(),
+        batcher
+            .send_message(BatcherMsg::AttachDirector {
                 director: director.clone(),
-                delay: config.dispatch_delay,
-            },
-        )
-        .await
-        .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
+            })
+            .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
         Ok(Dispatcher {
             store,
             registry,

@@ -6,6 +6,11 @@
 //! the order they arrived, each on the state the one before left, and the item is written once,
 //! from its stored state to the last. If the batch loses a race (a sweep changed one of its
 //! items), each request is retried alone, in order.
+//!
+//! The batcher is also the node's one writer of leases: a TaskActor's grants join the next
+//! batch, so the completion that frees a robot's slot and the lease that refills it usually
+//! share a transaction. A dispatch round no longer waits behind robot actions for the chunk
+//! lock, and a busy node commits once per round instead of twice.
 
 use crate::dispatcher::DispatchError;
 use crate::domain::{Clock, ItemStatus, Millis};
@@ -17,7 +22,7 @@ use crate::lifecycle::{
 };
 use crate::recovery::PolicyDefaults;
 use crate::robot_registry::RobotRegistryMsg;
-use crate::store::{PendingItem, Store};
+use crate::store::{Grant, LeasedItem, PendingItem, Store};
 use crate::task_director::TaskDirectorMsg;
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
 use std::collections::{HashMap, HashSet};
@@ -67,12 +72,25 @@ impl ActRequest {
     }
 }
 
+/// A task's grants, to lease in the next batch.
+#[derive(Debug)]
+pub struct LeaseRequest {
+    pub task_id: i64,
+    pub grants: Vec<Grant>,
+    /// What each grant got (items no longer PENDING are skipped).
+    pub reply: RpcReplyPort<Result<Vec<Vec<LeasedItem>>, StoreError>>,
+}
+
 /// Messages of the [`TransitionBatcher`].
 #[derive(Debug)]
 pub enum BatcherMsg {
+    /// Hands the batcher the director to tell about items that went back to PENDING.
+    AttachDirector { director: ActorRef<TaskDirectorMsg> },
     /// Apply a robot's action; the reply carries the item's new state or why not.
     Act(ActRequest),
-    /// Timer: write what has gathered.
+    /// Lease items of a task in the next batch.
+    Lease(LeaseRequest),
+    /// Write what has gathered.
     Flush,
 }
 
@@ -85,7 +103,6 @@ pub struct BatcherArgs {
     pub clock: Clock,
     pub defaults: PolicyDefaults,
     pub registry: ActorRef<RobotRegistryMsg>,
-    pub director: ActorRef<TaskDirectorMsg>,
     /// How long a batch gathers before it is written (zero: it holds what arrived while the
     /// previous batch was written, see [`crate::gather`]).
     pub delay: Duration,
@@ -95,7 +112,9 @@ pub struct BatcherArgs {
 #[derive(Debug)]
 pub struct BatcherState {
     args: BatcherArgs,
+    director: Option<ActorRef<TaskDirectorMsg>>,
     gathered: Vec<ActRequest>,
+    leases: Vec<LeaseRequest>,
     flush_scheduled: bool,
     /// Recently read policies by task, with when they were read.
     policies: HashMap<i64, (Instant, Policy)>,
@@ -104,7 +123,7 @@ pub struct BatcherState {
 /// Tells the registry and the director what a transition changed.
 pub fn notify_transition(
     registry: &ActorRef<RobotRegistryMsg>,
-    director: &ActorRef<TaskDirectorMsg>,
+    director: Option<&ActorRef<TaskDirectorMsg>>,
     old: &ItemState,
     new: &ItemState,
 ) {
@@ -115,7 +134,9 @@ pub fn notify_transition(
     {
         let _ = registry.send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count: 1 });
     }
-    if new.status == ItemStatus::Pending {
+    if new.status == ItemStatus::Pending
+        && let Some(director) = director
+    {
         let _ = director.send_message(TaskDirectorMsg::Requeued {
             task_id: new.task_id,
             items: vec![PendingItem {
@@ -127,6 +148,13 @@ pub fn notify_transition(
 }
 
 impl BatcherState {
+    fn schedule_flush(&mut self, myself: &ActorRef<BatcherMsg>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            flush_later(myself, self.args.delay, || BatcherMsg::Flush);
+        }
+    }
+
     /// The policies of `task_ids`, read again once older than [`POLICY_TTL`].
     async fn policies(
         &mut self,
@@ -179,7 +207,7 @@ impl BatcherState {
                 .apply_transitions(&[(old.clone(), new.clone())], now)
                 .await?
             {
-                notify_transition(&self.args.registry, &self.args.director, &old, &new);
+                notify_transition(&self.args.registry, self.director.as_ref(), &old, &new);
                 return Ok(new);
             }
         }
@@ -191,7 +219,8 @@ impl BatcherState {
 
     async fn flush(&mut self) {
         let batch: Vec<ActRequest> = std::mem::take(&mut self.gathered);
-        let leftovers = match self.write_batch(batch).await {
+        let mut leases: Vec<LeaseRequest> = std::mem::take(&mut self.leases);
+        let leftovers = match self.write_batch(batch, &mut leases).await {
             Ok(leftovers) => leftovers,
             Err((requests, err)) => {
                 let message = err.to_string();
@@ -203,6 +232,16 @@ impl BatcherState {
                 Vec::new()
             }
         };
+        // Leases the batch did not write (it failed or lost a race) go on their own.
+        for lease in leases {
+            let now = self.args.clock.now();
+            let outcome = self
+                .args
+                .store
+                .assign_items(lease.task_id, &lease.grants, now)
+                .await;
+            let _ = lease.reply.send(outcome);
+        }
         for request in leftovers {
             let outcome = self.act_alone(&request).await;
             let _ = request.reply.send(outcome);
@@ -210,11 +249,13 @@ impl BatcherState {
     }
 
     /// Writes what it can in one transaction; returns the requests to retry alone.
+    /// `leases` that it writes are answered and taken out; the rest are left for the caller.
     async fn write_batch(
         &mut self,
         requests: Vec<ActRequest>,
+        leases: &mut Vec<LeaseRequest>,
     ) -> Result<Vec<ActRequest>, (Vec<ActRequest>, DispatchError)> {
-        if requests.is_empty() {
+        if requests.is_empty() && leases.is_empty() {
             return Ok(Vec::new());
         }
         let store = self.args.store.clone();
@@ -278,17 +319,24 @@ impl BatcherState {
                 .chain(held.into_iter().map(|(request, _)| request))
                 .collect::<Vec<_>>()
         };
-        match store.apply_transitions(&changes, now).await {
-            Ok(true) => {
+        let grants: Vec<(i64, Vec<Grant>)> = leases
+            .iter()
+            .map(|l| (l.task_id, l.grants.clone()))
+            .collect();
+        match store.write_items(&changes, &grants, now).await {
+            Ok(Some(leased)) => {
                 for (old, new) in &changes {
-                    notify_transition(&self.args.registry, &self.args.director, old, new);
+                    notify_transition(&self.args.registry, self.director.as_ref(), old, new);
                 }
                 for (request, outcome) in held {
                     let _ = request.reply.send(outcome);
                 }
+                for (lease, got) in leases.drain(..).zip(leased) {
+                    let _ = lease.reply.send(Ok(got));
+                }
                 Ok(retry_alone(Vec::new()))
             }
-            Ok(false) => Ok(retry_alone(held)),
+            Ok(None) => Ok(retry_alone(held)),
             Err(err) => Err((retry_alone(held), err.into())),
         }
     }
@@ -306,7 +354,9 @@ impl Actor for TransitionBatcher {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(BatcherState {
             args,
+            director: None,
             gathered: Vec::new(),
+            leases: Vec::new(),
             flush_scheduled: false,
             policies: HashMap::new(),
         })
@@ -319,14 +369,18 @@ impl Actor for TransitionBatcher {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            BatcherMsg::AttachDirector { director } => state.director = Some(director),
             BatcherMsg::Act(request) => {
                 state.gathered.push(request);
                 if state.gathered.len() >= MAX_BATCH {
                     state.flush().await;
-                } else if !state.flush_scheduled {
-                    state.flush_scheduled = true;
-                    flush_later(&myself, state.args.delay, || BatcherMsg::Flush);
+                } else {
+                    state.schedule_flush(&myself);
                 }
+            }
+            BatcherMsg::Lease(lease) => {
+                state.leases.push(lease);
+                state.schedule_flush(&myself);
             }
             BatcherMsg::Flush => {
                 state.flush_scheduled = false;

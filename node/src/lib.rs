@@ -230,12 +230,35 @@ async fn bootstrap_admin(store: &Store, password: Option<&str>) -> Result<(), St
 /// reconnecting at once after a restart overflowed that, and Linux answered some with a reset.
 const LISTEN_BACKLOG: u32 = 8_192;
 
+/// The node's listening socket. `TCP_NODELAY` is set on it, and Linux copies it to every
+/// accepted connection (warp accepts them itself and sets nothing). Without it, the second of
+/// two small WebSocket frames sent back to back (an `ack`, then the next `items`) waited for
+/// the robot to acknowledge the first, which a delayed ACK holds up to 40 ms.
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = match addr {
         std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() -> std::io::Result<()> {
+        let listener = listen("127.0.0.1:0".parse().expect("address"))?;
+        let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (accepted, _) = listener.accept().await?;
+        assert!(
+            accepted.nodelay()?,
+            "TCP_NODELAY is inherited from the listener"
+        );
+        drop(client);
+        Ok(())
+    }
 }

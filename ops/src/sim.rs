@@ -646,7 +646,9 @@ async fn connect_ws(
         request
             .headers_mut()
             .insert("authorization", format!("Token {}", robot.token).parse()?);
-        match tokio_tungstenite::connect_async(request).await {
+        // Nagle off, as production robot stacks have it (Python's asyncio sets TCP_NODELAY):
+        // `started` and `completed` go out back to back.
+        match tokio_tungstenite::connect_async_with_config(request, None, true).await {
             Ok((socket, _)) => return Ok(socket),
             Err(tokio_tungstenite::tungstenite::Error::Io(_)) if attempt < CONNECT_ATTEMPTS => {
                 let pause = 50 * 2u64.pow(attempt) + rand::random_range(0..100);

@@ -10,7 +10,7 @@ use crate::lifecycle::{ItemState, add_counts, count_delta};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Chunks reopened per transaction by retry-failed.
@@ -324,13 +324,56 @@ impl Store {
         changes: &[(ItemState, ItemState)],
         now: Millis,
     ) -> Result<bool, StoreError> {
-        if changes.is_empty() {
-            return Ok(true);
+        Ok(self.write_items(changes, &[], now).await?.is_some())
+    }
+
+    /// Leases PENDING items of `task_id` to robots in one transaction; returns what was leased
+    /// per grant (items that stopped being PENDING meanwhile are skipped).
+    pub async fn assign_items(
+        &self,
+        task_id: i64,
+        grants: &[Grant],
+        now: Millis,
+    ) -> Result<Vec<Vec<LeasedItem>>, StoreError> {
+        let leases = [(task_id, grants.to_vec())];
+        match self.write_items(&[], &leases, now).await? {
+            Some(mut leased) => Ok(leased.pop().unwrap_or_default()),
+            None => Err(StoreError::Database(format!(
+                "could not lease items of task {task_id}: their chunks kept changing"
+            ))),
         }
-        let mut tasks: BTreeMap<i64, TaskDelta> = BTreeMap::new();
+    }
+
+    /// Robot transitions and leases in one transaction (group commit: a completion and the
+    /// lease that refills the robot's slot cost one write). `changes` are compare-and-sets as in
+    /// [`Store::apply_transitions`]; `leases` are grants per task as in [`Store::assign_items`],
+    /// applied to the chunks as the changes leave them. Returns what was leased, per task and
+    /// grant, or `None` when nothing was written because another writer changed one of the
+    /// changed items first (or kept changing their chunks).
+    pub async fn write_items(
+        &self,
+        changes: &[(ItemState, ItemState)],
+        leases: &[(i64, Vec<Grant>)],
+        now: Millis,
+    ) -> Result<Option<Vec<Vec<Vec<LeasedItem>>>>, StoreError> {
+        let lease_ids = || {
+            leases
+                .iter()
+                .flat_map(|(_, g)| g.iter())
+                .flat_map(|g| &g.item_ids)
+        };
+        if changes.is_empty() && lease_ids().next().is_none() {
+            return Ok(Some(
+                leases
+                    .iter()
+                    .map(|(_, g)| vec![Vec::new(); g.len()])
+                    .collect(),
+            ));
+        }
+        let mut deltas: BTreeMap<i64, TaskDelta> = BTreeMap::new();
         for (old, new) in changes {
             add_counts(
-                &mut tasks.entry(old.task_id).or_default().counts,
+                &mut deltas.entry(old.task_id).or_default().counts,
                 &count_delta(old.status, new.status),
             );
         }
@@ -344,107 +387,60 @@ impl Store {
             finished(ItemStatus::Completed),
             finished(ItemStatus::Failed),
         );
-        let ns = chunks_of(changes.iter().map(|(old, _)| old.id));
+        let leasing = chunks_of(lease_ids().copied());
+        let ns = chunks_of(
+            changes
+                .iter()
+                .map(|(old, _)| old.id)
+                .chain(lease_ids().copied()),
+        );
         let mut cached = self.chunk_lock().await;
+        // Payloads never change: read before anything is written, so a failed read leases nothing.
+        let payloads = self.payloads(&leasing).await?;
         for round in 0..STALE_RETRIES {
             self.load(&mut cached, &ns, round > 0).await?;
             let Some(changed) = plan_changes(&mut cached, changes) else {
                 if round == 0 {
                     continue; // the cached copy may be behind another node: read it again
                 }
-                return Ok(false);
+                return Ok(None);
             };
-            if self
-                .write_chunks(&mut cached, changed, &tasks, done, now)
-                .await?
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Leases PENDING items of `task_id` to robots in one transaction; returns what was leased
-    /// per grant (items that stopped being PENDING meanwhile are skipped).
-    pub async fn assign_items(
-        &self,
-        task_id: i64,
-        grants: &[Grant],
-        now: Millis,
-    ) -> Result<Vec<Vec<LeasedItem>>, StoreError> {
-        if grants.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ns = chunks_of(grants.iter().flat_map(|g| g.item_ids.iter().copied()));
-        let mut cached = self.chunk_lock().await;
-        // Payloads never change: read before anything is written, so a failed read leases nothing.
-        let payloads = self.payloads(&ns).await?;
-        for round in 0..STALE_RETRIES {
-            self.load(&mut cached, &ns, round > 0).await?;
-            let mut changed: BTreeMap<i64, Chunk> = BTreeMap::new();
-            let mut leased: Vec<Vec<LeasedItem>> = Vec::with_capacity(grants.len());
-            for grant in grants {
-                let mut got = Vec::new();
-                for id in &grant.item_ids {
-                    let n = chunk_of(*id);
-                    let chunk = match changed.entry(n) {
-                        Entry::Occupied(entry) => entry.into_mut(),
-                        Entry::Vacant(entry) => match cached.get(n) {
-                            Some(chunk) if chunk.task == task_id => entry.insert(chunk.clone()),
-                            _ => continue,
-                        },
-                    };
-                    let Some(slot) = chunk.slot_mut(*id) else {
-                        continue;
-                    };
-                    if slot.status != ItemStatus::Pending {
-                        continue;
-                    }
-                    slot.status = ItemStatus::Assigned;
-                    slot.robot = Some(grant.robot_id);
-                    slot.lease_id = Some(grant.lease_id.clone());
-                    slot.lease_expires_at = Some(grant.lease_expires_at);
-                    slot.attempt += 1;
-                    slot.not_before = None;
-                    let state = chunk.state(*id).ok_or_else(|| {
-                        StoreError::Malformed(format!("item {id} left its chunk"))
-                    })?;
-                    if let Some(item) = leased_item(chunk, &payloads, &state) {
-                        got.push(item);
-                    }
+            let mut dirty: BTreeSet<i64> = changed.iter().map(|c| c.n).collect();
+            let mut chunks: BTreeMap<i64, Chunk> = changed.into_iter().map(|c| (c.n, c)).collect();
+            let mut tasks = deltas.clone();
+            let mut leased = Vec::with_capacity(leases.len());
+            for (task_id, grants) in leases {
+                let per_grant =
+                    lease_pending(&mut cached, &mut chunks, &payloads, *task_id, grants)?;
+                let count: usize = per_grant.iter().map(Vec::len).sum();
+                if count > 0 {
+                    dirty.extend(per_grant.iter().flatten().map(|i| chunk_of(i.id)));
+                    let delta = tasks.entry(*task_id).or_default();
+                    delta.start = true;
+                    delta.counts.pending -= count as i64;
+                    delta.counts.assigned += count as i64;
                 }
-                leased.push(got);
-            }
-            let count: usize = leased.iter().map(Vec::len).sum();
-            if count == 0 {
-                return Ok(leased);
+                leased.push(per_grant);
             }
             // Only the chunks that changed are written.
-            let touched: Vec<i64> = leased.iter().flatten().map(|i| chunk_of(i.id)).collect();
-            changed.retain(|n, _| touched.contains(n));
-            let mut delta = TaskDelta {
-                start: true,
-                ..TaskDelta::default()
-            };
-            delta.counts.pending = -(count as i64);
-            delta.counts.assigned = count as i64;
-            let tasks = BTreeMap::from([(task_id, delta)]);
+            chunks.retain(|n, _| dirty.contains(n));
+            if chunks.is_empty() {
+                return Ok(Some(leased));
+            }
             if self
                 .write_chunks(
                     &mut cached,
-                    changed.into_values().collect(),
+                    chunks.into_values().collect(),
                     &tasks,
-                    (0, 0),
+                    done,
                     now,
                 )
                 .await?
             {
-                return Ok(leased);
+                return Ok(Some(leased));
             }
         }
-        Err(StoreError::Database(format!(
-            "could not lease items of task {task_id}: their chunks kept changing"
-        )))
+        Ok(None)
     }
 
     /// PENDING items of `task_id` with ids in `[from, to]`, in id order, read from the store:
@@ -590,6 +586,55 @@ impl Store {
         })
         .await
     }
+}
+
+/// Leases the PENDING items `grants` name to their robots, on `chunks` (copies taken from
+/// `cached` as needed); returns what each grant got. Items of another task, or no longer
+/// PENDING, are skipped.
+fn lease_pending(
+    cached: &mut Cached,
+    chunks: &mut BTreeMap<i64, Chunk>,
+    payloads: &HashMap<i64, Arc<Payload>>,
+    task_id: i64,
+    grants: &[Grant],
+) -> Result<Vec<Vec<LeasedItem>>, StoreError> {
+    let mut leased = Vec::with_capacity(grants.len());
+    for grant in grants {
+        let mut got = Vec::new();
+        for id in &grant.item_ids {
+            let n = chunk_of(*id);
+            let chunk = match chunks.entry(n) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => match cached.get(n) {
+                    Some(chunk) if chunk.task == task_id => entry.insert(chunk.clone()),
+                    _ => continue,
+                },
+            };
+            if chunk.task != task_id {
+                continue;
+            }
+            let Some(slot) = chunk.slot_mut(*id) else {
+                continue;
+            };
+            if slot.status != ItemStatus::Pending {
+                continue;
+            }
+            slot.status = ItemStatus::Assigned;
+            slot.robot = Some(grant.robot_id);
+            slot.lease_id = Some(grant.lease_id.clone());
+            slot.lease_expires_at = Some(grant.lease_expires_at);
+            slot.attempt += 1;
+            slot.not_before = None;
+            let state = chunk
+                .state(*id)
+                .ok_or_else(|| StoreError::Malformed(format!("item {id} left its chunk")))?;
+            if let Some(item) = leased_item(chunk, payloads, &state) {
+                got.push(item);
+            }
+        }
+        leased.push(got);
+    }
+    Ok(leased)
 }
 
 /// Applies `changes` to copies of their cached chunks; `None` when an item is missing or not in

@@ -37,6 +37,8 @@ impl Message for TaskDirectorMsg {}
 pub struct TaskDirectorArgs {
     pub store: Store,
     pub registry: ActorRef<RobotRegistryMsg>,
+    /// Writes the task actors' leases.
+    pub batcher: ActorRef<crate::transition_batcher::BatcherMsg>,
     pub default_lease_ttl: Duration,
     pub clock: crate::domain::Clock,
 }
@@ -78,6 +80,7 @@ impl DirectorState {
             lease_ttl,
             store: self.args.store.clone(),
             registry: self.args.registry.clone(),
+            batcher: self.args.batcher.clone(),
             clock: self.args.clock.clone(),
         };
         let supervisor: ActorCell = myself.get_cell();

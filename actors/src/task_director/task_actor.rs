@@ -2,11 +2,13 @@
 
 use super::queue::PendingQueue;
 use crate::domain::Clock;
+use crate::error::StoreError;
 use crate::gather::flush_later;
 use crate::lifecycle::new_lease_id;
 use crate::robot_registry::RobotRegistryMsg;
 use crate::robot_session::RobotSessionMsg;
 use crate::store::{Grant, PendingItem, Store};
+use crate::transition_batcher::{BatcherMsg, LeaseRequest};
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -14,6 +16,11 @@ use tracing::debug;
 
 /// Ready items a task keeps loaded before it announces demand.
 const READY_TARGET: usize = 1_000;
+
+/// Longest wait for the batcher to write a lease. Past it the actor fails and its supervisor
+/// rebuilds it from the store; a lease written after all reaches the robot by its session's
+/// next store read, a WebSocket reconnect, or the lease's expiry.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The task actor.
 #[derive(Debug)]
@@ -51,6 +58,8 @@ pub struct TaskArgs {
     pub lease_ttl: Duration,
     pub store: Store,
     pub registry: ActorRef<RobotRegistryMsg>,
+    /// Writes leases (with robot actions, in one group commit).
+    pub batcher: ActorRef<BatcherMsg>,
     pub clock: Clock,
 }
 
@@ -101,11 +110,24 @@ impl TaskState {
                 lease_expires_at: expires,
             })
             .collect();
+        let task_id = self.args.task_id;
         let leased = self
             .args
-            .store
-            .assign_items(self.args.task_id, &store_grants, now)
-            .await?;
+            .batcher
+            .call(
+                |reply| {
+                    BatcherMsg::Lease(LeaseRequest {
+                        task_id,
+                        grants: store_grants,
+                        reply,
+                    })
+                },
+                Some(LEASE_TIMEOUT),
+            )
+            .await?
+            .success_or(StoreError::Database(format!(
+                "the lease of task {task_id} timed out"
+            )))??;
         let mut unused = Vec::new();
         for (grant, mut items) in grants.iter().zip(leased) {
             for item in &mut items {

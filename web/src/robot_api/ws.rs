@@ -132,13 +132,27 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
         return;
     }
     let writer = tokio::spawn(async move {
-        while let Some(frame) = outbound.recv().await {
-            let (message, last) = match frame {
-                Outbound::Text(text) => (Message::text(text), false),
-                Outbound::Ping => (Message::Ping(Default::default()), false),
-                Outbound::Close(reason) => (close(CloseCode::Normal, reason), true),
-            };
-            if sink.send(message).await.is_err() || last {
+        // Frames queued together (acks and the next items) are written, then flushed once.
+        'socket: while let Some(first) = outbound.recv().await {
+            let mut next = Some(first);
+            let mut last = false;
+            while let Some(frame) = next.take() {
+                let message = match frame {
+                    Outbound::Text(text) => Message::text(text),
+                    Outbound::Ping => Message::Ping(Default::default()),
+                    Outbound::Close(reason) => {
+                        last = true;
+                        close(CloseCode::Normal, reason)
+                    }
+                };
+                if sink.feed(message).await.is_err() {
+                    break 'socket;
+                }
+                if !last {
+                    next = outbound.try_recv().ok();
+                }
+            }
+            if sink.flush().await.is_err() || last {
                 break;
             }
         }
