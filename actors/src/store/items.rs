@@ -712,6 +712,70 @@ mod tests {
         Ok(())
     }
 
+    /// A completion and the lease that refills the slot, in one write: both land, with the
+    /// task's counters moved once for each; an item released in the batch can be leased in it;
+    /// and when one change lost its race nothing of the batch is written.
+    #[tokio::test]
+    async fn transitions_and_leases_share_one_write() -> Result<(), StoreError> {
+        let store = Store::open(&StoreConfig::memory()).await?;
+        let (task, first) = staged(&store, 10).await?;
+        let now = crate::domain::now_millis();
+        let held = store
+            .assign_items(task, &[grant(1, vec![first, first + 1])], now)
+            .await?;
+        assert_eq!(held[0].len(), 2);
+        let states = store.item_states(&[first, first + 1]).await?;
+        let mut completed = states[0].clone();
+        completed.status = ItemStatus::Completed;
+        completed.ended_at = Some(now);
+        // The second item is handed back (PENDING) and re-leased in the same write.
+        let mut released = states[1].clone();
+        released.status = ItemStatus::Pending;
+        released.robot_id = None;
+        released.lease_id = None;
+        released.lease_expires_at = None;
+        let changes = vec![
+            (states[0].clone(), completed),
+            (states[1].clone(), released),
+        ];
+        let leases = vec![(task, vec![grant(2, vec![first + 1, first + 2])])];
+        let leased = store
+            .write_items(&changes, &leases, now)
+            .await?
+            .expect("written");
+        let got: Vec<i64> = leased[0][0].iter().map(|i| i.id).collect();
+        assert_eq!(got, vec![first + 1, first + 2]);
+        let after = store.item_states(&[first, first + 1, first + 2]).await?;
+        assert_eq!(after[0].status, ItemStatus::Completed);
+        assert!(
+            after[1..]
+                .iter()
+                .all(|s| s.status == ItemStatus::Assigned && s.robot_id == Some(2))
+        );
+        let row = store.task(task).await?.expect("task");
+        assert_eq!(
+            (row.counts.pending, row.counts.assigned, row.counts.completed),
+            (7, 2, 1),
+            "each item counted once where it ended"
+        );
+        assert_eq!(
+            store.read_fresh(&[chunk_of(first)]).await?[0].state(first + 2),
+            Some(after[2].clone()),
+            "the store holds what the cache says"
+        );
+
+        // A stale change (the item is no longer as planned): nothing is written, the lease
+        // beside it included.
+        let stale = (states[0].clone(), states[0].clone());
+        let leases = vec![(task, vec![grant(3, vec![first + 3])])];
+        assert!(store.write_items(&[stale], &leases, now).await?.is_none());
+        let untouched = store.item_states(&[first + 3]).await?;
+        assert_eq!(untouched[0].status, ItemStatus::Pending);
+        let row = store.task(task).await?.expect("task");
+        assert_eq!(row.counts.pending, 7);
+        Ok(())
+    }
+
     /// Leasing, a transition, a stale cache (another node wrote the chunk) and a lost race.
     #[tokio::test]
     async fn writes_check_each_item_as_stored() -> Result<(), StoreError> {
