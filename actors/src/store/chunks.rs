@@ -503,6 +503,21 @@ impl Store {
         let done = json!({
             "minute": super::minute_of(now), "completed": finished.0, "failed": finished.1,
         });
+        // Statements that would do nothing are left out: the engine's cost is mostly per
+        // statement, and most batches (leases, starts) finish no item.
+        let add_to_minute = if finished.0 + finished.1 > 0 {
+            ADD_TO_MINUTE
+        } else {
+            ""
+        };
+        let ends_items = tasks
+            .values()
+            .any(|d| d.counts.completed > 0 || d.counts.failed > 0 || d.counts.abandoned > 0);
+        let complete_finished = if ends_items {
+            COMPLETE_FINISHED_TASKS
+        } else {
+            ""
+        };
         let sql = format!(
             "BEGIN; \
              FOR $c IN $chunks {{ \
@@ -522,8 +537,8 @@ impl Store {
                  status = IF $t.reopen AND status != 'CANCELLED' THEN 'STARTED' \
                    ELSE IF $t.start AND status = 'CREATED' THEN 'STARTED' ELSE status END; \
              }}; \
-             {ADD_TO_MINUTE} \
-             {COMPLETE_FINISHED_TASKS} \
+             {add_to_minute} \
+             {complete_finished} \
              COMMIT;"
         );
         let vars = json!({

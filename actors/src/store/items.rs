@@ -754,7 +754,11 @@ mod tests {
         );
         let row = store.task(task).await?.expect("task");
         assert_eq!(
-            (row.counts.pending, row.counts.assigned, row.counts.completed),
+            (
+                row.counts.pending,
+                row.counts.assigned,
+                row.counts.completed
+            ),
             (7, 2, 1),
             "each item counted once where it ended"
         );
