@@ -96,6 +96,21 @@ impl Rig {
         })
     }
 
+    /// Sets the robot's status in the store and tells dispatch, as the user API does.
+    async fn set_status(&self, status: RobotStatus) -> Result<Robot> {
+        let patch = RobotPatch {
+            status: Some(status),
+            ..RobotPatch::default()
+        };
+        let robot = self
+            .store
+            .update_robot(self.robot.id, &patch)
+            .await?
+            .expect("robot");
+        self.dispatcher.robot_changed(&robot);
+        Ok(robot)
+    }
+
     fn advance(&self, by: Duration) {
         self.time.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
@@ -354,16 +369,7 @@ async fn claims_hand_out_delivered_leases_once_and_never_revoked_ones() -> Resul
             .then_some(()))
     })
     .await?;
-    let patch = RobotPatch {
-        status: Some(RobotStatus::Inactive),
-        ..RobotPatch::default()
-    };
-    let drained = rig
-        .store
-        .update_robot(robot.id, &patch)
-        .await?
-        .expect("robot");
-    rig.dispatcher.robot_changed(&drained);
+    let drained = rig.set_status(RobotStatus::Inactive).await?;
     rig.held(0).await?;
     assert!(
         rig.dispatcher
@@ -374,16 +380,7 @@ async fn claims_hand_out_delivered_leases_once_and_never_revoked_ones() -> Resul
     );
 
     // Active again: fresh leases arrive and are handed out.
-    let patch = RobotPatch {
-        status: Some(RobotStatus::Active),
-        ..RobotPatch::default()
-    };
-    let active = rig
-        .store
-        .update_robot(robot.id, &patch)
-        .await?
-        .expect("robot");
-    rig.dispatcher.robot_changed(&active);
+    let active = rig.set_status(RobotStatus::Active).await?;
     let again = rig
         .dispatcher
         .claim(&active, 10, Duration::from_secs(10))
