@@ -205,8 +205,9 @@ impl Store {
     /// Items `robot` holds (ASSIGNED or STARTED) with everything the seed API shows.
     pub async fn robot_items_full(&self, robot: i64) -> Result<Vec<Item>, StoreError> {
         let held = self.held_by(robot).await?;
+        // Payloads never change: the node's cache serves a seed robot's every poll.
         let payloads = self
-            .read_payloads(&chunks_of(held.iter().map(|(_, s)| s.id)))
+            .payloads(&chunks_of(held.iter().map(|(_, s)| s.id)))
             .await?;
         Ok(held
             .into_iter()

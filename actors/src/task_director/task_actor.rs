@@ -145,15 +145,26 @@ impl TaskState {
                     .send_message(RobotSessionMsg::Deliver { items });
             }
         }
-        self.fill(READY_TARGET).await?;
         debug!(task_id = self.args.task_id, wanted, ?unused, "leased");
+        // Settle first: the registry's next round need not wait for the queue's top-up read.
+        // An empty queue is topped up before, so the registry does not drop the task's demand
+        // (and its fair-share record) only to hear of it again.
+        let mut settled = self.queue.ready_len();
+        if settled == 0 {
+            self.fill(READY_TARGET).await?;
+            settled = self.queue.ready_len();
+        }
         self.args
             .registry
             .send_message(RobotRegistryMsg::GrantsSettled {
                 task_id: self.args.task_id,
                 unused,
-                pending: self.queue.ready_len() as i64,
+                pending: settled as i64,
             })?;
+        self.fill(READY_TARGET).await?;
+        if self.queue.ready_len() > settled {
+            self.announce(myself)?;
+        }
         if self.queue.is_exhausted() {
             myself.stop(Some("no pending items".into()));
         }
