@@ -154,7 +154,7 @@ impl Dispatcher {
         }
         let robot = robot.clone();
         // A robot without a session here has its load counted now, outside the registry.
-        let in_flight = Some(self.store.robot_in_flight_count(robot.id).await?);
+        let in_flight = self.store.robot_in_flight_count(robot.id).await?;
         self.registry
             .call(
                 |reply| RobotRegistryMsg::Connect {

@@ -319,9 +319,9 @@ impl BatcherState {
                 .chain(held.into_iter().map(|(request, _)| request))
                 .collect::<Vec<_>>()
         };
-        let grants: Vec<(i64, Vec<Grant>)> = leases
+        let grants: Vec<(i64, &[Grant])> = leases
             .iter()
-            .map(|l| (l.task_id, l.grants.clone()))
+            .map(|l| (l.task_id, l.grants.as_slice()))
             .collect();
         match store.write_items(&changes, &grants, now).await {
             Ok(Some(leased)) => {

@@ -36,12 +36,12 @@ pub struct RobotLoad {
 pub enum RobotRegistryMsg {
     /// Hands the registry the director to tell about items handed back.
     AttachDirector { director: ActorRef<TaskDirectorMsg> },
-    /// A robot made a request (a pulse): ensure its session, reply with it. `in_flight` is the
-    /// robot's count of items held, read by the caller when the robot had no session (`None`:
-    /// the registry reads it if it must open a session).
+    /// A robot without a session made a request: open its session (unless a concurrent
+    /// request did), reply with it. `in_flight` is the robot's count of items held, read by the
+    /// caller so the registry's mailbox never waits on the store for it.
     Connect {
         robot: Robot,
-        in_flight: Option<i64>,
+        in_flight: i64,
         reply: RpcReplyPort<ActorRef<RobotSessionMsg>>,
     },
     /// A robot's settings changed; INACTIVE drains its unstarted items.
@@ -322,10 +322,6 @@ async fn handle_message(
             let now = state.args.clock.now();
             let robot_id = robot.id;
             if !state.sessions.contains_key(&robot_id) {
-                let in_flight = match in_flight {
-                    Some(n) => n,
-                    None => state.args.store.robot_in_flight_count(robot_id).await?,
-                };
                 let args = RobotSessionArgs {
                     robot_id,
                     store: state.args.store.clone(),

@@ -40,14 +40,6 @@ impl PulseBoard {
         std::mem::take(&mut *self.fresh.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Whether `robot_id` has a session on this node (as of the registry's last change).
-    pub fn has_session(&self, robot_id: i64) -> bool {
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&robot_id)
-    }
-
     /// The session of `robot_id` on this node, if it has one (as of the registry's last
     /// change). A request from a robot with a session reaches it through here, without a
     /// registry message.
@@ -154,20 +146,20 @@ mod tests {
     #[tokio::test]
     async fn the_board_lists_open_sessions_and_hands_them_out() {
         let board = PulseBoard::default();
-        assert!(!board.has_session(7));
+        assert!(board.session(7).is_none());
         assert!(board.session(7).is_none());
         let (actor, handle) = ractor::Actor::spawn(None, Idle, ())
             .await
             .expect("spawn a stand-in session");
         board.clone().set_session(7, Some(actor.clone()));
-        assert!(board.has_session(7));
+        assert!(board.session(7).is_some());
         assert_eq!(
             board.session(7).map(|a| a.get_id()),
             Some(actor.get_id()),
             "the board hands out the session it was given"
         );
         board.set_session(7, None);
-        assert!(!board.has_session(7));
+        assert!(board.session(7).is_none());
         assert!(board.session(7).is_none());
         actor.stop(None);
         let _ = handle.await;

@@ -336,7 +336,7 @@ impl Store {
         grants: &[Grant],
         now: Millis,
     ) -> Result<Vec<Vec<LeasedItem>>, StoreError> {
-        let leases = [(task_id, grants.to_vec())];
+        let leases = [(task_id, grants)];
         match self.write_items(&[], &leases, now).await? {
             Some(mut leased) => Ok(leased.pop().unwrap_or_default()),
             None => Err(StoreError::Database(format!(
@@ -354,7 +354,7 @@ impl Store {
     pub async fn write_items(
         &self,
         changes: &[(ItemState, ItemState)],
-        leases: &[(i64, Vec<Grant>)],
+        leases: &[(i64, &[Grant])],
         now: Millis,
     ) -> Result<Option<Vec<Vec<Vec<LeasedItem>>>>, StoreError> {
         let lease_ids = || {
@@ -739,9 +739,9 @@ mod tests {
             (states[0].clone(), completed),
             (states[1].clone(), released),
         ];
-        let leases = vec![(task, vec![grant(2, vec![first + 1, first + 2])])];
+        let refill = [grant(2, vec![first + 1, first + 2])];
         let leased = store
-            .write_items(&changes, &leases, now)
+            .write_items(&changes, &[(task, &refill[..])], now)
             .await?
             .expect("written");
         let got: Vec<i64> = leased[0][0].iter().map(|i| i.id).collect();
@@ -772,8 +772,13 @@ mod tests {
         // A stale change (the item is no longer as planned): nothing is written, the lease
         // beside it included.
         let stale = (states[0].clone(), states[0].clone());
-        let leases = vec![(task, vec![grant(3, vec![first + 3])])];
-        assert!(store.write_items(&[stale], &leases, now).await?.is_none());
+        let beside = [grant(3, vec![first + 3])];
+        assert!(
+            store
+                .write_items(&[stale], &[(task, &beside[..])], now)
+                .await?
+                .is_none()
+        );
         let untouched = store.item_states(&[first + 3]).await?;
         assert_eq!(untouched[0].status, ItemStatus::Pending);
         let row = store.task(task).await?.expect("task");
