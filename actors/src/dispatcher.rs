@@ -30,6 +30,9 @@ pub struct DispatchConfig {
     pub backoff_base: Duration,
     /// How long a dispatch round gathers changes before it writes.
     pub dispatch_delay: Duration,
+    /// Items a WebSocket robot holds in standby beyond its capacity, pushed the moment it
+    /// reports one finished (0: none).
+    pub ws_standby: i64,
     /// Where dispatch reads the time (leases, pulses, backoff).
     pub clock: Clock,
 }
@@ -80,6 +83,7 @@ impl Dispatcher {
                 defaults,
                 clock: config.clock.clone(),
                 pulses: pulses.clone(),
+                ws_standby: config.ws_standby,
             },
         )
         .await

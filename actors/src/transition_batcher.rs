@@ -132,7 +132,11 @@ pub fn notify_transition(
         && !in_flight(new.status)
         && let Some(robot_id) = old.robot_id
     {
-        let _ = registry.send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count: 1 });
+        let _ = registry.send_message(RobotRegistryMsg::ItemLeft {
+            robot_id,
+            item_id: old.id,
+            lease_id: old.lease_id.clone(),
+        });
     }
     if new.status == ItemStatus::Pending
         && let Some(director) = director

@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// First retry delay after an application failure; doubles per attempt [default: 5s].
     #[arg(long, env = "ORCH_RETRY_BACKOFF")]
     pub retry_backoff: Option<String>,
+    /// Items a WebSocket robot holds in standby beyond its capacity, pushed the moment it
+    /// reports one done (0 turns standby off) [default: 1].
+    #[arg(long, env = "ORCH_WS_STANDBY")]
+    pub ws_standby: Option<i64>,
     /// This node's name in the store and the cluster [default: node-<random>].
     #[arg(long, env = "ORCH_NODE_ID")]
     pub node_id: Option<String>,
@@ -121,6 +125,7 @@ pub struct NodeConfig {
     pub lease_ttl: Duration,
     pub sweep_period: Duration,
     pub retry_backoff: Duration,
+    pub ws_standby: i64,
     pub node_id: String,
     pub admin_password: Option<String>,
     pub log: String,
@@ -140,6 +145,7 @@ impl NodeConfig {
             lease_ttl: Duration::from_secs(300),
             sweep_period: Duration::from_millis(200),
             retry_backoff: Duration::from_millis(100),
+            ws_standby: 1,
             node_id: "test-node".into(),
             admin_password: Some("admin-password".into()),
             log: "warn".into(),
@@ -183,6 +189,13 @@ impl ServeArgs {
             });
         }
         let pulse_timeout = duration("pulse_timeout", merged.pulse_timeout, "30s")?;
+        let ws_standby = merged.ws_standby.unwrap_or(1);
+        if !(0..=100).contains(&ws_standby) {
+            return Err(ConfigError::Invalid {
+                setting: "ws_standby",
+                message: format!("{ws_standby} is not between 0 and 100"),
+            });
+        }
         Ok(NodeConfig {
             listen,
             store: StoreConfig {
@@ -211,6 +224,7 @@ impl ServeArgs {
             lease_ttl: duration("lease_ttl", merged.lease_ttl, "5m")?,
             sweep_period: duration("sweep_period", merged.sweep_period, "1s")?,
             retry_backoff: duration("retry_backoff", merged.retry_backoff, "5s")?,
+            ws_standby,
             node_id: merged
                 .node_id
                 .filter(|s| !s.is_empty())
@@ -240,6 +254,7 @@ impl ServeArgs {
             lease_ttl: self.lease_ttl.or(lower.lease_ttl),
             sweep_period: self.sweep_period.or(lower.sweep_period),
             retry_backoff: self.retry_backoff.or(lower.retry_backoff),
+            ws_standby: self.ws_standby.or(lower.ws_standby),
             node_id: self.node_id.or(lower.node_id),
             admin_password: self.admin_password.or(lower.admin_password),
             log: self.log.or(lower.log),

@@ -88,6 +88,7 @@ impl Node {
                 sweep_period: config.sweep_period,
                 backoff_base: config.retry_backoff,
                 dispatch_delay: Duration::ZERO,
+                ws_standby: config.ws_standby,
                 clock: Clock::system(),
             },
         )

@@ -745,6 +745,15 @@ async fn ws_robot(
                             fleet.next_item(freed.pop_front(), now);
                         }
                     }
+                    // The node pushes at most the robot's capacity; standby stays on its side.
+                    if held.len() > args.capacity {
+                        fleet.error(format!(
+                            "robot {} was pushed {} items at once, above its capacity {}",
+                            robot.id,
+                            held.len(),
+                            args.capacity
+                        ));
+                    }
                     let mut crash = false;
                     for item in items {
                         let id = item["id"].as_i64().unwrap_or_default();

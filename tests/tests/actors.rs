@@ -83,6 +83,7 @@ impl Rig {
                 sweep_period: Duration::from_millis(20),
                 backoff_base: Duration::from_millis(10),
                 dispatch_delay: Duration::from_millis(1),
+                ws_standby: 1,
                 clock: Clock::from_fn(move || reading.load(Ordering::SeqCst)),
             },
         )
@@ -392,5 +393,88 @@ async fn claims_hand_out_delivered_leases_once_and_never_revoked_ones() -> Resul
         assert_eq!(state.lease_id.as_deref(), Some(item.lease_id.as_str()));
         assert_eq!(state.status, ItemStatus::Assigned);
     }
+    Ok(())
+}
+
+/// The items of one `items` frame the session pushed, by id.
+async fn pushed(
+    out: &mut tokio::sync::mpsc::Receiver<orchestrator_actors::robot_session::ws::Outbound>,
+) -> Result<Vec<i64>> {
+    use orchestrator_actors::robot_session::ws::Outbound;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), out.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the connection closed"))?;
+        let Outbound::Text(text) = frame else {
+            continue;
+        };
+        let frame: serde_json::Value = serde_json::from_str(&text)?;
+        if frame["type"] == "items" {
+            return Ok(frame["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["id"].as_i64())
+                .collect());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_standby_item_goes_back_before_its_lease_can_expire() -> Result<()> {
+    use orchestrator_actors::robot_session::ws::WsLink;
+    let rig = Rig::new(3, 1, Duration::from_secs(3600), Duration::from_secs(60)).await?;
+    let (_frames, inbound) = tokio::sync::mpsc::channel(16);
+    let (outbound, mut out) = tokio::sync::mpsc::channel(64);
+    rig.dispatcher
+        .attach_ws(&rig.robot, WsLink { inbound, outbound })
+        .await?;
+    rig.dispatcher.task_ready(rig.task_id);
+    let shown = pushed(&mut out).await?;
+    assert_eq!(shown.len(), 1, "capacity 1: one item pushed");
+    let held = rig.held(2).await?;
+    let standby = held
+        .iter()
+        .find(|i| i.id != shown[0])
+        .cloned()
+        .expect("a standby item");
+
+    // Within the first half of its lease the standby stays put.
+    rig.advance(Duration::from_secs(25));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let now = rig.store.item_state(standby.id).await?.expect("item");
+    assert_eq!(now.lease_id, standby.lease_id);
+
+    // Past half its lease it goes back (not an attempt, no expiry) and a fresh one is leased.
+    rig.advance(Duration::from_secs(10));
+    let fresh = eventually(Duration::from_secs(10), || async {
+        let held = rig.store.robot_items_in_flight(rig.robot.id).await?;
+        Ok(held
+            .into_iter()
+            .find(|i| i.id != shown[0] && i.lease_id != standby.lease_id))
+    })
+    .await?;
+    assert_eq!(fresh.status, ItemStatus::Assigned);
+    // Past the moment the first standby lease would have expired (the robot keeps renewing
+    // the item it works on), nothing expired: no strike toward quarantine for work the robot
+    // never saw.
+    let working = held.iter().find(|i| i.id == shown[0]).expect("pushed item");
+    rig.dispatcher
+        .act(
+            rig.robot.id,
+            working.id,
+            working.lease_id.as_deref(),
+            &RobotAction::Renew,
+        )
+        .await?;
+    rig.advance(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let items = rig.items().await?;
+    assert!(items.iter().all(|i| i.lease_expiries == 0), "{items:?}");
+    assert!(
+        items.iter().all(|i| i.attempt <= 1),
+        "hand-backs are not attempts: {items:?}"
+    );
+    assert_eq!(rig.held(2).await?.len(), 2, "one shown, one standby");
     Ok(())
 }

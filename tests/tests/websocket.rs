@@ -411,3 +411,94 @@ async fn websocket_rest_and_seed_robots_finish_one_task_exactly_once() -> Result
     assert_eq!(statuses, HashSet::from(["COMPLETED".to_string()]));
     Ok(())
 }
+
+/// Task counts once `check` holds for them.
+async fn counts_when(t: &TestNode, task: i64, check: impl Fn(&Value) -> bool) -> Result<Value> {
+    let task = orchestrator_tests::task_when(t, task, |task| check(&task["counts"])).await?;
+    Ok(task["counts"].clone())
+}
+
+#[tokio::test]
+async fn a_standby_item_is_pushed_the_moment_the_robot_reports_one_done() -> Result<()> {
+    let t = TestNode::start().await?;
+    let process = t.process("Standby").await?;
+    let mut robot = WsRobot::create(&t, "ws-standby", json!({ "capacity": 1 })).await?;
+    ready(&mut robot, None).await?;
+    let task = upload(&t, process, 3).await?;
+
+    let first = robot.items(1).await?.remove(0);
+    // A second item is leased to the robot and kept back: the robot sees only its capacity.
+    counts_when(&t, task, |c| c["assigned"] == 2 && c["pending"] == 1).await?;
+    assert!(
+        robot
+            .next_within(Duration::from_millis(300))
+            .await?
+            .is_none(),
+        "standby is not pushed while the window is full"
+    );
+
+    robot.act("started", &first, "s", json!({})).await?;
+    assert_eq!(robot.next().await?["ref"], "s");
+    robot
+        .act("completed", &first, "c", json!({ "observation": "ok" }))
+        .await?;
+    // The next item goes out on the report itself, before the completion is even written
+    // (its ack needs the write).
+    let frame = robot.next().await?;
+    assert_eq!(frame["type"], "items", "the next item comes first: {frame}");
+    let second = frame["items"][0].clone();
+    assert_eq!(frame["items"].as_array().map(Vec::len), Some(1));
+    assert_ne!(second["id"], first["id"]);
+    let ack = robot.next().await?;
+    assert_eq!(
+        (ack["type"].as_str(), ack["ref"].as_str()),
+        (Some("ack"), Some("c"))
+    );
+
+    // The last item becomes the new standby; the robot still sees one item at a time.
+    counts_when(&t, task, |c| c["assigned"] == 2 && c["completed"] == 1).await?;
+    assert!(
+        robot
+            .next_within(Duration::from_millis(300))
+            .await?
+            .is_none(),
+        "never above capacity"
+    );
+
+    // The connection drops: the standby item goes back to the queue at once, not as an
+    // attempt; the item the robot was shown stays leased to it while it may come back.
+    robot.close().await?;
+    let counts = counts_when(&t, task, |c| c["pending"] == 1).await?;
+    assert_eq!(counts["assigned"], 1);
+    let items = t
+        .get(&format!("/api/v1/tasks/{task}/items?status=PENDING"))
+        .await?;
+    assert_eq!(
+        items["items"][0]["attempt"], 0,
+        "a standby hand-back is no attempt"
+    );
+    assert_ne!(items["items"][0]["id"], second["id"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_robot_takes_over_work_held_as_another_robots_standby() -> Result<()> {
+    let t = TestNode::start().await?;
+    let process = t.process("Takeover").await?;
+    let mut streaming = WsRobot::create(&t, "ws-busy", json!({ "capacity": 1 })).await?;
+    ready(&mut streaming, None).await?;
+    let task = upload(&t, process, 2).await?;
+    let first = streaming.items(1).await?.remove(0);
+    counts_when(&t, task, |c| c["assigned"] == 2).await?;
+
+    // A robot with room connects while the only other item waits as standby: it gets it.
+    let idle = RestRobot::create(&t, "rest-idle", json!({ "capacity": 1 })).await?;
+    let taken = idle.claim_exactly(1).await?;
+    assert_ne!(taken[0]["id"], first["id"]);
+    idle.finish(&taken[0]).await?;
+    streaming.act("started", &first, "s", json!({})).await?;
+    streaming.act("completed", &first, "c", json!({})).await?;
+    let task = wait_for_task_status(&t, task, "COMPLETED").await?;
+    assert_eq!(task["counts"]["completed"], 2);
+    Ok(())
+}

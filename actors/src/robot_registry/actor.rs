@@ -50,6 +50,15 @@ pub enum RobotRegistryMsg {
     RobotRevoked { robot_id: i64 },
     /// Items held by a robot left flight (completed, failed, released).
     ItemsLeftFlight { robot_id: i64, count: i64 },
+    /// One item left a robot's hands in a written transition: its load drops and its session
+    /// forgets the lease.
+    ItemLeft {
+        robot_id: i64,
+        item_id: i64,
+        lease_id: Option<String>,
+    },
+    /// A robot's WebSocket attached (`on`) or closed: only a streaming robot holds standby.
+    Streaming { robot_id: i64, on: bool },
     /// A WebSocket robot is ready; `window` narrows its capacity (never above the configured one).
     Ready { robot: Robot, window: Option<i64> },
     /// Items were taken from a robot by someone else (a task was cancelled): tell its session.
@@ -93,6 +102,8 @@ pub struct RegistryArgs {
     pub clock: Clock,
     /// Where the web layer notes WebSocket frames (read at every sweep).
     pub pulses: PulseBoard,
+    /// Standby items a streaming robot may hold beyond its capacity (0: none).
+    pub ws_standby: i64,
 }
 
 struct Session {
@@ -101,6 +112,10 @@ struct Session {
     persisted_pulse: Millis,
     /// Capacity the robot asked for in its `ready` frame.
     window: Option<i64>,
+    /// A WebSocket is attached.
+    streaming: bool,
+    /// The window last told to the session.
+    told_window: Option<i64>,
 }
 
 impl Session {
@@ -179,6 +194,7 @@ impl RegistryState {
         RobotSlot {
             capacity: robot.capacity,
             in_flight,
+            standby: 0,
             processes: robot.processes.clone(),
             active: robot.status == RobotStatus::Active,
             last_served: stamp,
@@ -200,7 +216,8 @@ impl RegistryState {
         }
     }
 
-    /// Copies a robot's settings into its slot (capacity narrowed by its session's window).
+    /// Copies a robot's settings into its slot (capacity narrowed by its session's window) and
+    /// tells its session the window when it changed.
     fn apply_settings(&mut self, robot: &Robot) {
         let capacity = self
             .sessions
@@ -210,6 +227,39 @@ impl RegistryState {
             slot.capacity = capacity;
             slot.processes = robot.processes.clone();
             slot.active = robot.status == RobotStatus::Active;
+        }
+        if let Some(session) = self.sessions.get_mut(&robot.id)
+            && session.told_window != Some(capacity)
+        {
+            session.told_window = Some(capacity);
+            let _ = session.actor.send_message(RobotSessionMsg::Limits {
+                window: capacity.max(0) as usize,
+            });
+        }
+    }
+
+    /// Sizes a robot's standby: only a streaming robot keeps items back.
+    fn apply_standby(&mut self, robot_id: i64) {
+        let streaming = self.sessions.get(&robot_id).is_some_and(|s| s.streaming);
+        if let Some(slot) = self.board.robots.get_mut(&robot_id) {
+            slot.standby = if streaming { self.args.ws_standby } else { 0 };
+        }
+    }
+
+    /// With robots idle and no work for them, standby items of processes they take go back to
+    /// the queue, to reach them.
+    fn withdraw_standby(&self) {
+        let Some(processes) = self.board.idle_processes() else {
+            return;
+        };
+        for (robot_id, slot) in &self.board.robots {
+            if slot.standby_held() > 0
+                && let Some(session) = self.sessions.get(robot_id)
+            {
+                let _ = session.actor.send_message(RobotSessionMsg::Withdraw {
+                    processes: processes.clone(),
+                });
+            }
         }
     }
 
@@ -326,6 +376,7 @@ async fn handle_message(
                     robot_id,
                     store: state.args.store.clone(),
                     capacity: robot.capacity as usize,
+                    registry: myself.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, RobotSession, args, myself.get_cell()).await?;
@@ -338,6 +389,8 @@ async fn handle_message(
                         last_pulse: now,
                         persisted_pulse: 0,
                         window: None,
+                        streaming: false,
+                        told_window: Some(robot.capacity),
                     },
                 );
                 info!(robot_id, in_flight, "robot connected");
@@ -403,6 +456,28 @@ async fn handle_message(
             if let Some(slot) = state.board.robots.get_mut(&robot_id) {
                 slot.in_flight = (slot.in_flight - count).max(0);
             }
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::ItemLeft {
+            robot_id,
+            item_id,
+            lease_id,
+        } => {
+            if let Some(slot) = state.board.robots.get_mut(&robot_id) {
+                slot.in_flight = (slot.in_flight - 1).max(0);
+            }
+            if let Some(session) = state.sessions.get(&robot_id) {
+                let _ = session
+                    .actor
+                    .send_message(RobotSessionMsg::Left { item_id, lease_id });
+            }
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::Streaming { robot_id, on } => {
+            if let Some(session) = state.sessions.get_mut(&robot_id) {
+                session.streaming = on;
+            }
+            state.apply_standby(robot_id);
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::TaskDemand {
@@ -477,6 +552,7 @@ async fn handle_message(
                     state.board.settle(task_id, &reserved, 0);
                 }
             }
+            state.withdraw_standby();
         }
         RobotRegistryMsg::Sweep => {
             state.absorb_pulses();
@@ -505,6 +581,11 @@ async fn handle_message(
                 )
                 .await?;
                 state.absorb(released);
+            }
+            for session in state.sessions.values().filter(|s| s.streaming) {
+                let _ = session
+                    .actor
+                    .send_message(RobotSessionMsg::Expiring { now });
             }
             let expired =
                 recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;

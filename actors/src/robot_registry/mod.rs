@@ -2,10 +2,11 @@
 //! load and pulses, and runs dispatch rounds that grant robot capacity to tasks with pending work.
 //!
 //! ```text
-//!   web ──Connect/ItemsLeftFlight──► RobotRegistry ──Lease{grants}──► TaskActor
-//!                                      │   ▲ TaskDemand / GrantsSettled    │
-//!                                      ├── RobotSession (per robot) ◄─Deliver┘
-//!                                      └── Sweep (timer): silent robots, expired leases
+//!   web ──Connect/Ready──► RobotRegistry ──Lease{grants}──► TaskActor
+//!   batcher ──ItemLeft───►   │   ▲ TaskDemand / GrantsSettled    │
+//!                            ├── RobotSession (per robot) ◄─Deliver┘
+//!                            │     ▲ Limits, Left, Withdraw, Expiring; Streaming ──► registry
+//!                            └── Sweep (timer): silent robots, expired leases, aging standby
 //!   web ──frame──► PulseBoard ◄──read at every sweep── RobotRegistry
 //! ```
 

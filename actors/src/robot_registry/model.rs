@@ -6,6 +6,12 @@
 //! fewest items in flight; ties go to the robot that has waited longest since its last item.
 //! Tasks of higher priority go first; among equal priority, the task served least so far goes
 //! next, so one huge upload does not starve the rest.
+//!
+//! Standby: a robot on a WebSocket may hold `standby` leased items beyond its capacity. Its
+//! session keeps them back and pushes one the moment the robot reports an item finished, so
+//! the robot's next item costs no store write. Standby slots are planned only after every
+//! eligible robot is full, and only for robots that are full themselves: an item never waits
+//! as one robot's standby while another eligible robot has room.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +21,8 @@ pub struct RobotSlot {
     pub capacity: i64,
     /// Items held (ASSIGNED or STARTED), plus slots granted to a task and not yet reported back.
     pub in_flight: i64,
+    /// Items it may hold beyond `capacity`, kept back by its session until a slot frees.
+    pub standby: i64,
     /// Eligible process ids; empty means all.
     pub processes: Vec<i64>,
     pub active: bool,
@@ -27,10 +35,45 @@ impl RobotSlot {
         (self.capacity - self.in_flight).max(0)
     }
 
+    /// Standby slots still open: only once the robot is full.
+    pub fn standby_free(&self) -> i64 {
+        if self.capacity <= 0 || self.in_flight < self.capacity {
+            return 0;
+        }
+        (self.capacity + self.standby - self.in_flight).max(0)
+    }
+
+    /// Items it holds beyond its capacity (standby in its session).
+    pub fn standby_held(&self) -> i64 {
+        (self.in_flight - self.capacity).max(0)
+    }
+
+    pub fn eligible(&self, process_id: i64) -> bool {
+        self.active && (self.processes.is_empty() || self.processes.contains(&process_id))
+    }
+
     pub fn accepts(&self, process_id: i64) -> bool {
-        self.active
-            && self.free() > 0
-            && (self.processes.is_empty() || self.processes.contains(&process_id))
+        self.free() > 0 && self.eligible(process_id)
+    }
+
+    fn accepts_standby(&self, process_id: i64) -> bool {
+        self.standby_free() > 0 && self.eligible(process_id)
+    }
+}
+
+/// Which slots a planning pass fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Capacity,
+    Standby,
+}
+
+impl Phase {
+    fn accepts(self, robot: &RobotSlot, process_id: i64) -> bool {
+        match self {
+            Phase::Capacity => robot.accepts(process_id),
+            Phase::Standby => robot.accepts_standby(process_id),
+        }
     }
 }
 
@@ -68,12 +111,26 @@ impl LoadBoard {
         self.stamp
     }
 
-    /// Assigns as many items as capacity and demand allow, reserving the slots it grants.
+    /// Assigns as many items as capacity and demand allow, reserving the slots it grants; then,
+    /// with every eligible robot full, as many standby slots as remain.
     pub fn plan(&mut self) -> Vec<PlannedGrant> {
         let mut grants: BTreeMap<(i64, i64), i64> = BTreeMap::new();
-        while let Some(task_id) = self.next_task() {
+        self.plan_phase(Phase::Capacity, &mut grants);
+        self.plan_phase(Phase::Standby, &mut grants);
+        grants
+            .into_iter()
+            .map(|((task_id, robot_id), count)| PlannedGrant {
+                task_id,
+                robot_id,
+                count,
+            })
+            .collect()
+    }
+
+    fn plan_phase(&mut self, phase: Phase, grants: &mut BTreeMap<(i64, i64), i64>) {
+        while let Some(task_id) = self.next_task(phase) {
             let process_id = self.tasks[&task_id].process_id;
-            let Some(robot_id) = self.least_loaded(process_id) else {
+            let Some(robot_id) = self.least_loaded(phase, process_id) else {
                 break;
             };
             let stamp = self.next_stamp();
@@ -87,14 +144,30 @@ impl LoadBoard {
             }
             *grants.entry((task_id, robot_id)).or_default() += 1;
         }
-        grants
-            .into_iter()
-            .map(|((task_id, robot_id), count)| PlannedGrant {
-                task_id,
-                robot_id,
-                count,
-            })
-            .collect()
+    }
+
+    /// Processes that a robot with room for work could take now but no task offers: where
+    /// standby items held elsewhere should go back to the queue. `None` when no robot is idle;
+    /// `Some(None)` when an idle robot takes every process.
+    pub fn idle_processes(&self) -> Option<Option<Vec<i64>>> {
+        if !self.robots.values().any(|r| r.standby_held() > 0) {
+            return None;
+        }
+        let idle: Vec<&RobotSlot> = self
+            .robots
+            .values()
+            .filter(|r| r.active && r.free() > 0)
+            .collect();
+        if idle.is_empty() {
+            return None;
+        }
+        if idle.iter().any(|r| r.processes.is_empty()) {
+            return Some(None);
+        }
+        let mut processes: Vec<i64> = idle.iter().flat_map(|r| r.processes.clone()).collect();
+        processes.sort_unstable();
+        processes.dedup();
+        Some(Some(processes))
     }
 
     /// Gives back slots a task could not use and records what it has left.
@@ -114,10 +187,12 @@ impl LoadBoard {
     }
 
     /// The next task to serve: highest priority, then least served, among tasks some robot can take.
-    fn next_task(&self) -> Option<i64> {
+    fn next_task(&self, phase: Phase) -> Option<i64> {
         self.tasks
             .iter()
-            .filter(|(_, t)| t.pending > 0 && self.robots.values().any(|r| r.accepts(t.process_id)))
+            .filter(|(_, t)| {
+                t.pending > 0 && self.robots.values().any(|r| phase.accepts(r, t.process_id))
+            })
             .max_by(|(a_id, a), (b_id, b)| {
                 a.priority
                     .cmp(&b.priority)
@@ -127,11 +202,17 @@ impl LoadBoard {
             .map(|(id, _)| *id)
     }
 
-    fn least_loaded(&self, process_id: i64) -> Option<i64> {
+    fn least_loaded(&self, phase: Phase, process_id: i64) -> Option<i64> {
         self.robots
             .iter()
-            .filter(|(_, r)| r.accepts(process_id))
-            .min_by_key(|(id, r)| (r.in_flight, r.last_served, **id))
+            .filter(|(_, r)| phase.accepts(r, process_id))
+            .min_by_key(|(id, r)| {
+                let load = match phase {
+                    Phase::Capacity => r.in_flight,
+                    Phase::Standby => r.standby_held(),
+                };
+                (load, r.last_served, **id)
+            })
             .map(|(id, _)| *id)
     }
 }
@@ -144,6 +225,7 @@ mod tests {
         RobotSlot {
             capacity,
             in_flight,
+            standby: 0,
             processes,
             active: true,
             last_served: 0,
@@ -251,5 +333,69 @@ mod tests {
         board.settle(10, &[(1, 3)], 0);
         assert_eq!(board.robots[&1].in_flight, 1);
         assert!(board.tasks.is_empty());
+    }
+
+    fn standby(capacity: i64, in_flight: i64, standby: i64) -> RobotSlot {
+        RobotSlot {
+            standby,
+            ..robot(capacity, in_flight, vec![])
+        }
+    }
+
+    #[test]
+    fn standby_slots_fill_only_after_every_eligible_robot_is_full() {
+        let mut board = LoadBoard::default();
+        // Robot 1 streams with one standby slot; robot 2 polls and has room for three.
+        board.robots.insert(1, standby(1, 1, 1));
+        board.robots.insert(2, robot(4, 1, vec![]));
+        board.tasks.insert(10, demand(1, 0, 3));
+        assert_eq!(
+            per_robot(&board.plan()),
+            BTreeMap::from([(2, 3)]),
+            "no standby while robot 2 has room"
+        );
+        board.tasks.insert(10, demand(1, 0, 5));
+        assert_eq!(
+            per_robot(&board.plan()),
+            BTreeMap::from([(1, 1)]),
+            "everyone full: robot 1 takes its one standby item, and no more"
+        );
+        assert_eq!(board.robots[&1].in_flight, 2);
+        assert_eq!(board.robots[&1].standby_held(), 1);
+        assert!(board.plan().is_empty());
+    }
+
+    #[test]
+    fn standby_goes_to_the_robot_holding_least_and_never_to_a_paused_one() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, standby(2, 2, 2));
+        board.robots.insert(2, standby(2, 3, 2));
+        board.robots.insert(3, standby(0, 0, 2));
+        board.tasks.insert(10, demand(1, 0, 1));
+        assert_eq!(per_robot(&board.plan()), BTreeMap::from([(1, 1)]));
+        board.tasks.insert(10, demand(1, 0, 5));
+        assert_eq!(
+            per_robot(&board.plan()),
+            BTreeMap::from([(1, 1), (2, 1)]),
+            "level, then up to each one's standby"
+        );
+        assert_eq!(
+            board.robots[&3].in_flight, 0,
+            "a window of 0 pauses standby too"
+        );
+    }
+
+    #[test]
+    fn idle_robots_name_the_processes_whose_standby_should_come_back() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, standby(1, 2, 1));
+        assert_eq!(board.idle_processes(), None, "nobody idle");
+        board.robots.insert(2, robot(1, 0, vec![7, 3]));
+        board.robots.insert(3, robot(1, 0, vec![3]));
+        assert_eq!(board.idle_processes(), Some(Some(vec![3, 7])));
+        board.robots.insert(4, robot(1, 0, vec![]));
+        assert_eq!(board.idle_processes(), Some(None));
+        board.robots.get_mut(&1).expect("robot 1").in_flight = 1;
+        assert_eq!(board.idle_processes(), None, "nobody holds standby");
     }
 }

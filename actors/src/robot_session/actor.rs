@@ -2,14 +2,16 @@
 
 use super::ws::{self, Outbound, WsLink};
 use crate::dispatcher::Dispatcher;
-use crate::domain::Robot;
+use crate::domain::{ItemStatus, Millis, Robot};
 use crate::error::StoreError;
+use crate::lifecycle::RobotAction;
+use crate::robot_registry::RobotRegistryMsg;
 use crate::store::{LeasedItem, Store};
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Most held items re-sent to a reconnecting robot (capacity is at most 1,000).
 const MAX_HELD: i64 = 2_000;
@@ -43,6 +45,20 @@ pub enum RobotSessionMsg {
     Detached { conn: u64 },
     /// These items were taken from the robot (drained, expired, task cancelled).
     Revoke { item_ids: Vec<i64> },
+    /// How many items the robot works on at once (its capacity, narrowed by its `ready`).
+    Limits { window: usize },
+    /// The robot's frame reported an item done (completed, failed or released): its slot is
+    /// free, and a standby item goes out now, before the report is written.
+    Finished { item_id: i64, lease_id: String },
+    /// A written transition took the item out of the robot's hands (any cause).
+    Left {
+        item_id: i64,
+        lease_id: Option<String>,
+    },
+    /// Robots elsewhere sit idle: hand back standby items of these processes (`None`: all).
+    Withdraw { processes: Option<Vec<i64>> },
+    /// Sweep tick: hand back standby items past half their lease, before it can expire.
+    Expiring { now: Millis },
 }
 
 impl Message for RobotSessionMsg {}
@@ -65,6 +81,8 @@ pub struct RobotSessionArgs {
     pub store: Store,
     /// Upper bound of items read per claim (the robot's capacity).
     pub capacity: usize,
+    /// Told when a WebSocket attaches or goes (it sizes the robot's standby).
+    pub registry: ActorRef<RobotRegistryMsg>,
 }
 
 struct Waiter {
@@ -97,15 +115,23 @@ impl Connection {
 pub struct SessionState {
     args: RobotSessionArgs,
     /// Items leased to the robot and delivered here, not handed out yet (REST claims take
-    /// them without reading the store).
+    /// them without reading the store). On a WebSocket these are the robot's standby: pushed
+    /// as soon as the window has room.
     mailbox: Vec<LeasedItem>,
     /// When claims last read the robot's leased items from the store.
     synced_at: Option<Instant>,
-    handed: HashSet<String>,
+    /// Leases handed out, by item: claimed over REST, or pushed over the WebSocket and not
+    /// reported done yet.
+    handed: HashMap<i64, String>,
+    /// Items pushed at once over a WebSocket.
+    window: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
     ws: Option<Connection>,
     next_conn: u64,
+    /// Reaches the store's transitions, to hand standby items back (kept from the first
+    /// WebSocket; a session that never had one holds no standby).
+    dispatcher: Option<Dispatcher>,
 }
 
 impl std::fmt::Debug for SessionState {
@@ -126,8 +152,11 @@ impl SessionState {
         let mut out = Vec::new();
         let mut rest = Vec::new();
         for item in items.drain(..) {
-            if out.len() < max && !self.handed.contains(&item.lease_key()) {
-                self.handed.insert(item.lease_key());
+            if self.is_handed(&item) {
+                continue;
+            }
+            if out.len() < max {
+                self.handed.insert(item.id, item.lease_id.clone());
                 out.push(item);
             } else {
                 rest.push(item);
@@ -135,6 +164,21 @@ impl SessionState {
         }
         *items = rest;
         out
+    }
+
+    fn is_handed(&self, item: &LeasedItem) -> bool {
+        self.handed.get(&item.id) == Some(&item.lease_id)
+    }
+
+    /// Forgets a handed lease; `true` when it was handed (its slot is free now).
+    fn forget_handed(&mut self, item_id: i64, lease_id: Option<&str>) -> bool {
+        match self.handed.get(&item_id) {
+            Some(held) if lease_id.is_none_or(|l| l == held) => {
+                self.handed.remove(&item_id);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether a claim must read the store first: the session never has, or the mailbox is
@@ -156,12 +200,11 @@ impl SessionState {
             .leased_items_of(self.args.robot_id, limit)
             .await?;
         let live: HashSet<String> = leased.iter().map(LeasedItem::lease_key).collect();
-        self.handed.retain(|key| live.contains(key));
+        self.handed
+            .retain(|id, lease| live.contains(&format!("{id}:{lease}")));
         self.mailbox.retain(|item| live.contains(&item.lease_key()));
         let queued: HashSet<String> = self.mailbox.iter().map(LeasedItem::lease_key).collect();
-        leased.retain(|item| {
-            !self.handed.contains(&item.lease_key()) && !queued.contains(&item.lease_key())
-        });
+        leased.retain(|item| !self.is_handed(item) && !queued.contains(&item.lease_key()));
         fill_process_ids(&self.args.store, &mut leased).await?;
         self.mailbox.extend(leased);
         self.mailbox.sort_by_key(|item| item.id);
@@ -169,10 +212,24 @@ impl SessionState {
         Ok(())
     }
 
-    /// Pushes `items` not handed out yet over the WebSocket. A robot that stopped reading is
-    /// disconnected: its leases stay, and it gets them again when it reconnects.
-    fn push_items(&mut self, items: &mut Vec<LeasedItem>) {
-        let given = self.take_new(items, usize::MAX);
+    /// Pushes mailbox items over the WebSocket while the robot's window has room; the rest
+    /// wait as standby. A robot that stopped reading is disconnected: its leases stay, and it
+    /// gets them again when it reconnects.
+    fn fill_window(&mut self) {
+        if self.ws.is_none() || self.mailbox.is_empty() {
+            return;
+        }
+        let room = self.window.saturating_sub(self.handed.len());
+        if room == 0 {
+            return;
+        }
+        let mut mailbox = std::mem::take(&mut self.mailbox);
+        let given = self.take_new(&mut mailbox, room);
+        self.mailbox = mailbox;
+        self.push(given);
+    }
+
+    fn push(&mut self, given: Vec<LeasedItem>) {
         if given.is_empty() {
             return;
         }
@@ -183,12 +240,52 @@ impl SessionState {
                 "robot is not reading its WebSocket; disconnecting it"
             );
             for item in &given {
-                self.handed.remove(&item.lease_key());
+                self.handed.remove(&item.id);
             }
             if let Some(conn) = self.ws.take() {
                 conn.close("too slow: the server's queue for this connection is full");
             }
         }
+    }
+
+    /// Hands standby items back to the queue (they were leased but never shown to the robot:
+    /// not an attempt). Takes the mailbox items `pick` selects, and waits until the releases are
+    /// written: a WebSocket that attaches next reads the robot's held items from the store, and
+    /// must not find (and push) an item that is on its way back.
+    async fn give_back(&mut self, pick: impl Fn(&LeasedItem) -> bool) {
+        let Some(dispatcher) = self.dispatcher.clone() else {
+            return;
+        };
+        let (back, keep): (Vec<LeasedItem>, Vec<LeasedItem>) = std::mem::take(&mut self.mailbox)
+            .into_iter()
+            .partition(pick);
+        self.mailbox = keep;
+        if back.is_empty() {
+            return;
+        }
+        let robot_id = self.args.robot_id;
+        debug!(robot_id, items = back.len(), "standby items handed back");
+        // The releases join one batch. A lease that changed meanwhile (revoked, expired) is
+        // refused: nothing to hand back then.
+        futures_util::future::join_all(back.iter().map(|item| {
+            dispatcher.act(
+                robot_id,
+                item.id,
+                Some(&item.lease_id),
+                &RobotAction::Release,
+            )
+        }))
+        .await;
+    }
+
+    fn streaming(&self, on: bool) {
+        let _ = self
+            .args
+            .registry
+            .send_message(RobotRegistryMsg::Streaming {
+                robot_id: self.args.robot_id,
+                on,
+            });
     }
 }
 
@@ -229,14 +326,16 @@ impl Actor for RobotSession {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SessionState {
+            window: args.capacity,
             args,
             mailbox: Vec::new(),
             synced_at: None,
-            handed: HashSet::new(),
+            handed: HashMap::new(),
             waiters: VecDeque::new(),
             next_waiter: 0,
             ws: None,
             next_conn: 0,
+            dispatcher: None,
         })
     }
 
@@ -259,9 +358,11 @@ impl Actor for RobotSession {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RobotSessionMsg::Deliver { mut items } => {
-                items.retain(|item| !state.handed.contains(&item.lease_key()));
+                items.retain(|item| !state.is_handed(item));
                 if state.ws.is_some() {
-                    state.push_items(&mut items);
+                    state.mailbox.extend(items);
+                    state.fill_window();
+                    return Ok(());
                 }
                 while !items.is_empty() {
                     let Some(waiter) = state.waiters.pop_front() else {
@@ -274,10 +375,10 @@ impl Actor for RobotSession {
                     }
                     // A waiter that gave up (closed port) loses nothing: its items stay leased
                     // and are handed to the next claim.
-                    let keys: Vec<String> = given.iter().map(LeasedItem::lease_key).collect();
+                    let ids: Vec<i64> = given.iter().map(|item| item.id).collect();
                     if let Err(err) = waiter.reply.send(given) {
-                        for key in keys {
-                            state.handed.remove(&key);
+                        for id in ids {
+                            state.handed.remove(&id);
                         }
                         if let ractor::MessagingErr::SendErr(given) = err {
                             state.mailbox.extend(given);
@@ -317,6 +418,7 @@ impl Actor for RobotSession {
                     dispatcher,
                     ping_every,
                 } = *attach;
+                state.dispatcher = Some(dispatcher.clone());
                 if let Some(old) = state.ws.take() {
                     old.close("replaced by a newer connection of the same robot");
                 }
@@ -327,7 +429,12 @@ impl Actor for RobotSession {
                     let outbound = outbound.clone();
                     let myself = myself.clone();
                     tokio::spawn(async move {
-                        ws::read_frames(robot, dispatcher, inbound, outbound, ping_every).await;
+                        let link = ws::ReaderLink {
+                            inbound,
+                            outbound,
+                            session: myself.clone(),
+                        };
+                        ws::read_frames(robot, dispatcher, link, ping_every).await;
                         let _ = myself.send_message(RobotSessionMsg::Detached { conn: id });
                     })
                 };
@@ -340,7 +447,9 @@ impl Actor for RobotSession {
                     robot_id = state.args.robot_id,
                     "robot connected by WebSocket"
                 );
-                // A new connection knows nothing yet: send everything the robot holds.
+                // A new connection knows nothing yet: send what the robot holds, items it
+                // started first (all of them: it is working on them), then the rest up to its
+                // window; what is left waits as standby.
                 state.handed.clear();
                 state.mailbox.clear();
                 let mut held = state
@@ -349,23 +458,81 @@ impl Actor for RobotSession {
                     .held_items_of(state.args.robot_id, MAX_HELD)
                     .await?;
                 fill_process_ids(&state.args.store, &mut held).await?;
-                state.push_items(&mut held);
+                held.sort_by_key(|item| (item.status != ItemStatus::Started, item.id));
+                let started = held
+                    .iter()
+                    .take_while(|item| item.status == ItemStatus::Started)
+                    .count();
+                let room = state.window.saturating_sub(started);
+                let waiting = held.split_off((started + room).min(held.len()));
+                state.mailbox = waiting;
+                let mut resent = held;
+                let given = state.take_new(&mut resent, usize::MAX);
+                state.push(given);
+                state.streaming(true);
             }
             RobotSessionMsg::Detached { conn } => {
                 if state.ws.as_ref().is_some_and(|c| c.id == conn) {
                     state.ws = None;
                     info!(robot_id = state.args.robot_id, "robot's WebSocket closed");
+                    state.streaming(false);
+                    // The robot never saw its standby: back to the queue, not an attempt.
+                    state.give_back(|_| true).await;
                 }
             }
             RobotSessionMsg::Revoke { item_ids } => {
                 let revoked: HashSet<i64> = item_ids.iter().copied().collect();
                 state.mailbox.retain(|item| !revoked.contains(&item.id));
-                state.handed.retain(|key| {
-                    let id = key.split_once(':').and_then(|(id, _)| id.parse().ok());
-                    id.is_none_or(|id| !revoked.contains(&id))
-                });
-                if let Some(conn) = &state.ws {
-                    let _ = conn.push(ws::revoke_frame(&item_ids));
+                // The robot hears only of items it was shown; standby simply goes away.
+                let shown: Vec<i64> = item_ids
+                    .iter()
+                    .copied()
+                    .filter(|id| state.handed.contains_key(id))
+                    .collect();
+                state.handed.retain(|id, _| !revoked.contains(id));
+                if let Some(conn) = &state.ws
+                    && !shown.is_empty()
+                {
+                    let _ = conn.push(ws::revoke_frame(&shown));
+                }
+                state.fill_window();
+            }
+            RobotSessionMsg::Limits { window } => {
+                state.window = window;
+                state.fill_window();
+            }
+            RobotSessionMsg::Finished { item_id, lease_id } => {
+                if state.forget_handed(item_id, Some(&lease_id)) {
+                    state.fill_window();
+                }
+            }
+            RobotSessionMsg::Left { item_id, lease_id } => {
+                state
+                    .mailbox
+                    .retain(|item| item.id != item_id || lease_id.as_ref() != Some(&item.lease_id));
+                if state.forget_handed(item_id, lease_id.as_deref()) {
+                    state.fill_window();
+                }
+            }
+            RobotSessionMsg::Withdraw { processes } => {
+                if state.ws.is_some() {
+                    state
+                        .give_back(|item| match (&processes, item.process_id) {
+                            (None, _) => true,
+                            (Some(processes), Some(process)) => processes.contains(&process),
+                            (Some(_), None) => false,
+                        })
+                        .await;
+                }
+            }
+            RobotSessionMsg::Expiring { now } => {
+                if state.ws.is_some() {
+                    state
+                        .give_back(|item| {
+                            item.leased_at
+                                .is_none_or(|at| now - at >= (item.lease_expires_at - at) / 2)
+                        })
+                        .await;
                 }
             }
         }

@@ -10,10 +10,12 @@
 //!   robot ◄─frames─── web pump ◄─Outbound── session actor (items, revoke) + reader (ack, error)
 //! ```
 
+use super::RobotSessionMsg;
 use crate::dispatcher::{DispatchError, Dispatcher};
 use crate::domain::Robot;
 use crate::lifecycle::{FailKind, RobotAction};
 use crate::store::LeasedItem;
+use ractor::ActorRef;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -60,6 +62,14 @@ pub enum Outbound {
 pub struct WsLink {
     pub inbound: mpsc::Receiver<Inbound>,
     pub outbound: mpsc::Sender<Outbound>,
+}
+
+/// What the reader task holds: the socket's two ends and the session it reports to.
+#[derive(Debug)]
+pub(super) struct ReaderLink {
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub outbound: mpsc::Sender<Outbound>,
+    pub session: ActorRef<RobotSessionMsg>,
 }
 
 /// `{"type": "items", "items": [...]}`.
@@ -271,14 +281,20 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, FrameError> {
 
 /// Reads the robot's frames until the connection closes: every frame is a pulse, actions go to
 /// dispatch concurrently (acks carry the frame's `ref`), and the server pings every `ping_every`
-/// so an idle but connected robot stays alive.
+/// so an idle but connected robot stays alive. A report that ends an item (completed, failed,
+/// released) also goes straight to the session, which pushes the robot's next item while the
+/// report is written.
 pub(super) async fn read_frames(
     robot: Robot,
     dispatcher: Dispatcher,
-    mut inbound: mpsc::Receiver<Inbound>,
-    outbound: mpsc::Sender<Outbound>,
+    link: ReaderLink,
     ping_every: Duration,
 ) {
+    let ReaderLink {
+        mut inbound,
+        outbound,
+        session,
+    } = link;
     let in_flight = Arc::new(Semaphore::new(ACTIONS_IN_FLIGHT));
     // The last action per item: a robot's frames about one item apply in the order sent, while
     // frames about different items run concurrently.
@@ -333,6 +349,15 @@ pub(super) async fn read_frames(
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
                     return;
                 };
+                if matches!(
+                    action,
+                    RobotAction::Complete { .. } | RobotAction::Fail { .. } | RobotAction::Release
+                ) {
+                    let _ = session.send_message(RobotSessionMsg::Finished {
+                        item_id,
+                        lease_id: lease_id.clone(),
+                    });
+                }
                 let dispatcher = dispatcher.clone();
                 let outbound = outbound.clone();
                 let robot_id = robot.id;

@@ -43,6 +43,10 @@ pub struct LeasedItem {
     /// ASSIGNED when leased; STARTED when re-sent to a robot that reconnected mid-item.
     #[serde(default = "assigned")]
     pub status: ItemStatus,
+    /// When the lease was written, if this delivery knows (a standby item goes back to the
+    /// queue once half its lease has passed). Never stored or shown.
+    #[serde(skip)]
+    pub leased_at: Option<Millis>,
 }
 
 fn assigned() -> ItemStatus {
@@ -117,6 +121,7 @@ fn leased_item(
         lease_id: state.lease_id.clone()?,
         lease_expires_at: state.lease_expires_at?,
         status: state.status,
+        leased_at: None,
     })
 }
 

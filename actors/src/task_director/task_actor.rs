@@ -132,6 +132,7 @@ impl TaskState {
         for (grant, mut items) in grants.iter().zip(leased) {
             for item in &mut items {
                 item.process_id = Some(self.args.process_id);
+                item.leased_at = Some(now);
             }
             let got = items.len() as i64;
             if got < grant.count {
