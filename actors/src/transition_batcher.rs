@@ -323,11 +323,11 @@ impl BatcherState {
                 .chain(held.into_iter().map(|(request, _)| request))
                 .collect::<Vec<_>>()
         };
-        let grants: Vec<(i64, &[Grant])> = leases
+        let grants: Vec<(i64, Vec<Grant>)> = leases
             .iter()
-            .map(|l| (l.task_id, l.grants.as_slice()))
+            .map(|l| (l.task_id, l.grants.clone()))
             .collect();
-        match store.write_items(&changes, &grants, now).await {
+        match store.write_items_apart(changes.clone(), grants, now).await {
             Ok(Some(leased)) => {
                 for (old, new) in &changes {
                     notify_transition(&self.args.registry, self.director.as_ref(), old, new);

@@ -350,6 +350,28 @@ impl Store {
         }
     }
 
+    /// [`Store::write_items`] on the store's writer thread (see `writer_runtime`), with owned
+    /// arguments so the write can move there.
+    pub async fn write_items_apart(
+        &self,
+        changes: Vec<(ItemState, ItemState)>,
+        leases: Vec<(i64, Vec<Grant>)>,
+        now: Millis,
+    ) -> Result<Option<Vec<Vec<Vec<LeasedItem>>>>, StoreError> {
+        let store = self.clone();
+        let write = async move {
+            let leases: Vec<(i64, &[Grant])> =
+                leases.iter().map(|(t, g)| (*t, g.as_slice())).collect();
+            store.write_items(&changes, &leases, now).await
+        };
+        match super::writer_runtime() {
+            Some(runtime) => runtime.spawn(write).await.map_err(|err| {
+                StoreError::Database(format!("the store writer lost a write: {err}"))
+            })?,
+            None => write.await,
+        }
+    }
+
     /// Robot transitions and leases in one transaction (group commit: a completion and the
     /// lease that refills the robot's slot cost one write). `changes` are compare-and-sets as in
     /// [`Store::apply_transitions`]; `leases` are grants per task as in [`Store::assign_items`],

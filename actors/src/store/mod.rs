@@ -81,6 +81,30 @@ impl StoreConfig {
 /// task before the clone's first query may run. With a store clone per robot session and per
 /// request, those sessions were most of the node's memory with thousands of WebSocket robots
 /// connected (heaptrack: 502 MB with 3,000).
+/// The thread the item writes run on. A batch's transaction keeps the engine busy for a few
+/// milliseconds of CPU at a time without yielding; on the node's own runtime that stalled
+/// whatever shared its worker: the WebSocket reader and session that push a robot's next item,
+/// and the socket pumps. On a runtime of its own the engine's work is one more thread the
+/// kernel preempts, and the actors' workers stay free to answer. `None` if the thread could not
+/// be started (the write then runs where it is awaited).
+fn writer_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("store-writer")
+                .enable_all()
+                .build()
+                .map_err(
+                    |err| tracing::warn!(error = %err, "no store writer thread; writing inline"),
+                )
+                .ok()
+        })
+        .as_ref()
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Arc<Db>,
