@@ -466,7 +466,11 @@ async fn handle_message(
             if let Some(slot) = state.board.robots.get_mut(&robot_id) {
                 slot.in_flight = (slot.in_flight - 1).max(0);
             }
-            if let Some(session) = state.sessions.get(&robot_id) {
+            // Only a streaming session keeps a window to free; a polling robot's session learns
+            // from its next store sync, so its requests cost no extra message.
+            if let Some(session) = state.sessions.get(&robot_id)
+                && session.streaming
+            {
                 let _ = session
                     .actor
                     .send_message(RobotSessionMsg::Left { item_id, lease_id });
