@@ -1,5 +1,5 @@
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use super::{
 	Result,
 	BLOCK_SIZE,
 	HEADER_SIZE,
+	PREALLOCATE_BYTES,
 };
 
 /// Write-Ahead Log (Wal) manager for coordinating WAL operations.
@@ -143,16 +144,20 @@ impl Wal {
 		let file_name = segment_name(log_number, extension);
 		let file_path = dir.join(&file_name);
 
-		// Open or create the file (append mode ensures writes go to end)
-		let file = Self::open_wal_file(&file_path, opts)?;
+		// Open or create the file. Orchestrator RPA patch: not in append mode, since the writer
+		// grows the file ahead of its data (`PREALLOCATE_BYTES`); the cursor is moved to the end
+		// below, and the writer keeps track of where its data ends.
+		let mut file = Self::open_wal_file(&file_path, opts)?;
 
 		// Clone the fd before BufWriter consumes ownership. This cloned fd
 		// points to the same inode, so sync_all() on it will fsync all dirty
 		// pages for this file regardless of which fd wrote them.
 		let sync_fd = Arc::new(file.try_clone()?);
 
-		// Get file size from the opened file handle
-		let existing_size = file.metadata()?.len();
+		// Get file size from the opened file handle. A segment left by a crash may end in
+		// preallocated zeros; writing resumes after them, and the reader skips them as empty
+		// blocks (the step is a whole number of blocks, so the block offset stays right).
+		let existing_size = file.seek(SeekFrom::End(0))?;
 
 		if existing_size > 0 {
 			// Existing file: detect the compression type from the file itself.
@@ -164,7 +169,13 @@ impl Wal {
 			let block_offset = (existing_size as usize) % BLOCK_SIZE;
 
 			// Create buffered file writer
-			let buffered_writer = BufferedFileWriter::new(file, BLOCK_SIZE);
+			let buffered_writer = BufferedFileWriter::preallocating(
+				file,
+				BLOCK_SIZE,
+				existing_size,
+				existing_size,
+				PREALLOCATE_BYTES,
+			);
 
 			Ok((Writer::new(buffered_writer, false, detected_compression, block_offset), sync_fd))
 		} else {
@@ -172,7 +183,8 @@ impl Wal {
 			let compression_type = opts.compression_type;
 
 			// Create buffered file writer
-			let buffered_writer = BufferedFileWriter::new(file, BLOCK_SIZE);
+			let buffered_writer =
+				BufferedFileWriter::preallocating(file, BLOCK_SIZE, 0, 0, PREALLOCATE_BYTES);
 
 			let mut writer = Writer::new(buffered_writer, false, compression_type, 0);
 			if compression_type != CompressionType::None {
@@ -222,7 +234,7 @@ impl Wal {
 	#[allow(unused_variables)] // opts used on Unix via #[cfg(unix)] below
 	fn open_wal_file(file_path: &Path, opts: &Options) -> Result<File> {
 		let mut open_options = OpenOptions::new();
-		open_options.read(true).write(true).create(true).append(true);
+		open_options.read(true).write(true).create(true);
 
 		#[cfg(unix)]
 		{
@@ -407,7 +419,9 @@ impl Wal {
 	pub(crate) fn rotate(&mut self) -> Result<u64> {
 		let old_log_number = self.active_log_number;
 
-		self.active_writer.sync()?;
+		// Orchestrator RPA patch: close (trim and sync) rather than only sync, so the segment
+		// left behind holds just its data.
+		self.active_writer.close()?;
 
 		// Update the log number
 		self.active_log_number += 1;
@@ -979,5 +993,66 @@ mod tests {
 
 			wal.close().unwrap();
 		}
+	}
+
+	/// Orchestrator RPA patch: the segment grows ahead of its data, a closed one holds only its
+	/// data, and every record reads back.
+	#[test]
+	fn a_segment_grows_ahead_of_its_data_and_is_trimmed_on_close() {
+		use crate::wal::reader::Reader;
+
+		let temp_dir = create_temp_directory();
+		let path = temp_dir.path().join("00000000000000000000.wal");
+		let records: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 300 + 997 * i as usize]).collect();
+		let mut wal = Wal::open(temp_dir.path(), Options::default()).unwrap();
+		for record in &records {
+			wal.append(record).unwrap();
+		}
+		wal.sync().unwrap();
+		assert_eq!(fs::metadata(&path).unwrap().len(), PREALLOCATE_BYTES, "grown ahead");
+		wal.close().unwrap();
+		let closed = fs::metadata(&path).unwrap().len();
+		assert!(closed < PREALLOCATE_BYTES, "trimmed to its data: {closed}");
+		let data: usize = records.iter().map(|r| r.len()).sum();
+		assert!(closed as usize >= data, "{closed} bytes hold {data} bytes of records");
+
+		let mut reader = Reader::new(File::open(&path).unwrap());
+		for expected in &records {
+			assert_eq!(reader.read().unwrap().0, &expected[..]);
+		}
+		assert!(reader.read().is_err(), "nothing after the last record");
+	}
+
+	/// Orchestrator RPA patch: a segment left by a crash ends in preallocated zeros; it reads as
+	/// its records followed by empty blocks, and a reopened WAL writes after them.
+	#[test]
+	fn a_segment_left_by_a_crash_reads_back_and_takes_more_records() {
+		use crate::wal::reader::Reader;
+
+		let temp_dir = create_temp_directory();
+		let path = temp_dir.path().join("00000000000000000000.wal");
+		let before: Vec<Vec<u8>> = (1..=5u8).map(|i| vec![i; 100 * i as usize]).collect();
+		let after: Vec<Vec<u8>> = (6..=8u8).map(|i| vec![i; 40_000 * i as usize]).collect();
+		let mut wal = Wal::open(temp_dir.path(), Options::default()).unwrap();
+		for record in &before {
+			wal.append(record).unwrap();
+		}
+		wal.sync().unwrap();
+		// A crash: no close, so the zeros stay.
+		std::mem::forget(wal);
+		assert_eq!(fs::metadata(&path).unwrap().len(), PREALLOCATE_BYTES);
+
+		let mut wal = Wal::open(temp_dir.path(), Options::default()).unwrap();
+		for record in &after {
+			wal.append(record).unwrap();
+		}
+		wal.close().unwrap();
+		assert!(fs::metadata(&path).unwrap().len() > PREALLOCATE_BYTES);
+
+		let mut reader = Reader::new(File::open(&path).unwrap());
+		for expected in before.iter().chain(&after) {
+			assert_eq!(reader.read().unwrap().0, &expected[..]);
+		}
+		assert!(reader.read().is_err(), "nothing after the last record");
 	}
 }
