@@ -971,6 +971,23 @@ impl Table {
 		Ok(b)
 	}
 
+	/// Orchestrator RPA patch: reads a data block for a compaction: from the cache if it is
+	/// there, else from disk without keeping it. A compaction reads every block of its input
+	/// tables once, and those tables are deleted when it ends; cached, those blocks pushed out
+	/// the blocks readers use, and filled the cache to its capacity during any long bulk write
+	/// (the node's RSS grew with the data uploaded until the cache was full).
+	pub(crate) fn read_block_uncached(&self, location: &BlockHandle) -> Result<Arc<Block>> {
+		if let Some(block) = self.opts.block_cache.get_data_block(self.id, location.offset() as u64)
+		{
+			return Ok(block);
+		}
+		Ok(Arc::new(read_table_block(
+			Arc::clone(&self.opts.internal_comparator),
+			Arc::clone(&self.file),
+			location,
+		)?))
+	}
+
 	/// Reads a data block with a custom comparator, using the history cache.
 	///
 	/// History blocks are cached separately from normal data blocks since they
@@ -1073,9 +1090,20 @@ impl Table {
 	}
 
 	/// Creates an iterator over the table with optional range bounds.
+	// Orchestrator RPA patch: compactions, its one caller outside tests, now use
+	// `iter_for_compaction`.
+	#[cfg_attr(not(test), allow(dead_code))]
 	pub(crate) fn iter(&self, range: Option<InternalKeyRange>) -> Result<TableIterator<'_>> {
 		let range = range.unwrap_or((Bound::Unbounded, Bound::Unbounded));
 		TableIterator::new(self, range)
+	}
+
+	/// Orchestrator RPA patch: an iterator over the whole table for a compaction; the blocks it
+	/// reads are not added to the block cache (see `read_block_uncached`).
+	pub(crate) fn iter_for_compaction(&self) -> Result<TableIterator<'_>> {
+		let mut iter = TableIterator::new(self, (Bound::Unbounded, Bound::Unbounded))?;
+		iter.fill_cache = false;
+		Ok(iter)
 	}
 
 	/// Creates an iterator over the table with a custom comparator.
@@ -1278,6 +1306,10 @@ pub(crate) struct TableIterator<'a> {
 	/// Range bounds for filtering
 	range: InternalKeyRange,
 
+	/// Orchestrator RPA patch: whether blocks read from disk are added to the block cache
+	/// (false for a compaction's reads).
+	fill_cache: bool,
+
 	/// Whether the iterator has been exhausted
 	exhausted: bool,
 
@@ -1298,6 +1330,7 @@ impl<'a> TableIterator<'a> {
 			range,
 			exhausted: false,
 			custom_comparator: None,
+			fill_cache: true,
 		})
 	}
 
@@ -1319,6 +1352,7 @@ impl<'a> TableIterator<'a> {
 			range,
 			exhausted: false,
 			custom_comparator: Some(comparator),
+			fill_cache: true,
 		})
 	}
 
@@ -1350,8 +1384,11 @@ impl<'a> TableIterator<'a> {
 		let iter = if let Some(ref comparator) = self.custom_comparator {
 			let block = self.table.read_block_with_comparator(&handle, Arc::clone(comparator))?;
 			block.iter()?
-		} else {
+		} else if self.fill_cache {
 			let block = self.table.read_block(&handle)?;
+			block.iter()?
+		} else {
+			let block = self.table.read_block_uncached(&handle)?;
 			block.iter()?
 		};
 		self.second_level = Some(iter);

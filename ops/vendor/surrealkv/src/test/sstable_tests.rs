@@ -5014,3 +5014,30 @@ fn test_all_zero_timestamps() {
 	assert_eq!(table.meta.properties.oldest_key_time, Some(0));
 	assert_eq!(table.meta.properties.newest_key_time, Some(0));
 }
+
+/// Orchestrator RPA patch: a compaction's pass over a table reads every block, yet leaves the
+/// block cache as it was; an ordinary iterator still fills it.
+#[test]
+fn a_compaction_pass_does_not_fill_the_block_cache() {
+	let (src, size) = build_table(build_data());
+	let opts = default_opts();
+	let table = Arc::new(Table::new(1, Arc::clone(&opts), wrap_buffer(src), size as u64).unwrap());
+	let entries = build_data().len();
+
+	opts.block_cache.reset_stats();
+	assert_eq!(count_iter(&mut table.iter_for_compaction().unwrap()).unwrap(), entries);
+	let blocks = opts.block_cache.get_stats().data_misses;
+	assert!(blocks > 1, "the table has several blocks: {blocks}");
+
+	// Nothing was kept: an ordinary pass misses on every block again, and keeps them.
+	opts.block_cache.reset_stats();
+	assert_eq!(count_iter(&mut table.iter(None).unwrap()).unwrap(), entries);
+	assert_eq!(opts.block_cache.get_stats().data_misses, blocks);
+	assert_eq!(opts.block_cache.get_stats().data_hits, 0);
+
+	// Blocks already cached serve a compaction's pass too.
+	opts.block_cache.reset_stats();
+	assert_eq!(count_iter(&mut table.iter_for_compaction().unwrap()).unwrap(), entries);
+	assert_eq!(opts.block_cache.get_stats().data_hits, blocks);
+	assert_eq!(opts.block_cache.get_stats().data_misses, 0);
+}
