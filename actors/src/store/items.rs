@@ -813,6 +813,49 @@ mod tests {
         Ok(())
     }
 
+    /// A chunk whose items all ended is rewritten whole: no lease summary or holder is left
+    /// for the sweep and robot lookups to find; the task completes in the same write, and the
+    /// minute's throughput counts the items.
+    #[tokio::test]
+    async fn a_finished_chunk_keeps_no_lease_and_completes_its_task() -> Result<(), StoreError> {
+        let store = Store::open(&StoreConfig::memory()).await?;
+        let (task, first) = staged(&store, 3).await?;
+        let ids = vec![first, first + 1, first + 2];
+        let now = crate::domain::now_millis();
+        store
+            .assign_items(task, &[grant(1, ids.clone())], now)
+            .await?;
+        let far = now + 3_600_000;
+        assert_eq!(store.expired_leases(far, 10).await?.len(), 3);
+        assert_eq!(store.robot_items_in_flight(1).await?.len(), 3);
+        let row = store.task(task).await?.expect("task");
+        assert_eq!(row.status, crate::domain::TaskStatus::Started);
+
+        let changes: Vec<(ItemState, ItemState)> = store
+            .item_states(&ids)
+            .await?
+            .into_iter()
+            .map(|old| {
+                let mut done = old.clone();
+                done.status = ItemStatus::Completed;
+                done.ended_at = Some(now);
+                (old, done)
+            })
+            .collect();
+        store
+            .write_items(&changes, &[], now)
+            .await?
+            .expect("written");
+        assert!(store.expired_leases(far, 10).await?.is_empty());
+        assert!(store.robot_items_in_flight(1).await?.is_empty());
+        let row = store.task(task).await?.expect("task");
+        assert_eq!(row.status, crate::domain::TaskStatus::Completed);
+        assert_eq!((row.counts.assigned, row.counts.completed), (0, 3));
+        let minute = crate::store::minute_of(now);
+        assert_eq!(store.throughput(minute, minute).await?[0].completed, 3);
+        Ok(())
+    }
+
     /// Leasing, a transition, a stale cache (another node wrote the chunk) and a lost race.
     #[tokio::test]
     async fn writes_check_each_item_as_stored() -> Result<(), StoreError> {

@@ -22,14 +22,6 @@ pub fn minute_of(at: Millis) -> i64 {
     at.div_euclid(60_000)
 }
 
-/// The statement that adds a batch's finished items to its minute; `$done` carries
-/// `{minute, completed, failed}`. Used inside the transition transaction.
-pub(super) const ADD_TO_MINUTE: &str = "IF $done.completed + $done.failed > 0 { \
-       UPSERT type::record('throughput', $done.minute) \
-         SET completed = (completed ?? 0) + $done.completed, failed = (failed ?? 0) + $done.failed \
-         RETURN NONE; \
-     };";
-
 impl Store {
     /// Every minute from `first` to `last` inclusive, oldest first; minutes with no row count 0.
     pub async fn throughput(&self, first: i64, last: i64) -> Result<Vec<MinuteCount>, StoreError> {
