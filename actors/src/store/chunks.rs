@@ -691,18 +691,21 @@ mod tests {
     #[test]
     fn a_batch_writes_only_what_it_changes() {
         let chunks = vec![Chunk::new(7, 512, 3, 0), Chunk::new(7, 768, 3, 0)];
-        let counts = ItemCounts {
+        // Task 7's counters move by `counts`, nothing else about it changes.
+        let task_7 = |counts: ItemCounts| {
+            BTreeMap::from([(
+                7,
+                TaskDelta {
+                    counts,
+                    ..TaskDelta::default()
+                },
+            )])
+        };
+        let starts = task_7(ItemCounts {
             assigned: -2,
             started: 2,
             ..ItemCounts::default()
-        };
-        let starts = BTreeMap::from([(
-            7,
-            TaskDelta {
-                counts,
-                ..TaskDelta::default()
-            },
-        )]);
+        });
         let (sql, vars) = write_statements(&chunks, &starts, (0, 0), 1_000).expect("sql");
         assert!(
             sql.contains("UPDATE chunk:2 CONTENT $c0 WHERE version = 0"),
@@ -734,18 +737,11 @@ mod tests {
             "n is the record id, not a field"
         );
 
-        let counts = ItemCounts {
+        let ends = task_7(ItemCounts {
             started: -1,
             completed: 1,
             ..ItemCounts::default()
-        };
-        let ends = BTreeMap::from([(
-            7,
-            TaskDelta {
-                counts,
-                ..TaskDelta::default()
-            },
-        )]);
+        });
         let (sql, _) = write_statements(&chunks[..1], &ends, (1, 0), 120_000).expect("sql");
         assert!(
             sql.contains("SET status = 'COMPLETED', ended_at = 120000"),
