@@ -5,14 +5,19 @@
 use crate::domain::{Clock, Robot, RobotStatus};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, RobotAction, TransitionError};
+use crate::limits::{PayloadError, PayloadLimits};
 use crate::recovery::{self, PolicyDefaults};
-use crate::robot_registry::{PulseBoard, RegistryArgs, RobotLoad, RobotRegistry, RobotRegistryMsg};
+use crate::robot_registry::{RobotLoad, RobotRegistryMsg};
 use crate::robot_session::ws::WsLink;
 use crate::robot_session::{RobotSessionMsg, WsAttach};
 use crate::store::{LeasedItem, RobotPatch, Store};
-use crate::task_director::{TaskDirector, TaskDirectorArgs, TaskDirectorMsg};
-use crate::transition_batcher::{ActRequest, BatcherArgs, BatcherMsg, TransitionBatcher};
+use crate::supervisor::{
+    DispatchHealth, DispatchSupervisor, Parts, SharedParts, SupervisorArgs, SupervisorMsg,
+};
+use crate::task_director::TaskDirectorMsg;
+use crate::transition_batcher::{ActRequest, BatcherMsg};
 use ractor::{Actor, ActorRef};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -33,6 +38,12 @@ pub struct DispatchConfig {
     /// Items a WebSocket robot holds in standby beyond its capacity, pushed the moment it
     /// reports one finished (0: none).
     pub ws_standby: i64,
+    /// How often robot loads are recounted from the store (a backstop: a correction is a bug).
+    pub recount_period: Duration,
+    /// What a robot may report about an item (observation, output).
+    pub payload_limits: PayloadLimits,
+    /// A staged upload untouched this long was abandoned (the upload sweeper deletes it).
+    pub stale_upload_after: Duration,
     /// Where dispatch reads the time (leases, pulses, backoff).
     pub clock: Clock,
 }
@@ -45,95 +56,86 @@ pub enum DispatchError {
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("dispatch is unavailable: {0}")]
     Unavailable(String),
+    #[error("{ROBOT_DISABLED}")]
+    RobotDisabled,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Entry point to the dispatch actors.
+/// What a robot is told when it tries to make itself ACTIVE after an administrator set it
+/// INACTIVE.
+pub const ROBOT_DISABLED: &str = "an administrator set this robot INACTIVE; it gets no work \
+                                  until an administrator sets it ACTIVE";
+
+/// Entry point to the dispatch actors. Cheap to clone; every call reaches the actors running
+/// now, so it follows a restart by the [`DispatchSupervisor`].
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     store: Store,
-    registry: ActorRef<RobotRegistryMsg>,
-    director: ActorRef<TaskDirectorMsg>,
-    batcher: ActorRef<BatcherMsg>,
-    pulses: PulseBoard,
+    parts: SharedParts,
+    health: Arc<DispatchHealth>,
+    supervisor: ActorRef<SupervisorMsg>,
     config: DispatchConfig,
 }
 
 impl Dispatcher {
-    /// Starts the registry and the director, rebuilding task queues from the store.
+    /// Starts the supervisor, which starts the registry, batcher, director and upload sweeper,
+    /// rebuilding task queues from the store.
     pub async fn start(store: Store, config: DispatchConfig) -> Result<Dispatcher, DispatchError> {
-        let defaults = PolicyDefaults {
-            lease_ttl: config.lease_ttl,
-            backoff_base: config.backoff_base,
-        };
-        let pulses = PulseBoard::default();
-        let (registry, _) = Actor::spawn(
+        let parts: SharedParts = Arc::default();
+        let health = Arc::new(DispatchHealth::default());
+        let (supervisor, _) = Actor::spawn(
             None,
-            RobotRegistry,
-            RegistryArgs {
+            DispatchSupervisor,
+            SupervisorArgs {
                 store: store.clone(),
-                node_id: config.node_id.clone(),
-                pulse_timeout: config.pulse_timeout,
-                sweep_period: config.sweep_period,
-                dispatch_delay: config.dispatch_delay,
-                defaults,
-                clock: config.clock.clone(),
-                pulses: pulses.clone(),
-                ws_standby: config.ws_standby,
+                config: config.clone(),
+                parts: parts.clone(),
+                health: health.clone(),
             },
         )
         .await
         .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
-        // The batcher writes every item change, leases included, so it starts first; it learns
-        // of the director once that exists, before any robot action can reach it.
-        let (batcher, _) = Actor::spawn(
-            None,
-            TransitionBatcher,
-            BatcherArgs {
-                store: store.clone(),
-                clock: config.clock.clone(),
-                defaults,
-                registry: registry.clone(),
-                delay: config.dispatch_delay,
-            },
-        )
-        .await
-        .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
-        let (director, _) = Actor::spawn(
-            None,
-            TaskDirector,
-            TaskDirectorArgs {
-                store: store.clone(),
-                registry: registry.clone(),
-                batcher: batcher.clone(),
-                default_lease_ttl: config.lease_ttl,
-                clock: config.clock.clone(),
-            },
-        )
-        .await
-        .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
-        registry
-            .send_message(RobotRegistryMsg::AttachDirector {
-                director: director.clone(),
-            })
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
-        batcher
-            .send_message(BatcherMsg::AttachDirector {
-                director: director.clone(),
-            })
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
         Ok(Dispatcher {
             store,
-            registry,
-            director,
-            batcher,
-            pulses,
+            parts,
+            health,
+            supervisor,
             config,
         })
+    }
+
+    /// The actors dispatch runs on now.
+    fn parts(&self) -> Result<Parts, DispatchError> {
+        self.parts
+            .read()
+            .ok()
+            .and_then(|p| p.clone())
+            .ok_or_else(|| DispatchError::Unavailable("dispatch is not running".into()))
+    }
+
+    /// `Some((component, reason))` while dispatch is down (a part failed and is restarting).
+    pub fn health_problem(&self) -> Option<(String, String)> {
+        self.health.problem()
+    }
+
+    /// How often dispatch was restarted after a failure since the node started.
+    pub fn restarts(&self) -> u64 {
+        self.health.restarts()
+    }
+
+    /// Test hook: makes the robot registry fail as a bug would, to exercise the supervisor.
+    pub fn fail_registry_for_test(&self) {
+        if let Ok(parts) = self.parts() {
+            let _ = parts.registry.send_message(RobotRegistryMsg::Fail {
+                reason: "failure injected by a test".into(),
+            });
+        }
     }
 
     /// Node configuration of dispatch.
@@ -152,14 +154,16 @@ impl Dispatcher {
     /// session is served from the pulse board: its request costs no registry message, which at
     /// thousands of robot requests a second kept the registry's mailbox busy with pulses.
     pub async fn connect(&self, robot: &Robot) -> Result<ActorRef<RobotSessionMsg>, DispatchError> {
-        if let Some(session) = self.pulses.session(robot.id) {
+        let parts = self.parts()?;
+        if let Some(session) = parts.pulses.session(robot.id) {
             self.pulse(robot.id);
             return Ok(session);
         }
         let robot = robot.clone();
         // A robot without a session here has its load counted now, outside the registry.
         let in_flight = self.store.robot_in_flight_count(robot.id).await?;
-        self.registry
+        parts
+            .registry
             .call(
                 |reply| RobotRegistryMsg::Connect {
                     robot,
@@ -209,7 +213,9 @@ impl Dispatcher {
     /// A sign of life from a robot whose session exists (a WebSocket frame). Noted on the pulse
     /// board, not sent to the registry: the registry reads the board at every sweep.
     pub fn pulse(&self, robot_id: i64) {
-        self.pulses.record(robot_id, self.config.clock.now());
+        if let Ok(parts) = self.parts() {
+            parts.pulses.record(robot_id, self.config.clock.now());
+        }
     }
 
     /// The robot is ready for work: it becomes ACTIVE if it was not, and `capacity`, when
@@ -222,6 +228,9 @@ impl Dispatcher {
             .ok_or(DispatchError::Unavailable(
                 "the robot no longer exists".into(),
             ))?;
+        if robot.disabled_by_admin {
+            return Err(DispatchError::RobotDisabled);
+        }
         if robot.status != RobotStatus::Active {
             let patch = RobotPatch {
                 status: Some(RobotStatus::Active),
@@ -231,7 +240,8 @@ impl Dispatcher {
                 robot = updated;
             }
         }
-        self.registry
+        self.parts()?
+            .registry
             .send_message(RobotRegistryMsg::Ready {
                 robot,
                 window: capacity,
@@ -271,9 +281,11 @@ impl Dispatcher {
         action: &RobotAction,
         once: bool,
     ) -> Result<ItemState, DispatchError> {
+        self.config.payload_limits.check(action)?;
         let lease = lease.map(str::to_string);
         let action = action.clone();
-        self.batcher
+        self.parts()?
+            .batcher
             .call(
                 |reply| {
                     BatcherMsg::Act(ActRequest {
@@ -296,9 +308,12 @@ impl Dispatcher {
 
     /// A task was uploaded or reopened: start dispatching it.
     pub fn task_ready(&self, task_id: i64) {
-        let _ = self
-            .director
-            .send_message(TaskDirectorMsg::Activate { task_id });
+        // While dispatch restarts, the new director finds the task in the store.
+        if let Ok(parts) = self.parts() {
+            let _ = parts
+                .director
+                .send_message(TaskDirectorMsg::Activate { task_id });
+        }
     }
 
     /// Cancels a task: dispatch stops and unstarted items go back to PENDING. `false` when the
@@ -308,18 +323,19 @@ impl Dispatcher {
         if !self.store.cancel_task(task_id, now).await? {
             return Ok(false);
         }
-        let _ = self
+        let parts = self.parts()?;
+        let _ = parts
             .director
             .send_message(TaskDirectorMsg::Cancelled { task_id });
         let released =
             recovery::release_unstarted_of_task(&self.store, task_id, self.defaults(), now).await?;
         for (robot_id, count) in released.left_flight {
-            let _ = self
+            let _ = parts
                 .registry
                 .send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count });
         }
         for (robot_id, item_ids) in released.revoked {
-            let _ = self
+            let _ = parts
                 .registry
                 .send_message(RobotRegistryMsg::Revoke { robot_id, item_ids });
         }
@@ -340,21 +356,26 @@ impl Dispatcher {
 
     /// A robot's settings changed (status, capacity, processes).
     pub fn robot_changed(&self, robot: &Robot) {
-        let _ = self.registry.send_message(RobotRegistryMsg::RobotChanged {
-            robot: robot.clone(),
-        });
+        if let Ok(parts) = self.parts() {
+            let _ = parts.registry.send_message(RobotRegistryMsg::RobotChanged {
+                robot: robot.clone(),
+            });
+        }
     }
 
     /// A robot was deleted or its token rotated.
     pub fn robot_revoked(&self, robot_id: i64) {
-        let _ = self
-            .registry
-            .send_message(RobotRegistryMsg::RobotRevoked { robot_id });
+        if let Ok(parts) = self.parts() {
+            let _ = parts
+                .registry
+                .send_message(RobotRegistryMsg::RobotRevoked { robot_id });
+        }
     }
 
     /// Loads of robots connected to this node.
     pub async fn loads(&self) -> Result<Vec<RobotLoad>, DispatchError> {
-        self.registry
+        self.parts()?
+            .registry
             .call(
                 |reply| RobotRegistryMsg::Loads { reply },
                 Some(CALL_TIMEOUT),
@@ -366,19 +387,31 @@ impl Dispatcher {
             ))
     }
 
-    /// Stops the actors (sessions with them); leases stay in the store.
+    /// First step of a stop: robots on a WebSocket are told to reconnect (close code 1012),
+    /// their standby items go back to the queue, and parked REST claims are answered, so the
+    /// HTTP server's grace is not spent waiting on them.
+    pub async fn close_robot_connections(&self) {
+        if let Ok(parts) = self.parts() {
+            let _ = parts
+                .registry
+                .call(
+                    |reply| RobotRegistryMsg::Shutdown { reply },
+                    Some(Duration::from_secs(10)),
+                )
+                .await;
+        }
+    }
+
+    /// Stops the actors (sessions with them); leases stay in the store. Dispatch stops first,
+    /// the batcher last, so writes already asked for are made.
     pub async fn shutdown(&self) {
         let _ = self
-            .batcher
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::Shutdown { reply },
+                Some(Duration::from_secs(20)),
+            )
             .await;
-        let _ = self
-            .director
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
-            .await;
-        let _ = self
-            .registry
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
-            .await;
+        self.supervisor.stop(None);
     }
 }

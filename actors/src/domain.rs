@@ -157,6 +157,9 @@ pub struct User {
     pub role: Role,
     pub disabled: bool,
     pub created_at: Millis,
+    /// Login tokens issued before this (a sign-out, a password change) are refused.
+    #[serde(default)]
+    pub tokens_after: Option<Millis>,
 }
 
 /// A kind of work robots know how to do ("Balance reload").
@@ -186,6 +189,9 @@ pub struct Robot {
     pub last_pulse_at: Option<Millis>,
     pub node: Option<String>,
     pub created_at: Millis,
+    /// An administrator set the robot INACTIVE: the robot cannot make itself ACTIVE again.
+    #[serde(default)]
+    pub disabled_by_admin: bool,
 }
 
 /// Item counts of one task by status, maintained incrementally with every transition.

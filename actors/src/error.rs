@@ -46,6 +46,14 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
+/// Logs an internal failure under a fresh request id and returns what a client may be told:
+/// the id to quote, never the store's own text.
+pub fn conceal(err: &dyn std::fmt::Display) -> String {
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    tracing::error!(%request_id, error = %err, "internal failure");
+    format!("the store could not complete the request (request id {request_id})")
+}
+
 impl StoreError {
     /// Whether retrying the same transaction may succeed (optimistic-concurrency conflicts).
     pub fn is_retryable(&self) -> bool {

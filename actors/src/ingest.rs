@@ -10,7 +10,7 @@
 //! The feeder counts bytes and aborts past the size limit; any error on any stage stops all of
 //! them (dropped channels) and the staged rows are deleted before the caller hears of it.
 
-use crate::csv_ingest::{CsvError, CsvParser};
+use crate::csv_ingest::{CsvError, CsvLimits, CsvParser};
 use crate::domain::Task;
 use crate::error::StoreError;
 use crate::store::{NewItem, Store};
@@ -39,6 +39,8 @@ pub enum IngestError {
     MissingProcess,
     #[error("the upload was interrupted: {0}")]
     Body(String),
+    #[error("the upload {0}")]
+    Timeout(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,6 +53,12 @@ pub struct UploadOptions {
     pub priority: i64,
     /// Largest accepted body in bytes.
     pub max_bytes: u64,
+    /// Columns, field and row sizes the CSV may have.
+    pub csv_limits: CsvLimits,
+    /// The body must deliver data at least this often...
+    pub idle_timeout: std::time::Duration,
+    /// ...and arrive whole within this long.
+    pub total_timeout: std::time::Duration,
 }
 
 /// Items written under an invisible task, waiting for [`StagedUpload::commit`].
@@ -131,8 +139,9 @@ where
 {
     let (byte_tx, byte_rx) = mpsc::channel::<Result<Bytes, String>>(16);
     let (batch_tx, batch_rx) = mpsc::channel::<Result<Parsed, CsvError>>(4);
-    let parser = tokio::task::spawn_blocking(move || parse_blocking(byte_rx, batch_tx));
-    let feeder = feed(body, byte_tx, options.max_bytes);
+    let limits = options.csv_limits;
+    let parser = tokio::task::spawn_blocking(move || parse_blocking(byte_rx, batch_tx, limits));
+    let feeder = feed(body, byte_tx, options);
     let writer = write_batches(store, batch_rx, options);
     let (fed, written) = tokio::join!(feeder, writer);
     // The parser ends once both of its channels are closed; it never holds the result.
@@ -153,15 +162,33 @@ where
 async fn feed<S, B, E>(
     mut body: S,
     byte_tx: mpsc::Sender<Result<Bytes, String>>,
-    max_bytes: u64,
+    options: &UploadOptions,
 ) -> Result<(), IngestError>
 where
     S: Stream<Item = Result<B, E>> + Unpin,
     B: Buf,
     E: std::fmt::Display,
 {
+    let max_bytes = options.max_bytes;
+    let deadline = tokio::time::Instant::now() + options.total_timeout;
     let mut total: u64 = 0;
-    while let Some(chunk) = body.next().await {
+    loop {
+        let wait = options
+            .idle_timeout
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let next = match tokio::time::timeout(wait, body.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                let message = if tokio::time::Instant::now() >= deadline {
+                    format!("took longer than {}s", options.total_timeout.as_secs())
+                } else {
+                    format!("sent nothing for {}s", options.idle_timeout.as_secs_f64())
+                };
+                let _ = byte_tx.send(Err(message.clone())).await;
+                return Err(IngestError::Timeout(message));
+            }
+        };
+        let Some(chunk) = next else { break };
         let mut chunk = match chunk {
             Ok(chunk) => chunk,
             Err(err) => {
@@ -248,12 +275,13 @@ async fn write_batches(
 fn parse_blocking(
     byte_rx: mpsc::Receiver<Result<Bytes, String>>,
     batch_tx: mpsc::Sender<Result<Parsed, CsvError>>,
+    limits: CsvLimits,
 ) {
     let reader = ChannelReader {
         rx: byte_rx,
         current: Bytes::new(),
     };
-    let mut parser = match CsvParser::new(reader) {
+    let mut parser = match CsvParser::with_limits(reader, limits) {
         Ok(parser) => parser,
         Err(err) => {
             let _ = batch_tx.blocking_send(Err(err));

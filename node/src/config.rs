@@ -3,6 +3,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use orchestrator_actors::StoreConfig;
+use orchestrator_actors::csv_ingest::CsvLimits;
+use orchestrator_actors::limits::PayloadLimits;
+use orchestrator_web::server::ServerLimits;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,6 +85,45 @@ pub struct ServeArgs {
     /// Largest CSV upload, e.g. 1GiB, 500MB, 1048576 [default: 1GiB].
     #[arg(long, env = "ORCH_MAX_UPLOAD")]
     pub max_upload: Option<String>,
+    /// Most columns an uploaded CSV may have [default: 512].
+    #[arg(long, env = "ORCH_MAX_COLUMNS")]
+    pub max_columns: Option<usize>,
+    /// Largest field of an uploaded CSV, e.g. 32KiB [default: 32KiB].
+    #[arg(long, env = "ORCH_MAX_FIELD")]
+    pub max_field: Option<String>,
+    /// Largest row of an uploaded CSV as written in the file, e.g. 64KiB [default: 64KiB].
+    #[arg(long, env = "ORCH_MAX_ROW")]
+    pub max_row: Option<String>,
+    /// Largest observation (or failure message) a robot may report [default: 64KiB].
+    #[arg(long, env = "ORCH_MAX_OBSERVATION")]
+    pub max_observation: Option<String>,
+    /// Largest output a robot may report, as compact JSON [default: 64KiB].
+    #[arg(long, env = "ORCH_MAX_OUTPUT")]
+    pub max_output: Option<String>,
+    /// Deepest nesting of a robot's output [default: 32].
+    #[arg(long, env = "ORCH_MAX_OUTPUT_DEPTH")]
+    pub max_output_depth: Option<usize>,
+    /// A connection must send a complete request head within this long of opening or of its
+    /// previous response (slow headers and idle keep-alive) [default: 30s].
+    #[arg(long, env = "ORCH_HTTP_IDLE_TIMEOUT")]
+    pub http_idle_timeout: Option<String>,
+    /// A connection on which nothing moves either way for this long is closed; longer than
+    /// the 60 s claim long-poll and the pulse timeout [default: 120s].
+    #[arg(long, env = "ORCH_HTTP_IO_TIMEOUT")]
+    pub http_io_timeout: Option<String>,
+    /// A JSON body must arrive whole within this long; an upload must send data at least this
+    /// often [default: 30s].
+    #[arg(long, env = "ORCH_HTTP_BODY_TIMEOUT")]
+    pub http_body_timeout: Option<String>,
+    /// A whole CSV upload must arrive within this long [default: 1h].
+    #[arg(long, env = "ORCH_UPLOAD_TIMEOUT")]
+    pub upload_timeout: Option<String>,
+    /// Most open connections, WebSocket robots included; one more gets a 503 [default: 20000].
+    #[arg(long, env = "ORCH_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// On SIGTERM, how long requests in flight may take to finish [default: 10s].
+    #[arg(long, env = "ORCH_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
     /// A robot silent this long is disconnected, e.g. 30s [default: 30s].
     #[arg(long, env = "ORCH_PULSE_TIMEOUT")]
     pub pulse_timeout: Option<String>,
@@ -98,6 +140,10 @@ pub struct ServeArgs {
     /// reports one done (0 turns standby off) [default: 1].
     #[arg(long, env = "ORCH_WS_STANDBY")]
     pub ws_standby: Option<i64>,
+    /// How often robot loads are recounted from the store, as a backstop; a correction is
+    /// logged at WARN [default: 10s].
+    #[arg(long, env = "ORCH_RECOUNT_PERIOD")]
+    pub recount_period: Option<String>,
     /// This node's name in the store and the cluster [default: node-<random>].
     #[arg(long, env = "ORCH_NODE_ID")]
     pub node_id: Option<String>,
@@ -112,6 +158,15 @@ pub struct ServeArgs {
     pub log: Option<String>,
 }
 
+/// The JWT secret of test nodes (long enough to pass the start-up check).
+pub const TEST_JWT_SECRET: &str = "test-secret-of-the-orchestrator-suite";
+
+/// Shortest JWT secret accepted: HS256 wants at least its 256-bit output as key.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Shortest bootstrap admin password accepted.
+pub const MIN_ADMIN_PASSWORD_CHARS: usize = 12;
+
 /// A validated node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -120,12 +175,24 @@ pub struct NodeConfig {
     pub jwt_secret: Option<String>,
     pub jwt_ttl: Duration,
     pub max_upload_bytes: u64,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub server_limits: ServerLimits,
+    /// JSON bodies must arrive within this; uploads must send data at least this often.
+    pub body_timeout: Duration,
+    /// A whole upload must arrive within this.
+    pub upload_timeout: Duration,
+    /// What an uploaded CSV may hold.
+    pub csv_limits: CsvLimits,
+    /// What a robot may report about an item.
+    pub payload_limits: PayloadLimits,
     pub pulse_timeout: Duration,
     pub stale_upload_after: Duration,
     pub lease_ttl: Duration,
     pub sweep_period: Duration,
     pub retry_backoff: Duration,
     pub ws_standby: i64,
+    /// How often robot loads are recounted from the store (a backstop; see the README).
+    pub recount_period: Duration,
     pub node_id: String,
     pub admin_password: Option<String>,
     pub log: String,
@@ -137,15 +204,21 @@ impl NodeConfig {
         NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreConfig::memory(),
-            jwt_secret: Some("test-secret".into()),
+            jwt_secret: Some(TEST_JWT_SECRET.into()),
             jwt_ttl: Duration::from_secs(3600),
             max_upload_bytes: 1 << 30,
+            server_limits: ServerLimits::default(),
+            body_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(3_600),
+            csv_limits: CsvLimits::default(),
+            payload_limits: PayloadLimits::default(),
             pulse_timeout: Duration::from_secs(30),
             stale_upload_after: Duration::from_secs(600),
             lease_ttl: Duration::from_secs(300),
             sweep_period: Duration::from_millis(200),
             retry_backoff: Duration::from_millis(100),
             ws_standby: 1,
+            recount_period: Duration::from_secs(2),
             node_id: "test-node".into(),
             admin_password: Some("admin-password".into()),
             log: "warn".into(),
@@ -213,23 +286,92 @@ impl ServeArgs {
                     merged.db_cache.as_deref().unwrap_or("64MiB"),
                 )?,
             },
-            jwt_secret: merged.jwt_secret.filter(|s| !s.is_empty()),
+            jwt_secret: match merged.jwt_secret.filter(|s| !s.is_empty()) {
+                Some(secret) if secret.len() < MIN_JWT_SECRET_BYTES => {
+                    return Err(ConfigError::Invalid {
+                        setting: "jwt_secret",
+                        message: format!(
+                            "is {} bytes; use at least {MIN_JWT_SECRET_BYTES} random bytes \
+                             (or leave it unset to have one generated and kept in the store)",
+                            secret.len()
+                        ),
+                    });
+                }
+                secret => secret,
+            },
             jwt_ttl: duration("jwt_ttl", merged.jwt_ttl, "12h")?,
             max_upload_bytes: byte_size(
                 "max_upload",
                 merged.max_upload.as_deref().unwrap_or("1GiB"),
             )?,
+            server_limits: {
+                let limits = ServerLimits {
+                    idle_timeout: duration("http_idle_timeout", merged.http_idle_timeout, "30s")?,
+                    io_timeout: duration("http_io_timeout", merged.http_io_timeout, "120s")?,
+                    max_connections: bounded(
+                        "max_connections",
+                        merged.max_connections,
+                        20_000,
+                        1..=1_000_000,
+                    )?,
+                    grace: duration("shutdown_grace", merged.shutdown_grace, "10s")?,
+                };
+                // A parked claim waits up to 60 s and a WebSocket robot is pinged every third
+                // of the pulse timeout: neither may look like a stalled connection.
+                let floor = pulse_timeout.max(Duration::from_secs(60));
+                if limits.io_timeout <= floor {
+                    return Err(ConfigError::Invalid {
+                        setting: "http_io_timeout",
+                        message: format!(
+                            "must be longer than 60s and than the pulse timeout ({})",
+                            humantime::format_duration(pulse_timeout)
+                        ),
+                    });
+                }
+                limits
+            },
+            body_timeout: duration("http_body_timeout", merged.http_body_timeout, "30s")?,
+            upload_timeout: duration("upload_timeout", merged.upload_timeout, "1h")?,
+            csv_limits: CsvLimits {
+                max_columns: bounded("max_columns", merged.max_columns, 512, 1..=100_000)?,
+                max_field_bytes: size_or("max_field", merged.max_field, "32KiB")?,
+                max_row_bytes: size_or("max_row", merged.max_row, "64KiB")?,
+            },
+            payload_limits: PayloadLimits {
+                max_observation_bytes: size_or("max_observation", merged.max_observation, "64KiB")?,
+                max_output_bytes: size_or("max_output", merged.max_output, "64KiB")?,
+                // serde_json reads at most 128 levels, and a chunk's text wraps an output in 3.
+                max_output_depth: bounded(
+                    "max_output_depth",
+                    merged.max_output_depth,
+                    32,
+                    1..=100,
+                )?,
+            },
             pulse_timeout,
             stale_upload_after: duration("stale_upload_after", merged.stale_upload_after, "10m")?,
             lease_ttl: duration("lease_ttl", merged.lease_ttl, "5m")?,
             sweep_period: duration("sweep_period", merged.sweep_period, "1s")?,
             retry_backoff: duration("retry_backoff", merged.retry_backoff, "5s")?,
             ws_standby,
+            recount_period: duration("recount_period", merged.recount_period, "10s")?,
             node_id: merged
                 .node_id
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| format!("node-{:06x}", rand_suffix())),
-            admin_password: merged.admin_password.filter(|s| !s.is_empty()),
+            admin_password: match merged.admin_password.filter(|s| !s.is_empty()) {
+                Some(password) if password.chars().count() < MIN_ADMIN_PASSWORD_CHARS => {
+                    return Err(ConfigError::Invalid {
+                        setting: "admin_password",
+                        message: format!(
+                            "is {} characters; use at least {MIN_ADMIN_PASSWORD_CHARS} \
+                             (or leave it unset to have one generated and printed once)",
+                            password.chars().count()
+                        ),
+                    });
+                }
+                password => password,
+            },
             log: merged.log.unwrap_or_else(|| "info".into()),
         })
     }
@@ -249,12 +391,25 @@ impl ServeArgs {
             jwt_secret: self.jwt_secret.or(lower.jwt_secret),
             jwt_ttl: self.jwt_ttl.or(lower.jwt_ttl),
             max_upload: self.max_upload.or(lower.max_upload),
+            http_idle_timeout: self.http_idle_timeout.or(lower.http_idle_timeout),
+            http_io_timeout: self.http_io_timeout.or(lower.http_io_timeout),
+            http_body_timeout: self.http_body_timeout.or(lower.http_body_timeout),
+            upload_timeout: self.upload_timeout.or(lower.upload_timeout),
+            max_connections: self.max_connections.or(lower.max_connections),
+            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
+            max_columns: self.max_columns.or(lower.max_columns),
+            max_field: self.max_field.or(lower.max_field),
+            max_row: self.max_row.or(lower.max_row),
+            max_observation: self.max_observation.or(lower.max_observation),
+            max_output: self.max_output.or(lower.max_output),
+            max_output_depth: self.max_output_depth.or(lower.max_output_depth),
             pulse_timeout: self.pulse_timeout.or(lower.pulse_timeout),
             stale_upload_after: self.stale_upload_after.or(lower.stale_upload_after),
             lease_ttl: self.lease_ttl.or(lower.lease_ttl),
             sweep_period: self.sweep_period.or(lower.sweep_period),
             retry_backoff: self.retry_backoff.or(lower.retry_backoff),
             ws_standby: self.ws_standby.or(lower.ws_standby),
+            recount_period: self.recount_period.or(lower.recount_period),
             node_id: self.node_id.or(lower.node_id),
             admin_password: self.admin_password.or(lower.admin_password),
             log: self.log.or(lower.log),
@@ -268,6 +423,40 @@ fn rand_suffix() -> u32 {
         .map(|d| d.subsec_nanos() ^ std::process::id())
         .unwrap_or_default()
         & 0xff_ffff
+}
+
+/// A size setting in bytes as `usize`, with its default.
+fn size_or(
+    setting: &'static str,
+    text: Option<String>,
+    default: &str,
+) -> Result<usize, ConfigError> {
+    let bytes = byte_size(setting, text.as_deref().unwrap_or(default))?;
+    usize::try_from(bytes).map_err(|_| ConfigError::Invalid {
+        setting,
+        message: format!("{bytes} bytes is more than this machine can address"),
+    })
+}
+
+/// A count setting within `range`, with its default.
+fn bounded(
+    setting: &'static str,
+    value: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ConfigError> {
+    let value = value.unwrap_or(default);
+    if !range.contains(&value) {
+        return Err(ConfigError::Invalid {
+            setting,
+            message: format!(
+                "{value} is not between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        });
+    }
+    Ok(value)
 }
 
 /// Parses `500ms`, `3s`, `5m`, `12h`; zero is refused.
@@ -378,5 +567,37 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_at_start() {
+        let err = ServeArgs {
+            jwt_secret: Some("short-secret".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("jwt_secret: is 12 bytes"),
+            "{err}"
+        );
+        let err = ServeArgs {
+            admin_password: Some("admin".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("admin_password: is 5 characters"),
+            "{err}"
+        );
+        let ok = ServeArgs {
+            jwt_secret: Some("x".repeat(MIN_JWT_SECRET_BYTES)),
+            admin_password: Some("correct horse battery".into()),
+            ..ServeArgs::default()
+        }
+        .resolve();
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -16,11 +16,9 @@ use orchestrator_actors::dispatcher::{DispatchConfig, Dispatcher};
 use orchestrator_actors::domain::{Clock, Role};
 use orchestrator_actors::security::{hash_password, random_password, random_secret};
 use orchestrator_actors::store::NewUser;
-use orchestrator_actors::upload_sweeper::{UploadSweeper, UploadSweeperArgs, UploadSweeperMsg};
 use orchestrator_actors::{Store, StoreError};
 use orchestrator_web::auth::JwtKeys;
 use orchestrator_web::{AppParts, AppState, WebConfig};
-use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
 use std::time::Duration;
 use thiserror::Error;
@@ -51,7 +49,6 @@ pub struct Node {
     store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
-    sweeper: ActorRef<UploadSweeperMsg>,
     dispatcher: Dispatcher,
 }
 
@@ -68,17 +65,6 @@ impl Node {
                     .await?
             }
         };
-        let (sweeper, _) = Actor::spawn(
-            None,
-            UploadSweeper,
-            UploadSweeperArgs {
-                store: store.clone(),
-                period: (config.stale_upload_after / 4).max(Duration::from_millis(100)),
-                stale_after: config.stale_upload_after,
-            },
-        )
-        .await
-        .map_err(|e| NodeError::Actor(e.to_string()))?;
         let dispatcher = Dispatcher::start(
             store.clone(),
             DispatchConfig {
@@ -89,6 +75,9 @@ impl Node {
                 backoff_base: config.retry_backoff,
                 dispatch_delay: Duration::ZERO,
                 ws_standby: config.ws_standby,
+                recount_period: config.recount_period,
+                payload_limits: config.payload_limits,
+                stale_upload_after: config.stale_upload_after,
                 clock: Clock::system(),
             },
         )
@@ -98,9 +87,13 @@ impl Node {
             store: store.clone(),
             dispatcher: dispatcher.clone(),
             jwt: JwtKeys::new(&secret),
+            logins: Default::default(),
             config: WebConfig {
                 max_upload_bytes: config.max_upload_bytes,
                 max_json_bytes: 1 << 20,
+                body_timeout: config.body_timeout,
+                upload_timeout: config.upload_timeout,
+                csv_limits: config.csv_limits,
                 jwt_ttl: config.jwt_ttl,
                 pulse_timeout: config.pulse_timeout,
             },
@@ -115,21 +108,20 @@ impl Node {
         })?;
         let (shutdown, stop) = oneshot::channel::<()>();
         let routes = orchestrator_web::routes(state);
-        let server = tokio::spawn(
-            warp::serve(routes)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = stop.await;
-                })
-                .run(),
-        );
+        let server = tokio::spawn(orchestrator_web::server::serve(
+            listener,
+            routes,
+            config.server_limits,
+            async move {
+                let _ = stop.await;
+            },
+        ));
         info!(%addr, store = %config.store.url, "node ready");
         Ok(Node {
             addr,
             store,
             shutdown: Some(shutdown),
             server,
-            sweeper,
             dispatcher,
         })
     }
@@ -149,16 +141,15 @@ impl Node {
         &self.store
     }
 
-    /// Stops accepting connections, finishes in-flight requests and stops the actors.
+    /// Stops accepting connections, tells WebSocket robots to reconnect elsewhere (close code
+    /// 1012), lets requests in flight finish within the grace period, then stops the actors and
+    /// closes the store.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        self.dispatcher.close_robot_connections().await;
         let _ = (&mut self.server).await;
-        let _ = self
-            .sweeper
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
-            .await;
         self.dispatcher.shutdown().await;
         self.store.close().await;
         info!("node stopped");

@@ -62,12 +62,40 @@ fn serve_prints_the_generated_admin_password_and_stops_on_sigterm() -> anyhow::R
         anyhow::Ok(())
     })?;
 
+    // Clients that hold connections open: headers never finished, a body a byte short. They
+    // must not keep the node from stopping.
+    use std::io::Write;
+    let mut slow_head = std::net::TcpStream::connect(&addr)?;
+    slow_head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")?;
+    let mut slow_body = std::net::TcpStream::connect(&addr)?;
+    slow_body.write_all(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+          content-length: 40\r\n\r\n{\"username\"",
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
     assert!(status.success());
-    let exit = child.wait()?;
+    let asked = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait()? {
+            break exit;
+        }
+        if asked.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            anyhow::bail!("still running 20 s after SIGTERM with slow clients connected");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(exit.success(), "graceful exit, got {exit}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(12),
+        "stopped within the 10 s grace: {:?}",
+        asked.elapsed()
+    );
+    drop((slow_head, slow_body));
     Ok(())
 }
 

@@ -383,10 +383,8 @@ impl SeedRobot {
                         ),
                     )
                     .await?;
-                anyhow::ensure!(
-                    code == StatusCode::OK || code == StatusCode::FORBIDDEN,
-                    "task patch {code}"
-                );
+                // The prototype's robots treat anything but 200 here as an error.
+                anyhow::ensure!(code == StatusCode::OK, "task patch {code}");
             }
         }
         Ok(done)

@@ -84,6 +84,9 @@ impl Rig {
                 backoff_base: Duration::from_millis(10),
                 dispatch_delay: Duration::from_millis(1),
                 ws_standby: 1,
+                recount_period: Duration::from_secs(3_600),
+                payload_limits: Default::default(),
+                stale_upload_after: Duration::from_secs(600),
                 clock: Clock::from_fn(move || reading.load(Ordering::SeqCst)),
             },
         )

@@ -210,5 +210,42 @@ async fn the_prototypes_shapes_and_errors_are_kept() -> Result<()> {
         .get(&format!("/api/v1/tasks/{}/items?status=FAILED", task["id"]))
         .await?;
     assert_eq!(items["items"][0]["observation"], "bad number");
+
+    // "My share is done" after the task finished by itself: 200 and no change for a robot that
+    // held items of it; the same 404 as for a missing task for one that never did.
+    let last = shown["item_set"][1]["id"].as_i64().unwrap_or_default();
+    for status in ["STARTED", "COMPLETED"] {
+        let path = format!(
+            "/api/items?robot_id={}&item_id={last}&status={status}",
+            robot.id
+        );
+        assert_eq!(robot.call(Method::PATCH, &path).await?.0, StatusCode::OK);
+    }
+    let task_id = task["id"].as_i64().unwrap_or_default();
+    wait_for_task_status(&t, task_id, "COMPLETED").await?;
+    let before = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
+    for status in ["COMPLETED", "ERROR"] {
+        let path = format!(
+            "/api/tasks?robot_id={}&task_id={task_id}&status={status}",
+            robot.id
+        );
+        let (code, body) = robot.call(Method::PATCH, &path).await?;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, ""));
+    }
+    let (code, body) = other
+        .call(
+            Method::PATCH,
+            &format!(
+                "/api/tasks/?robot_id={}&task_id={task_id}&status=COMPLETED",
+                other.id
+            ),
+        )
+        .await?;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body)?["detail"],
+        format!("task {task_id} not found")
+    );
+    assert_eq!(t.get(&format!("/api/v1/tasks/{task_id}")).await?, before);
     Ok(())
 }

@@ -87,6 +87,8 @@ async fn a_chaotic_fleet_leaves_every_item_final_exactly_once() -> Result<()> {
     config.lease_ttl = Duration::from_millis(1_000);
     config.sweep_period = Duration::from_millis(100);
     config.retry_backoff = Duration::from_millis(50);
+    // No recount during the run: the loads checked at the end must be right by themselves.
+    config.recount_period = Duration::from_secs(3_600);
     let t = TestNode::start_with(config).await?;
     let process = t.process("Chaos").await?;
     let resp = t.upload(&t.admin, process, seed_csv(ITEMS)).await?;
@@ -125,6 +127,27 @@ async fn a_chaotic_fleet_leaves_every_item_final_exactly_once() -> Result<()> {
     for robot in fleet {
         robot.await??;
     }
+
+    // At rest, each robot's planned count equals what the store says it holds (nothing).
+    let at_rest = orchestrator_tests::eventually(Duration::from_secs(5), || async {
+        let robots = t.get("/api/v1/robots").await?;
+        let mut pairs = Vec::new();
+        for robot in robots.as_array().cloned().unwrap_or_default() {
+            let id = robot["id"].as_i64().unwrap_or_default();
+            let stored = t.node.store().robot_in_flight_count(id).await?;
+            pairs.push((id, robot["load"].as_i64().unwrap_or(-1), stored));
+        }
+        Ok(pairs
+            .iter()
+            .all(|(_, load, stored)| load == stored)
+            .then_some(pairs))
+    })
+    .await;
+    assert!(
+        at_rest.is_ok(),
+        "seed {seed}: planned loads differ from the store at rest: {:?}",
+        t.get("/api/v1/robots").await?
+    );
 
     // Counters agree with the items themselves, and every item is final.
     let counts = &task["counts"];

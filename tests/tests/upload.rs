@@ -175,6 +175,11 @@ async fn multipart_upload_takes_process_before_or_after_the_file() -> Result<()>
 async fn bad_uploads_are_refused_and_store_nothing() -> Result<()> {
     let mut config = NodeConfig::for_tests();
     config.max_upload_bytes = 64 * 1024;
+    config.csv_limits = orchestrator_actors::csv_ingest::CsvLimits {
+        max_columns: 50,
+        max_field_bytes: 1_000,
+        max_row_bytes: 4_000,
+    };
     let t = TestNode::start_with(config).await?;
     let process = t.process("Balance reload").await?;
     let disabled = t.process("Paused").await?;
@@ -197,6 +202,14 @@ async fn bad_uploads_are_refused_and_store_nothing() -> Result<()> {
 
     let mut big_ragged = seed_csv(1500);
     big_ragged.push_str("9999,only-two\n");
+    let wide = format!("{}\n{}\n", vec!["c"; 51].join(","), vec!["1"; 51].join(","));
+    let long_field = format!("a,b\n1,2\n3,{}\n", "x".repeat(1_001));
+    let long_row = format!(
+        "a,b,c,d,e\n1,2,3,4,5\n{}\n",
+        vec!["y".repeat(900); 5].join(",")
+    );
+    let mut unterminated = seed_csv(300);
+    unterminated.push_str("301,\"3001,hello\n302,3002,hello\n");
     let cases: Vec<(i64, Vec<u8>, StatusCode, &str, &str)> = vec![
         (
             process,
@@ -247,6 +260,34 @@ async fn bad_uploads_are_refused_and_store_nothing() -> Result<()> {
             StatusCode::UNPROCESSABLE_ENTITY,
             "csv_ragged_row",
             "line 1502",
+        ),
+        (
+            process,
+            wide.into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "csv_too_many_columns",
+            "51 columns",
+        ),
+        (
+            process,
+            long_field.into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "csv_field_too_large",
+            "line 3: field 'b' is 1001 bytes",
+        ),
+        (
+            process,
+            long_row.into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "csv_row_too_large",
+            "line 3",
+        ),
+        (
+            process,
+            unterminated.into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "csv_unterminated_quote",
+            "line 302",
         ),
         (
             999,

@@ -355,7 +355,11 @@ async fn expired_and_foreign_jwts_are_refused() -> Result<()> {
     let t = TestNode::start().await?;
     let now = chrono_now();
     for (secret, exp, fragment) in [
-        ("test-secret", now - 3600, "expired"),
+        (
+            orchestrator_node::config::TEST_JWT_SECRET,
+            now - 3600,
+            "expired",
+        ),
         ("another-secret", now + 3600, "not valid"),
     ] {
         let token = jsonwebtoken::encode(

@@ -18,6 +18,9 @@ pub struct Claims {
     pub username: String,
     pub iat: i64,
     pub exp: i64,
+    /// When the token was issued, in milliseconds (finer than `iat`, for revocation).
+    #[serde(default)]
+    pub iat_ms: i64,
 }
 
 /// Signing and verification keys for login tokens.
@@ -48,7 +51,8 @@ impl JwtKeys {
 
     /// A token for `user` valid for `ttl`; returns it with its expiry (epoch seconds).
     pub fn issue(&self, user: &User, ttl: Duration) -> Result<(String, i64), ApiError> {
-        let iat = now_millis() / 1000;
+        let iat_ms = now_millis();
+        let iat = iat_ms / 1000;
         let exp = iat + ttl.as_secs() as i64;
         let claims = Claims {
             sub: user.id.to_string(),
@@ -56,6 +60,7 @@ impl JwtKeys {
             username: user.username.clone(),
             iat,
             exp,
+            iat_ms,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map(|token| (token, exp))
@@ -193,6 +198,11 @@ pub async fn user_of_token(state: &AppState, token: &str) -> Result<AuthUser, Ap
     if user.disabled {
         return Err(ApiError::unauthorized("the user is disabled"));
     }
+    if user.tokens_after.is_some_and(|after| claims.iat_ms < after) {
+        return Err(ApiError::unauthorized(
+            "the login token was revoked (signed out or password changed); sign in again",
+        ));
+    }
     Ok(AuthUser {
         id: user.id,
         username: user.username,
@@ -230,6 +240,7 @@ mod tests {
             role: Role::Operator,
             disabled: false,
             created_at: 0,
+            tokens_after: None,
         }
     }
 
@@ -269,6 +280,7 @@ mod tests {
             username: "a".into(),
             iat: 0,
             exp: now_millis() / 1000 - 60,
+            iat_ms: 0,
         };
         let token =
             jsonwebtoken::encode(&Header::default(), &claims, &keys.encoding).expect("sign");

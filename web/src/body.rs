@@ -1,4 +1,5 @@
-//! Request bodies with a size limit on every route that reads one.
+//! Request bodies with a size limit and a deadline on every route that reads one: a client
+//! that sends a body a byte at a time is answered 408 instead of holding its connection.
 
 use crate::error::ApiError;
 use bytes::{Buf, BytesMut};
@@ -7,17 +8,36 @@ use serde::de::DeserializeOwned;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
-/// Reads at most `max` bytes of body and parses it as JSON into `T`; an empty body is `{}`.
+/// How large a JSON body may be and how long it may take to arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit {
+    pub max_bytes: u64,
+    pub timeout: std::time::Duration,
+}
+
+/// Reads at most `limit.max_bytes` of body within `limit.timeout` and parses it as JSON into
+/// `T`; an empty body is `{}`.
 pub fn json_body<T: DeserializeOwned + Send>(
-    max: u64,
+    limit: BodyLimit,
 ) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .and_then(move |length: Option<u64>, body| async move {
-            read_json::<T, _, _>(length, body, max)
-                .await
-                .map_err(warp::reject::custom)
+            let read = read_json::<T, _, _>(length, body, limit.max_bytes);
+            match tokio::time::timeout(limit.timeout, read).await {
+                Ok(parsed) => parsed.map_err(warp::reject::custom),
+                Err(_) => Err(warp::reject::custom(body_timeout(limit.timeout))),
+            }
         })
+}
+
+/// The error for a body that did not arrive in time.
+pub fn body_timeout(timeout: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!("the body did not arrive within {}s", timeout.as_secs_f64()),
+    )
 }
 
 async fn read_json<T, S, B>(length: Option<u64>, body: S, max: u64) -> Result<T, ApiError>

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -29,6 +31,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -53,10 +56,23 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
+    /// The same error with a `Retry-After` of `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// The JSON response for this error.
     pub fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -64,14 +80,11 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(message) => ApiError::conflict(message),
-            other => {
-                error!(error = %other, "store failure");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    other.to_string(),
-                )
-            }
+            other => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                orchestrator_actors::error::conceal(&other),
+            ),
         }
     }
 }
@@ -92,6 +105,9 @@ impl From<IngestError> for ApiError {
             }
             IngestError::MissingProcess => ApiError::bad_request("missing_process", message),
             IngestError::Body(_) => ApiError::bad_request("upload_interrupted", message),
+            IngestError::Timeout(_) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "upload_timeout", message)
+            }
             IngestError::Store(store) => store.into(),
         }
     }
@@ -102,6 +118,17 @@ impl From<DispatchError> for ApiError {
         let message = err.to_string();
         match err {
             DispatchError::ItemNotFound(_) => ApiError::not_found(message),
+            DispatchError::RobotDisabled => {
+                ApiError::new(StatusCode::CONFLICT, "robot_disabled", message)
+            }
+            DispatchError::Payload(err) => {
+                let status = if err.is_size() {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                ApiError::new(status, err.code(), message)
+            }
             DispatchError::Transition(TransitionError::NotYours { .. }) => {
                 ApiError::new(StatusCode::FORBIDDEN, "not_your_item", message)
             }
@@ -127,6 +154,10 @@ fn csv_code(err: &CsvError) -> &'static str {
         CsvError::RaggedRow { .. } => "csv_ragged_row",
         CsvError::InvalidUtf8 { .. } => "csv_invalid_utf8",
         CsvError::Malformed { .. } => "csv_malformed",
+        CsvError::TooManyColumns { .. } => "csv_too_many_columns",
+        CsvError::FieldTooLarge { .. } => "csv_field_too_large",
+        CsvError::RowTooLarge { .. } => "csv_row_too_large",
+        CsvError::UnterminatedQuote { .. } => "csv_unterminated_quote",
         CsvError::Read(_) => "upload_interrupted",
     }
 }

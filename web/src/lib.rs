@@ -14,9 +14,11 @@ pub mod auth;
 pub mod body;
 pub mod dashboard;
 pub mod error;
+pub mod login_guard;
 pub mod query;
 pub mod robot_api;
 pub mod seed_api;
+pub mod server;
 pub mod state;
 pub mod user_api;
 pub mod views;
@@ -29,14 +31,35 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-/// `GET /healthz`: 200 while the store answers, 503 otherwise.
+/// `GET /healthz`: 200 while the store answers and dispatch runs; 503 naming the component
+/// otherwise.
 pub fn health(state: AppState) -> BoxedFilter<(Response,)> {
     warp::path!("healthz")
         .and(warp::get())
         .and(state::with_state(state))
         .then(|state: AppState| async move {
+            if let Some((component, reason)) = state.dispatcher.health_problem() {
+                return error::ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "dispatch_down",
+                    format!("{component} failed ({reason}); dispatch is restarting"),
+                )
+                .into_response();
+            }
             if state.store.ping().await {
-                warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response()
+                // Damaged chunks do not stop the node (their items are left out), but an
+                // operator must hear of them: "degraded", still 200.
+                let unreadable = state.store.unreadable_chunks();
+                let status = if unreadable.is_empty() {
+                    "ok"
+                } else {
+                    "degraded"
+                };
+                warp::reply::json(&serde_json::json!({
+                    "status": status,
+                    "unreadable_chunks": unreadable,
+                }))
+                .into_response()
             } else {
                 error::ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -64,5 +87,25 @@ pub fn routes(
         .unify()
         .recover(error::handle_rejection)
         .unify()
+        .map(harden)
         .with(warp::trace::request())
+}
+
+/// Headers every response carries: no content-type sniffing; JSON is never cached (it is
+/// per-user and changes by the second).
+fn harden(mut response: Response) -> Response {
+    use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if json {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }

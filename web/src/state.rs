@@ -15,10 +15,27 @@ pub struct WebConfig {
     pub max_upload_bytes: u64,
     /// Largest accepted JSON body in bytes.
     pub max_json_bytes: u64,
+    /// How long a JSON body may take to arrive; an upload must deliver data at least this
+    /// often.
+    pub body_timeout: Duration,
+    /// How long a whole upload may take.
+    pub upload_timeout: Duration,
+    /// Columns, field and row sizes an uploaded CSV may have.
+    pub csv_limits: orchestrator_actors::csv_ingest::CsvLimits,
     /// How long a login token stays valid.
     pub jwt_ttl: Duration,
     /// A robot silent this long counts as disconnected.
     pub pulse_timeout: Duration,
+}
+
+impl WebConfig {
+    /// The bound on a JSON request body.
+    pub fn json_limit(&self) -> crate::body::BodyLimit {
+        crate::body::BodyLimit {
+            max_bytes: self.max_json_bytes,
+            timeout: self.body_timeout,
+        }
+    }
 }
 
 /// What the web layer shares: the store, dispatch, login keys and settings.
@@ -28,6 +45,8 @@ pub struct AppParts {
     pub dispatcher: Dispatcher,
     pub jwt: JwtKeys,
     pub config: WebConfig,
+    /// Sign-in throttling and the password-hashing bound.
+    pub logins: crate::login_guard::LoginGuard,
 }
 
 /// Shared state of the web layer; one pointer, so a clone is one reference-count increment.

@@ -32,7 +32,7 @@ pub fn robot(r: &Robot, pulse_timeout: Duration) -> Value {
         "id": r.id, "name": r.name, "platform": r.platform, "capacity": r.capacity,
         "processes": r.processes, "status": r.status, "connected": connected,
         "last_pulse_at": time(r.last_pulse_at), "node": r.node,
-        "created_at": rfc3339(r.created_at),
+        "created_at": rfc3339(r.created_at), "disabled_by_admin": r.disabled_by_admin,
     })
 }
 

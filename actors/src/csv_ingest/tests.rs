@@ -111,3 +111,129 @@ fn blank_lines_are_skipped_and_batches_are_bounded() {
     );
     assert_eq!(parser.next_batch(2).expect("end"), None);
 }
+
+fn parse_with(input: &[u8], limits: CsvLimits) -> Result<Vec<NewItem>, CsvError> {
+    let mut parser = CsvParser::with_limits(input, limits)?;
+    let mut rows = Vec::new();
+    while let Some(batch) = parser.next_batch(1_024)? {
+        rows.extend(batch);
+    }
+    Ok(rows)
+}
+
+fn small(max_columns: usize, max_field_bytes: usize, max_row_bytes: usize) -> CsvLimits {
+    CsvLimits {
+        max_columns,
+        max_field_bytes,
+        max_row_bytes,
+    }
+}
+
+#[test]
+fn hostile_shapes_are_refused_with_their_line() {
+    let wide = format!("{}\n{}\n", ["c"; 3].join(","), ["1"; 3].join(","));
+    assert_eq!(
+        parse_with(wide.as_bytes(), small(2, 100, 1_000)).unwrap_err(),
+        CsvError::TooManyColumns { found: 3, limit: 2 }
+    );
+    assert_eq!(
+        parse_with(b"a,b\n1,2\n3,123456\n", small(10, 5, 1_000)).unwrap_err(),
+        CsvError::FieldTooLarge {
+            line: 3,
+            column: "b".into(),
+            size: 6,
+            limit: 5
+        }
+    );
+    // A row longer than the limit is refused even when each field is within its own limit, and
+    // long before the row is read whole (here: a 1 MB row against a 100-byte limit).
+    let mut long = b"a,b\n1,2\n".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 1_000_000));
+    long.extend(b",y\n");
+    assert_eq!(
+        parse_with(&long, small(10, 2_000_000, 100)).unwrap_err(),
+        CsvError::RowTooLarge {
+            line: 3,
+            limit: 100
+        }
+    );
+    assert_eq!(
+        parse_with(b"a,b\n1,2\n3,4567890123\n", small(10, 100, 10)).unwrap_err(),
+        CsvError::RowTooLarge { line: 3, limit: 10 }
+    );
+    assert_eq!(
+        parse_with(b"a,b\n1,2\n3,\"never\nclosed\n", CsvLimits::default()).unwrap_err(),
+        CsvError::UnterminatedQuote { line: 3 }
+    );
+    // A quote inside an unquoted field is data, as csv reads it; "" escapes a quote.
+    let rows = parse_with(
+        b"a,b\n5\" screen,\"say \"\"hi\"\"\"\n",
+        CsvLimits::default(),
+    )
+    .expect("quotes as data");
+    assert_eq!(rows[0].values["a"], "5\" screen");
+    assert_eq!(rows[0].values["b"], "say \"hi\"");
+}
+
+#[test]
+fn duplicate_headers_are_found_among_many_columns() {
+    let mut names: Vec<String> = (0..80_000).map(|i| format!("c{i}")).collect();
+    let limits = small(100_000, 100, 10_000_000);
+    let header = format!("{}\n{}\n", names.join(","), vec!["1"; 80_000].join(","));
+    assert_eq!(
+        parse_with(header.as_bytes(), limits).map(|r| r.len()),
+        Ok(1)
+    );
+    names.push("c79999".into());
+    let header = format!("{}\n", names.join(","));
+    assert_eq!(
+        parse_with(header.as_bytes(), limits).unwrap_err(),
+        CsvError::DuplicateHeader {
+            name: "c79999".into()
+        }
+    );
+}
+
+#[test]
+fn lines_stay_exact_after_a_field_of_many_newlines() {
+    let mut input = b"a,b\n1,\"".to_vec();
+    input.extend(std::iter::repeat_n(b'\n', 200_000));
+    input.extend(b"\"\n\n3,4\n5\n");
+    let err = parse_with(&input, small(10, 1_000_000, 1_000_000)).unwrap_err();
+    assert_eq!(
+        err,
+        CsvError::RaggedRow {
+            line: 200_005,
+            expected: 2,
+            found: 1
+        }
+    );
+}
+
+#[test]
+fn wide_rows_make_smaller_batches_on_chunk_boundaries() {
+    let columns = 400;
+    let mut input = (0..columns)
+        .map(|i| format!("c{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    input.push('\n');
+    let row = vec!["v"; columns].join(",");
+    for _ in 0..1_024 {
+        input.push_str(&row);
+        input.push('\n');
+    }
+    let mut parser = CsvParser::new(input.as_bytes()).expect("header");
+    let first = parser.next_batch(1_024).expect("batch").expect("rows");
+    assert_eq!(
+        first.len(),
+        256,
+        "one chunk's rows hold more than the batch budget"
+    );
+    let mut total = first.len();
+    while let Some(batch) = parser.next_batch(1_024).expect("batch") {
+        assert_eq!(batch.len() % 256, 0);
+        total += batch.len();
+    }
+    assert_eq!(total, 1_024);
+}

@@ -1,6 +1,6 @@
 //! The RobotRegistry actor.
 
-use super::model::{LoadBoard, RobotSlot, TaskDemand};
+use super::model::{LoadBoard, ReservedSlots, RobotSlot};
 use super::pulses::{PulseBoard, PulseWriter};
 use crate::domain::{Clock, Millis, Robot, RobotStatus};
 use crate::gather::flush_later;
@@ -15,7 +15,7 @@ use ractor::{
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The registry actor.
 #[derive(Debug)]
@@ -63,7 +63,8 @@ pub enum RobotRegistryMsg {
     Ready { robot: Robot, window: Option<i64> },
     /// Items were taken from a robot by someone else (a task was cancelled): tell its session.
     Revoke { robot_id: i64, item_ids: Vec<i64> },
-    /// A task can lease `pending` items now.
+    /// A task has `pending` items ready in its queue (Leases it has not handled yet will take
+    /// some of them).
     TaskDemand {
         task_id: i64,
         process_id: i64,
@@ -71,20 +72,28 @@ pub enum RobotRegistryMsg {
         pending: i64,
         actor: ActorRef<TaskMsg>,
     },
-    /// A task used its grants: slots it could not use per robot, and what it has left.
+    /// A task handled Leases `leases`: the slots it could not use, and what it has ready.
     GrantsSettled {
         task_id: i64,
-        unused: Vec<(i64, i64)>,
+        leases: Vec<u64>,
+        unused: Vec<ReservedSlots>,
         pending: i64,
     },
-    /// A task actor stopped.
-    TaskGone { task_id: i64 },
+    /// A task actor stopped: Leases it never handled give their slots back.
+    TaskGone { task_id: i64, actor: ActorId },
     /// Run a dispatch round (scheduled shortly after a change so writes batch up).
     Dispatch,
     /// Timer: end silent sessions, expire leases.
     Sweep,
+    /// Timer: compare robot loads with the store and correct drift (logged at WARN).
+    Recount,
     /// Loads of the connected robots.
     Loads { reply: RpcReplyPort<Vec<RobotLoad>> },
+    /// Test hook: fail as a bug would (the supervisor restarts dispatch).
+    Fail { reason: String },
+    /// The node is stopping: every session hands back standby, closes its WebSocket asking
+    /// the robot to reconnect, and answers parked claims; reply once all have.
+    Shutdown { reply: RpcReplyPort<()> },
 }
 
 impl Message for RobotRegistryMsg {}
@@ -104,6 +113,8 @@ pub struct RegistryArgs {
     pub pulses: PulseBoard,
     /// Standby items a streaming robot may hold beyond its capacity (0: none).
     pub ws_standby: i64,
+    /// How often loads are recounted from the store.
+    pub recount_period: Duration,
 }
 
 struct Session {
@@ -116,6 +127,8 @@ struct Session {
     streaming: bool,
     /// The window last told to the session.
     told_window: Option<i64>,
+    /// Distinguishes this session from the robot's earlier ones (see the model's reservations).
+    generation: u64,
 }
 
 impl Session {
@@ -131,10 +144,12 @@ pub struct RegistryState {
     sessions: HashMap<i64, Session>,
     by_actor: HashMap<ActorId, i64>,
     task_actors: HashMap<i64, ActorRef<TaskMsg>>,
-    outstanding: HashMap<i64, Vec<(i64, i64)>>,
     director: Option<ActorRef<TaskDirectorMsg>>,
     dispatch_scheduled: bool,
     timer: JoinHandle<()>,
+    recount_timer: JoinHandle<()>,
+    /// Last session generation handed out.
+    sessions_started: u64,
     pulse_writer: PulseWriter,
 }
 
@@ -190,7 +205,7 @@ impl RegistryState {
         }
     }
 
-    fn slot_from(robot: &Robot, in_flight: i64, stamp: u64) -> RobotSlot {
+    fn slot_from(robot: &Robot, in_flight: i64, stamp: u64, session: u64) -> RobotSlot {
         RobotSlot {
             capacity: robot.capacity,
             in_flight,
@@ -198,6 +213,8 @@ impl RegistryState {
             processes: robot.processes.clone(),
             active: robot.status == RobotStatus::Active,
             last_served: stamp,
+            session,
+            changes: 0,
         }
     }
 
@@ -205,9 +222,7 @@ impl RegistryState {
     fn absorb(&mut self, released: Released) {
         self.tell_revoked(&released.revoked);
         for (robot_id, n) in released.left_flight {
-            if let Some(slot) = self.board.robots.get_mut(&robot_id) {
-                slot.in_flight = (slot.in_flight - n).max(0);
-            }
+            self.board.left(robot_id, n);
         }
         if let Some(director) = &self.director {
             for (task_id, items) in released.requeued {
@@ -294,6 +309,7 @@ impl Actor for RobotRegistry {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let timer = myself.send_interval(args.sweep_period, || RobotRegistryMsg::Sweep);
+        let recount_timer = myself.send_interval(args.recount_period, || RobotRegistryMsg::Recount);
         let pulse_writer = PulseWriter::new(args.store.clone(), args.node_id.clone());
         Ok(RegistryState {
             args,
@@ -302,10 +318,11 @@ impl Actor for RobotRegistry {
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
             task_actors: HashMap::new(),
-            outstanding: HashMap::new(),
             director: None,
             dispatch_scheduled: false,
             timer,
+            recount_timer,
+            sessions_started: 0,
         })
     }
 
@@ -315,6 +332,7 @@ impl Actor for RobotRegistry {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.timer.abort();
+        state.recount_timer.abort();
         Ok(())
     }
 
@@ -324,8 +342,12 @@ impl Actor for RobotRegistry {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // This actor lives as long as the node: a store error (a lost write race, a slow
-        // server) is logged and the work is picked up again by the next sweep or reconcile.
+        if let RobotRegistryMsg::Fail { reason } = message {
+            return Err(reason.into());
+        }
+        // A store error (a lost write race, a slow server) is logged and the work is picked up
+        // again by the next sweep or reconcile; a panic fails the actor and the supervisor
+        // restarts dispatch.
         if let Err(err) = handle_message(myself, message, state).await {
             warn!(error = %err, "robot registry: message failed; continuing");
         }
@@ -382,6 +404,8 @@ async fn handle_message(
                     Actor::spawn_linked(None, RobotSession, args, myself.get_cell()).await?;
                 state.by_actor.insert(actor.get_id(), robot_id);
                 state.args.pulses.set_session(robot_id, Some(actor.clone()));
+                state.sessions_started += 1;
+                let generation = state.sessions_started;
                 state.sessions.insert(
                     robot_id,
                     Session {
@@ -391,14 +415,15 @@ async fn handle_message(
                         window: None,
                         streaming: false,
                         told_window: Some(robot.capacity),
+                        generation,
                     },
                 );
                 info!(robot_id, in_flight, "robot connected");
                 let stamp = state.board.next_stamp();
-                state
-                    .board
-                    .robots
-                    .insert(robot_id, RegistryState::slot_from(&robot, in_flight, stamp));
+                state.board.robots.insert(
+                    robot_id,
+                    RegistryState::slot_from(&robot, in_flight, stamp, generation),
+                );
             }
             state.apply_settings(&robot);
             if let Some(session) = state.sessions.get(&robot_id) {
@@ -453,9 +478,7 @@ async fn handle_message(
             state.tell_revoked(&BTreeMap::from([(robot_id, item_ids)]));
         }
         RobotRegistryMsg::ItemsLeftFlight { robot_id, count } => {
-            if let Some(slot) = state.board.robots.get_mut(&robot_id) {
-                slot.in_flight = (slot.in_flight - count).max(0);
-            }
+            state.board.left(robot_id, count);
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::ItemLeft {
@@ -463,9 +486,7 @@ async fn handle_message(
             item_id,
             lease_id,
         } => {
-            if let Some(slot) = state.board.robots.get_mut(&robot_id) {
-                slot.in_flight = (slot.in_flight - 1).max(0);
-            }
+            state.board.left(robot_id, 1);
             // Only a streaming session keeps a window to free; a polling robot's session learns
             // from its next store sync, so its requests cost no extra message.
             if let Some(session) = state.sessions.get(&robot_id)
@@ -492,37 +513,36 @@ async fn handle_message(
             actor,
         } => {
             state.task_actors.insert(task_id, actor);
-            // Slots granted and not yet settled are already counted against `pending`.
-            let served = state.board.tasks.get(&task_id).map_or(0, |t| t.served);
-            if state.outstanding.contains_key(&task_id) {
-                return Ok(());
-            }
-            state.board.tasks.insert(
-                task_id,
-                TaskDemand {
-                    process_id,
-                    priority,
-                    pending,
-                    served,
-                },
-            );
+            state.board.demand(task_id, process_id, priority, pending);
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::GrantsSettled {
             task_id,
+            leases,
             unused,
             pending,
         } => {
-            state.outstanding.remove(&task_id);
-            state.board.settle(task_id, &unused, pending);
+            state.board.settle(task_id, &leases, &unused, pending);
             state.schedule_dispatch(&myself);
         }
-        RobotRegistryMsg::TaskGone { task_id } => {
-            if let Some(reserved) = state.outstanding.remove(&task_id) {
-                state.board.settle(task_id, &reserved, 0);
+        RobotRegistryMsg::TaskGone { task_id, actor } => {
+            let returned = state.board.actor_gone(actor.pid());
+            if returned > 0 {
+                debug!(
+                    task_id,
+                    slots = returned,
+                    "leases a stopped task never handled came back"
+                );
             }
-            state.board.tasks.remove(&task_id);
-            state.task_actors.remove(&task_id);
+            // A newer actor of the task may have announced itself already.
+            if state
+                .task_actors
+                .get(&task_id)
+                .is_some_and(|a| a.get_id() == actor)
+            {
+                state.task_actors.remove(&task_id);
+                state.board.tasks.remove(&task_id);
+            }
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::Dispatch => {
@@ -530,7 +550,17 @@ async fn handle_message(
             let plan = state.board.plan();
             let mut per_task: BTreeMap<i64, Vec<GrantRequest>> = BTreeMap::new();
             for grant in plan {
+                let slots = [ReservedSlots {
+                    robot_id: grant.robot_id,
+                    session: state
+                        .board
+                        .robots
+                        .get(&grant.robot_id)
+                        .map_or(0, |r| r.session),
+                    count: grant.count,
+                }];
                 let Some(session) = state.sessions.get(&grant.robot_id) else {
+                    state.board.unreserve(&slots);
                     continue;
                 };
                 per_task
@@ -539,21 +569,29 @@ async fn handle_message(
                     .push(GrantRequest {
                         robot_id: grant.robot_id,
                         count: grant.count,
+                        generation: session.generation,
                         session: session.actor.clone(),
                     });
             }
             for (task_id, grants) in per_task {
-                let reserved: Vec<(i64, i64)> =
-                    grants.iter().map(|g| (g.robot_id, g.count)).collect();
-                let sent = state
-                    .task_actors
-                    .get(&task_id)
-                    .map(|actor| actor.send_message(TaskMsg::Lease { grants }).is_ok())
-                    .unwrap_or(false);
-                if sent {
-                    state.outstanding.insert(task_id, reserved);
-                } else {
-                    state.board.settle(task_id, &reserved, 0);
+                let slots: Vec<ReservedSlots> = grants
+                    .iter()
+                    .map(|g| ReservedSlots {
+                        robot_id: g.robot_id,
+                        session: g.generation,
+                        count: g.count,
+                    })
+                    .collect();
+                let Some(actor) = state.task_actors.get(&task_id) else {
+                    state.board.unreserve(&slots);
+                    continue;
+                };
+                let lease = state.board.reserve(task_id, actor.get_id().pid(), slots);
+                if actor
+                    .send_message(TaskMsg::Lease { lease, grants })
+                    .is_err()
+                {
+                    state.board.withdraw(lease);
                 }
             }
             state.withdraw_standby();
@@ -602,6 +640,39 @@ async fn handle_message(
             state.absorb(expired);
             state.schedule_dispatch(&myself);
         }
+        RobotRegistryMsg::Recount => {
+            if state.board.robots.is_empty() {
+                return Ok(());
+            }
+            let stored = state.args.store.held_counts().await?;
+            for c in state.board.recount(&stored) {
+                warn!(
+                    robot_id = c.robot_id,
+                    planned = c.planned,
+                    stored = c.stored,
+                    difference = c.planned - c.stored,
+                    "robot load drifted from the store; corrected (please report this)"
+                );
+            }
+            state.schedule_dispatch(&myself);
+        }
+        RobotRegistryMsg::Shutdown { reply } => {
+            let sessions: Vec<ActorRef<RobotSessionMsg>> =
+                state.sessions.values().map(|s| s.actor.clone()).collect();
+            futures_util::future::join_all(sessions.iter().map(|session| {
+                session.call(
+                    |reply| RobotSessionMsg::Shutdown { reply },
+                    Some(Duration::from_secs(5)),
+                )
+            }))
+            .await;
+            info!(
+                sessions = sessions.len(),
+                "robot sessions closed for shutdown"
+            );
+            let _ = reply.send(());
+        }
+        RobotRegistryMsg::Fail { .. } => {}
         RobotRegistryMsg::Loads { reply } => {
             state.absorb_pulses();
             let loads = state

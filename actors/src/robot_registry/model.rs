@@ -12,6 +12,19 @@
 //! the robot's next item costs no store write. Standby slots are planned only after every
 //! eligible robot is full, and only for robots that are full themselves: an item never waits
 //! as one robot's standby while another eligible robot has room.
+//!
+//! Reservations: every slot a plan grants is counted in the robot's `in_flight` at once and
+//! recorded under the number of the Lease message that carries it to the task actor. The task
+//! reports, per Lease, which slots it could not use; a Lease the task actor never handled (it
+//! stopped or failed with the message queued) is settled in full when the actor is gone. So
+//! every reserved slot is settled exactly once, however many Leases of a task overlap. A slot
+//! belongs to one session of the robot (`session`): a reservation made for an earlier session
+//! is not taken off a later one's count, which was read fresh from the store.
+//!
+//! Recount: the store is the truth. [`LoadBoard::recount`] compares each robot's count with
+//! the store's and corrects only a robot at rest, one whose count, reservations and stored
+//! figure did not move between two recounts, so a message still on its way never looks like
+//! drift.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +41,10 @@ pub struct RobotSlot {
     pub active: bool,
     /// Monotonic stamp of the last grant to this robot; lower waited longer.
     pub last_served: u64,
+    /// Which session of the robot this slot counts for.
+    pub session: u64,
+    /// Bumped whenever `in_flight` changes (the recount corrects only robots at rest).
+    pub changes: u64,
 }
 
 impl RobotSlot {
@@ -96,12 +113,44 @@ pub struct PlannedGrant {
     pub count: i64,
 }
 
-/// Registry bookkeeping: robots, task demand, and a stamp counter for idle ordering.
+/// Slots reserved for one robot by one Lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedSlots {
+    pub robot_id: i64,
+    /// The robot's session the slots were counted on.
+    pub session: u64,
+    pub count: i64,
+}
+
+/// The slots one Lease message carries to a task actor, until the task reports them used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub task_id: i64,
+    /// The task actor the Lease was sent to (a task may get a new actor after a failure).
+    pub actor: u64,
+    pub slots: Vec<ReservedSlots>,
+}
+
+/// A robot whose count the recount set to the store's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Correction {
+    pub robot_id: i64,
+    pub planned: i64,
+    pub stored: i64,
+}
+
+/// Registry bookkeeping: robots, task demand, reservations in flight, and a stamp counter for
+/// idle ordering.
 #[derive(Debug, Clone, Default)]
 pub struct LoadBoard {
     pub robots: BTreeMap<i64, RobotSlot>,
     pub tasks: BTreeMap<i64, TaskDemand>,
+    /// Unsettled reservations by Lease number.
+    pub leases: BTreeMap<u64, Reservation>,
     stamp: u64,
+    next_lease: u64,
+    /// What the previous recount saw per robot: its change counter and the stored count.
+    recounted: BTreeMap<i64, (u64, i64)>,
 }
 
 impl LoadBoard {
@@ -136,6 +185,7 @@ impl LoadBoard {
             let stamp = self.next_stamp();
             if let Some(robot) = self.robots.get_mut(&robot_id) {
                 robot.in_flight += 1;
+                robot.changes += 1;
                 robot.last_served = stamp;
             }
             if let Some(task) = self.tasks.get_mut(&task_id) {
@@ -170,20 +220,134 @@ impl LoadBoard {
         Some(Some(processes))
     }
 
-    /// Gives back slots a task could not use and records what it has left.
-    pub fn settle(&mut self, task_id: i64, unused: &[(i64, i64)], pending: i64) {
-        for (robot_id, n) in unused {
-            if let Some(robot) = self.robots.get_mut(robot_id) {
-                robot.in_flight = (robot.in_flight - n).max(0);
+    /// Items left `robot_id`'s hands (finished, released, revoked, expired).
+    pub fn left(&mut self, robot_id: i64, n: i64) {
+        if let Some(robot) = self.robots.get_mut(&robot_id) {
+            robot.in_flight = (robot.in_flight - n).max(0);
+            robot.changes += 1;
+        }
+    }
+
+    /// Gives back reserved slots that were not used, on the session they were counted on.
+    pub fn unreserve(&mut self, slots: &[ReservedSlots]) {
+        for slot in slots.iter().filter(|s| s.count > 0) {
+            if self
+                .robots
+                .get(&slot.robot_id)
+                .is_some_and(|r| r.session == slot.session)
+            {
+                self.left(slot.robot_id, slot.count);
             }
         }
-        match self.tasks.get_mut(&task_id) {
-            Some(task) if pending > 0 => task.pending = pending,
-            Some(_) => {
-                self.tasks.remove(&task_id);
-            }
-            None => {}
+    }
+
+    /// Records the slots a Lease carries to `actor` of `task_id`; returns the Lease's number.
+    pub fn reserve(&mut self, task_id: i64, actor: u64, slots: Vec<ReservedSlots>) -> u64 {
+        self.next_lease += 1;
+        self.leases.insert(
+            self.next_lease,
+            Reservation {
+                task_id,
+                actor,
+                slots,
+            },
+        );
+        self.next_lease
+    }
+
+    /// Drops a Lease that never reached its task actor, giving its slots back.
+    pub fn withdraw(&mut self, lease: u64) {
+        if let Some(reservation) = self.leases.remove(&lease) {
+            self.unreserve(&reservation.slots);
         }
+    }
+
+    /// Slots still reserved for a task's Leases: planned against its queue, not yet taken.
+    pub fn reserved_for(&self, task_id: i64) -> i64 {
+        self.leases
+            .values()
+            .filter(|r| r.task_id == task_id)
+            .flat_map(|r| r.slots.iter().map(|s| s.count))
+            .sum()
+    }
+
+    /// A task reported what it can lease now: `ready` items in its queue, of which the Leases
+    /// it has not handled yet will take some.
+    pub fn demand(&mut self, task_id: i64, process_id: i64, priority: i64, ready: i64) {
+        let pending = (ready - self.reserved_for(task_id)).max(0);
+        let task = self.tasks.entry(task_id).or_insert(TaskDemand {
+            process_id,
+            priority,
+            pending: 0,
+            served: 0,
+        });
+        task.process_id = process_id;
+        task.priority = priority;
+        task.pending = pending;
+    }
+
+    /// A task handled Leases `leases`: the slots it could not use come back, and it has
+    /// `ready` items left.
+    pub fn settle(&mut self, task_id: i64, leases: &[u64], unused: &[ReservedSlots], ready: i64) {
+        for lease in leases {
+            self.leases.remove(lease);
+        }
+        self.unreserve(unused);
+        let pending = (ready - self.reserved_for(task_id)).max(0);
+        if let Some(task) = self.tasks.get_mut(&task_id) {
+            task.pending = pending;
+        }
+    }
+
+    /// Task actor `actor` is gone: Leases it never handled are given back whole. Returns how
+    /// many slots that was.
+    pub fn actor_gone(&mut self, actor: u64) -> i64 {
+        let lost: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, r)| r.actor == actor)
+            .map(|(n, _)| *n)
+            .collect();
+        let mut slots = 0;
+        for n in lost {
+            if let Some(reservation) = self.leases.remove(&n) {
+                slots += reservation.slots.iter().map(|s| s.count).sum::<i64>();
+                self.unreserve(&reservation.slots);
+            }
+        }
+        slots
+    }
+
+    /// Compares each robot's count with `stored` (items the store says it holds, robots not
+    /// named hold none) and sets a robot's count to the store's where the two differ and the
+    /// robot is at rest: no reservation for it, and neither its count nor the store's moved
+    /// since the previous recount. Returns the corrections.
+    pub fn recount(&mut self, stored: &BTreeMap<i64, i64>) -> Vec<Correction> {
+        let reserved: std::collections::BTreeSet<i64> = self
+            .leases
+            .values()
+            .flat_map(|r| r.slots.iter().map(|s| s.robot_id))
+            .collect();
+        let mut seen = BTreeMap::new();
+        let mut corrections = Vec::new();
+        for (robot_id, robot) in &mut self.robots {
+            let store_count = stored.get(robot_id).copied().unwrap_or(0);
+            let now = (robot.changes, store_count);
+            let steady = self.recounted.get(robot_id) == Some(&now);
+            seen.insert(*robot_id, now);
+            if robot.in_flight == store_count || !steady || reserved.contains(robot_id) {
+                continue;
+            }
+            corrections.push(Correction {
+                robot_id: *robot_id,
+                planned: robot.in_flight,
+                stored: store_count,
+            });
+            robot.in_flight = store_count;
+            robot.changes += 1;
+        }
+        self.recounted = seen;
+        corrections
     }
 
     /// The next task to serve: highest priority, then least served, among tasks some robot can take.
@@ -229,6 +393,8 @@ mod tests {
             processes,
             active: true,
             last_served: 0,
+            session: 1,
+            changes: 0,
         }
     }
 
@@ -323,16 +489,147 @@ mod tests {
         );
     }
 
+    /// Plans a round and reserves its grants as one Lease to `actor`, as the registry does.
+    fn round(board: &mut LoadBoard, actor: u64) -> Option<(u64, Vec<ReservedSlots>)> {
+        let plan = board.plan();
+        let task_id = plan.first()?.task_id;
+        let slots: Vec<ReservedSlots> = plan
+            .iter()
+            .map(|g| ReservedSlots {
+                robot_id: g.robot_id,
+                session: board.robots[&g.robot_id].session,
+                count: g.count,
+            })
+            .collect();
+        Some((board.reserve(task_id, actor, slots.clone()), slots))
+    }
+
+    fn unused(robot_id: i64, count: i64) -> ReservedSlots {
+        ReservedSlots {
+            robot_id,
+            session: 1,
+            count,
+        }
+    }
+
     #[test]
-    fn settle_returns_unused_slots_and_forgets_drained_tasks() {
+    fn settle_returns_unused_slots_and_keeps_the_task_s_fair_share_record() {
         let mut board = LoadBoard::default();
         board.robots.insert(1, robot(4, 0, vec![]));
-        board.tasks.insert(10, demand(1, 0, 4));
-        board.plan();
+        board.demand(10, 1, 0, 4);
+        let (lease, _) = round(&mut board, 7).expect("a grant");
         assert_eq!(board.robots[&1].in_flight, 4);
-        board.settle(10, &[(1, 3)], 0);
+        board.settle(10, &[lease], &[unused(1, 3)], 0);
         assert_eq!(board.robots[&1].in_flight, 1);
-        assert!(board.tasks.is_empty());
+        assert_eq!(board.tasks[&10].pending, 0);
+        assert_eq!(board.tasks[&10].served, 4, "served survives an empty queue");
+        assert!(board.leases.is_empty());
+    }
+
+    /// The drift of issue 18: a second round planned for a task whose first Lease is not
+    /// settled yet, then the actor stops with the second Lease still queued. Every slot comes
+    /// back exactly once.
+    #[test]
+    fn overlapping_leases_settle_exactly_what_each_reserved() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(3, 0, vec![]));
+        board.robots.insert(2, robot(3, 0, vec![]));
+        board.demand(10, 1, 0, 4);
+        let (first, _) = round(&mut board, 7).expect("first round");
+        assert_eq!(board.reserved_for(10), 4);
+        // The task says it still has 4 ready (it has not handled the first Lease yet): only
+        // what the first Lease does not already take is plannable.
+        board.demand(10, 1, 0, 4);
+        assert_eq!(board.tasks[&10].pending, 0, "4 ready, 4 already reserved");
+        board.demand(10, 1, 0, 6);
+        let (second, slots) = round(&mut board, 7).expect("second round");
+        assert_eq!(slots.iter().map(|s| s.count).sum::<i64>(), 2);
+        let total = |b: &LoadBoard| b.robots.values().map(|r| r.in_flight).sum::<i64>();
+        assert_eq!(total(&board), 6);
+        // The first Lease got 3 of its 4 items; the actor then stops with the second queued.
+        board.settle(10, &[first], &[unused(1, 1)], 2);
+        assert_eq!(total(&board), 5);
+        assert_eq!(
+            board.tasks[&10].pending, 0,
+            "the queued Lease takes the 2 left"
+        );
+        assert_eq!(
+            board.actor_gone(7),
+            2,
+            "the unhandled Lease comes back whole"
+        );
+        assert_eq!(total(&board), 3, "exactly the items the store holds");
+        assert!(board.leases.is_empty() && board.actor_gone(7) == 0);
+        let _ = second;
+    }
+
+    #[test]
+    fn a_reservation_of_an_earlier_session_is_not_taken_off_a_new_one() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(2, 0, vec![]));
+        board.demand(10, 1, 0, 2);
+        let (lease, slots) = round(&mut board, 7).expect("a grant");
+        // The robot reconnects: a new session, its count read from the store (0).
+        let mut again = robot(2, 0, vec![]);
+        again.session = 2;
+        board.robots.insert(1, again);
+        board.settle(10, &[lease], &slots, 0);
+        assert_eq!(board.robots[&1].in_flight, 0);
+        board.robots.get_mut(&1).expect("robot").in_flight = 1;
+        board.unreserve(&slots);
+        assert_eq!(
+            board.robots[&1].in_flight, 1,
+            "old-session slots never count"
+        );
+    }
+
+    #[test]
+    fn the_recount_corrects_only_robots_at_rest() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(5, 3, vec![]));
+        board.robots.insert(2, robot(5, 2, vec![]));
+        board.robots.insert(3, robot(5, 1, vec![]));
+        let stored = BTreeMap::from([(2, 2), (3, 4)]);
+        assert!(
+            board.recount(&stored).is_empty(),
+            "the first look only notes"
+        );
+        // Robot 1 completes an item meanwhile (its message was on its way): not at rest.
+        board.left(1, 1);
+        let corrections = board.recount(&stored);
+        assert_eq!(
+            corrections,
+            [Correction {
+                robot_id: 3,
+                planned: 1,
+                stored: 4
+            }]
+        );
+        assert_eq!(board.robots[&3].in_flight, 4);
+        let corrections = board.recount(&stored);
+        assert_eq!(
+            corrections,
+            [Correction {
+                robot_id: 1,
+                planned: 2,
+                stored: 0
+            }],
+            "robot 1 is at rest now, with two slots nobody holds"
+        );
+        // A robot with a reservation in flight is left alone.
+        board.demand(10, 1, 0, 1);
+        round(&mut board, 9).expect("a grant");
+        let planned = board.robots.clone();
+        board.recount(&stored);
+        board.recount(&stored);
+        assert_eq!(
+            board
+                .robots
+                .values()
+                .map(|r| r.in_flight)
+                .collect::<Vec<_>>(),
+            planned.values().map(|r| r.in_flight).collect::<Vec<_>>()
+        );
     }
 
     fn standby(capacity: i64, in_flight: i64, standby: i64) -> RobotSlot {

@@ -59,6 +59,9 @@ pub enum RobotSessionMsg {
     Withdraw { processes: Option<Vec<i64>> },
     /// Sweep tick: hand back standby items past half their lease, before it can expire.
     Expiring { now: Millis },
+    /// The node is stopping: hand back standby, close the WebSocket telling the robot to
+    /// reconnect, answer parked claims (empty), reply, and stop.
+    Shutdown { reply: RpcReplyPort<()> },
 }
 
 impl Message for RobotSessionMsg {}
@@ -98,6 +101,14 @@ struct Connection {
     reader: JoinHandle<()>,
 }
 
+/// A connection dropped without a close (its session was killed) stops reading too: its
+/// reader holds a sender, and the socket stays open while any sender lives.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 impl Connection {
     /// Queues `frame`; `false` when the robot stopped reading (the queue is full) or left.
     fn push(&self, frame: Outbound) -> bool {
@@ -106,6 +117,11 @@ impl Connection {
 
     fn close(self, reason: &str) {
         let _ = self.outbound.try_send(Outbound::Close(reason.into()));
+        self.reader.abort();
+    }
+
+    fn restart(self, reason: &str) {
+        let _ = self.outbound.try_send(Outbound::Restart(reason.into()));
         self.reader.abort();
     }
 }
@@ -524,6 +540,19 @@ impl Actor for RobotSession {
                         })
                         .await;
                 }
+            }
+            RobotSessionMsg::Shutdown { reply } => {
+                if state.ws.is_some() {
+                    state.give_back(|_| true).await;
+                }
+                if let Some(conn) = state.ws.take() {
+                    conn.restart("the node is shutting down; reconnect");
+                }
+                for waiter in state.waiters.drain(..) {
+                    let _ = waiter.reply.send(Vec::new());
+                }
+                let _ = reply.send(());
+                myself.stop(Some("node shutting down".into()));
             }
             RobotSessionMsg::Expiring { now } => {
                 if state.ws.is_some() {

@@ -54,6 +54,9 @@ pub enum Outbound {
     Ping,
     /// Close the connection with this reason.
     Close(String),
+    /// Close the connection because the node is stopping: the robot should reconnect (to this
+    /// node once it is back, or to another).
+    Restart(String),
 }
 
 /// The two ends of one robot's WebSocket, as the session sees them. The connection ends when
@@ -336,7 +339,7 @@ pub(super) async fn read_frames(
                 reference,
             }) => match dispatcher.ready(&robot, capacity).await {
                 Ok(()) => ack_frame(reference, None),
-                Err(err) => error_frame(err.code(), &err.to_string(), reference),
+                Err(err) => error_frame(err.code(), &err.public_message(), reference),
             },
             Ok(ClientFrame::Act {
                 item_id,
@@ -346,6 +349,14 @@ pub(super) async fn read_frames(
             }) => {
                 // Actions run concurrently so one slow write does not hold the robot's others;
                 // the permit bounds how many a robot can pile up.
+                // Refused before the session hears of it: an oversized report frees no slot.
+                if let Err(err) = dispatcher.config().payload_limits.check(&action) {
+                    let refusal = error_frame(err.code(), &err.to_string(), reference);
+                    if outbound.send(refusal).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
                     return;
                 };
@@ -377,7 +388,7 @@ pub(super) async fn read_frames(
                             reference,
                             Some(json!({ "id": item.id, "status": item.status })),
                         ),
-                        Err(err) => error_frame(err.code(), &err.to_string(), reference),
+                        Err(err) => error_frame(err.code(), &err.public_message(), reference),
                     };
                     let _ = outbound.send(reply).await;
                     drop(permit);
@@ -393,11 +404,22 @@ pub(super) async fn read_frames(
 }
 
 impl DispatchError {
+    /// What a robot is told: the error, except a store failure's text, which is logged under
+    /// a request id instead.
+    pub fn public_message(&self) -> String {
+        match self {
+            DispatchError::Store(err) => crate::error::conceal(err),
+            other => other.to_string(),
+        }
+    }
+
     /// The stable error code robots and clients match on.
     pub fn code(&self) -> &'static str {
         use crate::lifecycle::TransitionError;
         match self {
             DispatchError::ItemNotFound(_) => "not_found",
+            DispatchError::Payload(err) => err.code(),
+            DispatchError::RobotDisabled => "robot_disabled",
             DispatchError::Transition(TransitionError::NotYours { .. }) => "not_your_item",
             DispatchError::Transition(TransitionError::StaleLease { .. }) => "stale_lease",
             DispatchError::Transition(TransitionError::Illegal { .. }) => "illegal_transition",
@@ -466,5 +488,70 @@ mod tests {
         assert_eq!(code(&big), "frame_too_large");
         let refused = parse_frame(r#"{"type":"dance","ref":"r1"}"#).expect_err("refused");
         assert_eq!(refused.reference, Some(json!("r1")));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn action_frame() -> impl Strategy<Value = (String, i64, String, Option<String>)> {
+        (
+            prop_oneof![
+                Just("started"),
+                Just("renew"),
+                Just("release"),
+                Just("completed")
+            ],
+            any::<i64>(),
+            "[a-z0-9-]{0,40}",
+            proptest::option::of(".{0,40}"),
+        )
+            .prop_map(|(kind, id, lease, observation)| (kind.to_string(), id, lease, observation))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_is_a_frame_or_a_named_refusal(text in ".{0,300}") {
+            if let Err(err) = parse_frame(&text) {
+                prop_assert!(
+                    ["malformed_frame", "invalid_frame", "frame_too_large"].contains(&err.code),
+                    "{}", err.code
+                );
+            }
+        }
+
+        #[test]
+        fn any_json_value_is_a_frame_or_a_named_refusal(
+            value in proptest::arbitrary::any::<(Option<String>, Option<i64>, Option<bool>)>()
+        ) {
+            let frame = json!({ "type": value.0, "item_id": value.1, "lease_id": value.2 });
+            let _ = parse_frame(&frame.to_string());
+        }
+
+        #[test]
+        fn action_frames_parse_to_what_they_say((kind, id, lease, observation) in action_frame()) {
+            let mut frame = json!({ "type": kind, "item_id": id, "lease_id": lease, "ref": 7 });
+            if kind == "completed" {
+                frame["observation"] = json!(observation);
+            }
+            let parsed = parse_frame(&frame.to_string());
+            let Ok(ClientFrame::Act { item_id, lease_id, action, reference }) = parsed else {
+                return Err(TestCaseError::fail(format!("{frame} -> {parsed:?}")));
+            };
+            prop_assert_eq!(item_id, id);
+            prop_assert_eq!(lease_id, lease);
+            prop_assert_eq!(reference, Some(json!(7)));
+            let expected = match kind.as_str() {
+                "started" => RobotAction::Start,
+                "renew" => RobotAction::Renew,
+                "release" => RobotAction::Release,
+                _ => RobotAction::Complete { observation, output: None },
+            };
+            prop_assert_eq!(action, expected);
+        }
     }
 }

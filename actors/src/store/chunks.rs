@@ -22,7 +22,7 @@ use crate::error::StoreError;
 use crate::lifecycle::{ItemState, add_counts};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -279,14 +279,22 @@ pub(crate) struct TaskDelta {
     pub start: bool,
     /// Items were reopened: a finished task (not a cancelled one) runs again.
     pub reopen: bool,
+    /// Robots leased items of the task in this write (recorded as `worked:[task, robot]`).
+    pub workers: BTreeSet<i64>,
 }
 
-/// The node's chunk cache and write lock, and its payload cache (payloads never change, so
-/// reading them never waits for a write).
+/// `worked` rows a node remembers having written, so a busy fleet writes each once.
+const REMEMBERED_WORKERS: usize = 100_000;
+
+/// The node's chunk cache and write lock, its payload cache (payloads never change, so
+/// reading them never waits for a write), and the `worked` rows it knows exist.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkCache {
     inner: Mutex<Cached>,
     payloads: std::sync::Mutex<Payloads>,
+    workers: std::sync::Mutex<HashSet<(i64, i64)>>,
+    /// Chunks whose stored text could not be decoded (see [`Store::decode_chunks`]).
+    unreadable: std::sync::Mutex<BTreeSet<i64>>,
 }
 
 /// Recently used payloads, each stamped with when it was last used.
@@ -365,7 +373,50 @@ impl Store {
              WHERE version != NONE;"
         );
         let rows: Vec<ChunkRow> = self.rows(&sql, json!({ "ns": ns }), 0).await?;
-        rows.into_iter().map(Chunk::try_from).collect()
+        Ok(self.decode_chunks(rows))
+    }
+
+    /// Decodes chunk rows, leaving out (and reporting) any whose text cannot be read: one
+    /// damaged chunk must not stop sweeps, listings or writes that concern other chunks. Its
+    /// items look missing until it is repaired; `/healthz` names it meanwhile.
+    fn decode_chunks(&self, rows: Vec<ChunkRow>) -> Vec<Chunk> {
+        let mut chunks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (n, task) = (row.n, row.task);
+            match Chunk::try_from(row) {
+                Ok(chunk) => {
+                    if let Ok(mut bad) = self.chunks.unreadable.lock()
+                        && !bad.is_empty()
+                        && bad.remove(&n)
+                    {
+                        tracing::info!(chunk = n, task, "chunk readable again");
+                    }
+                    chunks.push(chunk);
+                }
+                Err(err) => {
+                    let first_time = self
+                        .chunks
+                        .unreadable
+                        .lock()
+                        .map(|mut bad| bad.insert(n))
+                        .unwrap_or(true);
+                    if first_time {
+                        tracing::error!(chunk = n, task, error = %err,
+                            "chunk cannot be decoded; its items are left out until it is repaired");
+                    }
+                }
+            }
+        }
+        chunks
+    }
+
+    /// Chunks found unreadable since the node started (and not readable again since).
+    pub fn unreadable_chunks(&self) -> Vec<i64> {
+        self.chunks
+            .unreadable
+            .lock()
+            .map(|bad| bad.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Makes sure chunks `ns` are cached, reading those that are not (all of them if `fresh`).
@@ -401,10 +452,7 @@ impl Store {
         let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
         let sql = format!("SELECT {CHUNK_FIELDS} FROM chunk WHERE {cond} ORDER BY n{limit};");
         let rows: Vec<ChunkRow> = self.rows(&sql, vars, 0).await?;
-        let chunks: Vec<Chunk> = rows
-            .into_iter()
-            .map(Chunk::try_from)
-            .collect::<Result<_, _>>()?;
+        let chunks = self.decode_chunks(rows);
         self.keep_if_idle(&chunks);
         Ok(chunks)
     }
@@ -502,7 +550,18 @@ impl Store {
         if chunks.is_empty() {
             return Ok(true);
         }
-        let (sql, vars) = write_statements(&chunks, tasks, finished, now)?;
+        let new_workers: Vec<(i64, i64)> = {
+            let known =
+                self.chunks.workers.lock().map_err(|_| {
+                    StoreError::Database("the worked-row memory was poisoned".into())
+                })?;
+            tasks
+                .iter()
+                .flat_map(|(t, d)| d.workers.iter().map(move |r| (*t, *r)))
+                .filter(|pair| !known.contains(pair))
+                .collect()
+        };
+        let (sql, vars) = write_statements(&chunks, tasks, &new_workers, finished, now)?;
         let outcome = self.db.run(&sql, Value::Object(vars)).await;
         let ns: Vec<i64> = chunks.iter().map(|c| c.n).collect();
         let mut response = match outcome {
@@ -524,6 +583,14 @@ impl Store {
             for mut chunk in chunks {
                 chunk.version += 1;
                 cached.keep(chunk);
+            }
+            if !new_workers.is_empty()
+                && let Ok(mut known) = self.chunks.workers.lock()
+            {
+                if known.len() > REMEMBERED_WORKERS {
+                    known.clear();
+                }
+                known.extend(new_workers);
             }
             return Ok(true);
         }
@@ -552,6 +619,7 @@ impl Store {
 fn write_statements(
     chunks: &[Chunk],
     tasks: &BTreeMap<i64, TaskDelta>,
+    new_workers: &[(i64, i64)],
     finished: (usize, usize),
     now: Millis,
 ) -> Result<(String, Map<String, Value>), StoreError> {
@@ -627,6 +695,9 @@ fn write_statements(
              }}; ",
             sets.join(", ")
         );
+    }
+    for (task, robot) in new_workers {
+        let _ = write!(sql, "UPSERT worked:[{task}, {robot}] RETURN NONE; ");
     }
     if finished.0 + finished.1 > 0 {
         let _ = write!(
@@ -706,7 +777,7 @@ mod tests {
             started: 2,
             ..ItemCounts::default()
         });
-        let (sql, vars) = write_statements(&chunks, &starts, (0, 0), 1_000).expect("sql");
+        let (sql, vars) = write_statements(&chunks, &starts, &[], (0, 0), 1_000).expect("sql");
         assert!(
             sql.contains("UPDATE chunk:2 CONTENT $c0 WHERE version = 0"),
             "{sql}"
@@ -725,7 +796,13 @@ mod tests {
             ),
             "{sql}"
         );
-        for absent in ["counts.pending", "COMPLETED", "throughput", "status"] {
+        for absent in [
+            "counts.pending",
+            "COMPLETED",
+            "throughput",
+            "status",
+            "worked",
+        ] {
             assert!(!sql.contains(absent), "{absent} in {sql}");
         }
         assert_eq!(
@@ -742,12 +819,14 @@ mod tests {
             completed: 1,
             ..ItemCounts::default()
         });
-        let (sql, _) = write_statements(&chunks[..1], &ends, (1, 0), 120_000).expect("sql");
+        let (sql, _) =
+            write_statements(&chunks[..1], &ends, &[(7, 3)], (1, 0), 120_000).expect("sql");
         assert!(
             sql.contains("SET status = 'COMPLETED', ended_at = 120000"),
             "{sql}"
         );
         assert!(sql.contains("UPSERT throughput:2 SET"), "{sql}");
+        assert!(sql.contains("UPSERT worked:[7, 3] RETURN NONE"), "{sql}");
     }
 
     #[test]
@@ -767,5 +846,96 @@ mod tests {
             cached.get(CACHE_CHUNKS as i64 + 1).is_some(),
             "the newest stays"
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn status() -> impl Strategy<Value = ItemStatus> {
+        prop_oneof![
+            Just(ItemStatus::Pending),
+            Just(ItemStatus::Assigned),
+            Just(ItemStatus::Started),
+            Just(ItemStatus::Completed),
+            Just(ItemStatus::Failed),
+            Just(ItemStatus::Abandoned),
+        ]
+    }
+
+    /// Output values as robots may send them (within the depth limit).
+    fn output() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(6, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn slot() -> impl Strategy<Value = Slot> {
+        (
+            status(),
+            proptest::option::of(1i64..1_000),
+            0i64..5,
+            proptest::option::of("[0-9]{1,3}-[a-f0-9]{8}"),
+            proptest::option::of(0i64..i64::MAX / 2),
+            proptest::option::of(".{0,30}"),
+            // A top-level `null` never reaches a slot: robots' `"output": null` reads as none.
+            proptest::option::of(output().prop_filter("null is no output", |v| !v.is_null())),
+            proptest::option::of(0i64..i64::MAX / 2),
+        )
+            .prop_map(
+                |(status, robot, attempt, lease_id, expires, observation, output, ended)| Slot {
+                    status,
+                    robot,
+                    attempt,
+                    lease_id,
+                    lease_expires_at: expires,
+                    lease_expiries: attempt / 2,
+                    observation,
+                    output,
+                    fail_kind: (status == ItemStatus::Failed).then(|| "business".into()),
+                    not_before: None,
+                    started_at: ended.map(|e| e / 2),
+                    ended_at: ended,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_chunk_reads_back_as_written(slots in proptest::collection::vec(slot(), 1..40)) {
+            let mut chunk = Chunk::new(3, 768, slots.len(), 1_000);
+            chunk.slots = slots;
+            let row = chunk.row().expect("row");
+            let back = Chunk::try_from(ChunkRow {
+                n: chunk.n,
+                task: 3,
+                first: 768,
+                version: 0,
+                created_at: 1_000,
+                state: row["state"].as_str().expect("text").to_string(),
+            })
+            .expect("decodes");
+            prop_assert_eq!(back.states().collect::<Vec<_>>(), chunk.states().collect::<Vec<_>>());
+            let held = chunk.slots.iter().filter(|s| s.in_flight()).count();
+            prop_assert_eq!(row["in_flight"].as_u64(), Some(held as u64));
+            let counts = chunk.counts();
+            let total = counts.pending + counts.assigned + counts.started + counts.completed
+                + counts.failed + counts.abandoned;
+            prop_assert_eq!(total, chunk.slots.len() as i64);
+        }
     }
 }

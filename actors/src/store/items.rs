@@ -207,6 +207,31 @@ impl Store {
         Ok(self.held_by(robot).await?.len() as i64)
     }
 
+    /// Whether `robot` was ever leased an item of `task_id`.
+    pub async fn robot_worked_on(&self, task_id: i64, robot: i64) -> Result<bool, StoreError> {
+        let found: Option<Value> = self
+            .row(
+                "SELECT VALUE true FROM type::record('worked', [$task, $robot]);",
+                json!({ "task": task_id, "robot": robot }),
+                0,
+            )
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// How many items each robot holds (ASSIGNED or STARTED); robots holding none are left
+    /// out. One read of the chunks with items in flight (the registry's recount).
+    pub async fn held_counts(&self) -> Result<std::collections::BTreeMap<i64, i64>, StoreError> {
+        let chunks = self.query_chunks("in_flight > 0", None, json!({})).await?;
+        let mut counts = std::collections::BTreeMap::new();
+        for state in chunks.iter().flat_map(Chunk::states) {
+            if let (true, Some(robot)) = (in_flight(state.status), state.robot_id) {
+                *counts.entry(robot).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Items `robot` holds (ASSIGNED or STARTED) with everything the seed API shows.
     pub async fn robot_items_full(&self, robot: i64) -> Result<Vec<Item>, StoreError> {
         let held = self.held_by(robot).await?;
@@ -444,6 +469,13 @@ impl Store {
                 if count > 0 {
                     dirty.extend(per_grant.iter().flatten().map(|i| chunk_of(i.id)));
                     let delta = tasks.entry(*task_id).or_default();
+                    delta.workers.extend(
+                        grants
+                            .iter()
+                            .zip(&per_grant)
+                            .filter(|(_, items)| !items.is_empty())
+                            .map(|(g, _)| g.robot_id),
+                    );
                     delta.start = true;
                     delta.counts.pending -= count as i64;
                     delta.counts.assigned += count as i64;
@@ -1101,7 +1133,10 @@ mod layout_tests {
         );
         let config = schema_2_store("empty", "").await?;
         let store = Store::open(&config).await?;
-        assert_eq!(store.setting::<i64>("schema").await?, Some(3));
+        assert_eq!(
+            store.setting::<i64>("schema").await?,
+            Some(super::super::SCHEMA_VERSION)
+        );
         let gone = store.query_all("SELECT * FROM item;", json!({})).await?;
         assert!(
             gone[0].to_string().contains("does not exist"),

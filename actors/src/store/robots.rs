@@ -6,7 +6,8 @@ use crate::error::StoreError;
 use serde_json::json;
 
 const ROBOT_FIELDS: &str = "record::id(id) AS id, name, platform, capacity, processes, status, \
-                            last_pulse_at, node, created_at";
+                            last_pulse_at, node, created_at, \
+                            disabled_by_admin ?? false AS disabled_by_admin";
 
 /// A robot to create, with the hash of its freshly generated token.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct RobotPatch {
     pub capacity: Option<i64>,
     pub processes: Option<Vec<i64>>,
     pub status: Option<RobotStatus>,
+    /// Whether the status was set by an administrator (who alone can lift an INACTIVE).
+    pub disabled_by_admin: Option<bool>,
 }
 
 impl Store {
@@ -85,7 +88,8 @@ impl Store {
         let sql = format!(
             "UPDATE type::record('robot', $id) SET name = $name ?? name, \
              platform = $platform ?? platform, capacity = $capacity ?? capacity, \
-             processes = $processes ?? processes, status = $status ?? status \
+             processes = $processes ?? processes, status = $status ?? status, \
+             disabled_by_admin = $disabled_by_admin ?? disabled_by_admin \
              RETURN {ROBOT_FIELDS};"
         );
         self.tokens.forget_robot(id);
@@ -93,6 +97,7 @@ impl Store {
             "id": id, "name": patch.name, "platform": patch.platform.map(Platform::as_str),
             "capacity": patch.capacity, "processes": patch.processes,
             "status": patch.status.map(RobotStatus::as_str),
+            "disabled_by_admin": patch.disabled_by_admin,
         });
         let robot = self
             .retry_conflicts(|| self.row(&sql, vars.clone(), 0))

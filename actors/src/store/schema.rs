@@ -4,7 +4,7 @@
 //! live in `counter:<table>`; settings in `setting:<name>`; the schema version in `setting:schema`.
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The first version that stores items in chunks; older ones kept a row per item.
 pub const CHUNKED_ITEMS_SINCE: i64 = 3;
@@ -25,6 +25,8 @@ DEFINE FIELD IF NOT EXISTS role ON user TYPE string ASSERT $value IN ['admin', '
 DEFINE FIELD IF NOT EXISTS disabled ON user TYPE bool;
 DEFINE FIELD IF NOT EXISTS created_at ON user TYPE int;
 DEFINE INDEX IF NOT EXISTS user_username ON user FIELDS username UNIQUE;
+-- Version 4: login tokens issued before this are revoked (sign-out, password change).
+DEFINE FIELD IF NOT EXISTS tokens_after ON user TYPE option<int>;
 
 DEFINE TABLE IF NOT EXISTS process SCHEMAFULL;
 DEFINE FIELD IF NOT EXISTS title ON process TYPE string;
@@ -47,6 +49,8 @@ DEFINE FIELD IF NOT EXISTS last_pulse_at ON robot TYPE option<int>;
 DEFINE FIELD IF NOT EXISTS node ON robot TYPE option<string>;
 DEFINE FIELD IF NOT EXISTS created_at ON robot TYPE int;
 DEFINE INDEX IF NOT EXISTS robot_name ON robot FIELDS name UNIQUE;
+-- Version 4: an administrator's INACTIVE, which the robot cannot undo.
+DEFINE FIELD IF NOT EXISTS disabled_by_admin ON robot TYPE option<bool>;
 DEFINE INDEX IF NOT EXISTS robot_token_hash ON robot FIELDS token_hash UNIQUE;
 
 DEFINE TABLE IF NOT EXISTS task SCHEMAFULL;
@@ -103,4 +107,8 @@ DEFINE TABLE IF NOT EXISTS chunk_data SCHEMAFULL;
 DEFINE FIELD IF NOT EXISTS task ON chunk_data TYPE int;
 DEFINE FIELD IF NOT EXISTS data ON chunk_data TYPE string;
 DEFINE INDEX IF NOT EXISTS chunk_data_task ON chunk_data FIELDS task;
+
+-- Version 4: `worked:[task, robot]` exists once a robot was leased an item of the task (the
+-- prototype's task PATCH answers 200 to such a robot, 404 to any other).
+DEFINE TABLE IF NOT EXISTS worked SCHEMAFULL;
 "#;

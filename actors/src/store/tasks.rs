@@ -339,20 +339,27 @@ impl Store {
         Ok(row.and_then(|r| r["n"].as_i64()).unwrap_or(0))
     }
 
-    /// Dashboard figures; `connected_since` counts robots that pulsed at or after it.
-    pub async fn stats(&self, connected_since: Millis) -> Result<Stats, StoreError> {
+    /// Dashboard figures; `connected_since` counts robots that pulsed at or after it. With an
+    /// `owner`, task and item figures cover that user's tasks only.
+    pub async fn stats(
+        &self,
+        connected_since: Millis,
+        owner: Option<i64>,
+    ) -> Result<Stats, StoreError> {
         let sql = "SELECT count() AS total, \
                      count(status = 'ACTIVE') AS active, \
                      count(last_pulse_at != NONE AND last_pulse_at >= $since) AS connected \
                    FROM robot GROUP ALL; \
-                   SELECT status, count() AS n FROM task WHERE status != 'UPLOADING' GROUP BY status; \
+                   SELECT status, count() AS n FROM task WHERE status != 'UPLOADING' \
+                     AND ($owner = NONE OR owner = $owner) GROUP BY status; \
                    SELECT math::sum(counts.pending) AS pending, math::sum(counts.assigned) AS assigned, \
                      math::sum(counts.started) AS started, math::sum(counts.completed) AS completed, \
                      math::sum(counts.failed) AS failed, math::sum(counts.abandoned) AS abandoned \
-                   FROM task WHERE status != 'UPLOADING' GROUP ALL;";
+                   FROM task WHERE status != 'UPLOADING' AND ($owner = NONE OR owner = $owner) \
+                   GROUP ALL;";
         let mut response = self
             .db
-            .run(sql, json!({ "since": connected_since }))
+            .run(sql, json!({ "since": connected_since, "owner": owner }))
             .await?
             .check()?;
         let robots: Vec<Value> = response.take(0)?;

@@ -6,7 +6,8 @@ use crate::error::StoreError;
 use serde::Deserialize;
 use serde_json::json;
 
-const USER_FIELDS: &str = "record::id(id) AS id, username, role, disabled, created_at";
+const USER_FIELDS: &str =
+    "record::id(id) AS id, username, role, disabled, created_at, tokens_after";
 
 /// A user to create; the password is already hashed.
 #[derive(Debug, Clone)]
@@ -95,12 +96,25 @@ impl Store {
         let sql = format!(
             "UPDATE type::record('user', $id) SET \
              password_hash = $password_hash ?? password_hash, role = $role ?? role, \
-             disabled = $disabled ?? disabled RETURN {USER_FIELDS};"
+             disabled = $disabled ?? disabled, \
+             tokens_after = IF $password_hash != NONE THEN $now ELSE tokens_after END \
+             RETURN {USER_FIELDS};"
         );
+        // A new password signs out every session that used the old one.
         let vars = json!({
             "id": id, "password_hash": patch.password_hash,
             "role": patch.role.map(Role::as_str), "disabled": patch.disabled,
+            "now": now_millis(),
         });
         self.row(&sql, vars, 0).await
+    }
+
+    /// Refuses every login token of user `id` issued until now (sign-out).
+    pub async fn revoke_tokens(&self, id: i64) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE type::record('user', $id) SET tokens_after = $now RETURN NONE;",
+            json!({ "id": id, "now": now_millis() }),
+        )
+        .await
     }
 }

@@ -96,11 +96,18 @@ impl DirectorState {
 
     fn forget(&mut self, actor: &ActorCell) -> Option<i64> {
         let task_id = self.by_actor.remove(&actor.get_id())?;
-        self.tasks.remove(&task_id);
-        let _ = self
-            .args
-            .registry
-            .send_message(RobotRegistryMsg::TaskGone { task_id });
+        // A newer actor may serve the task already (one was started while this one stopped).
+        if self
+            .tasks
+            .get(&task_id)
+            .is_some_and(|a| a.get_id() == actor.get_id())
+        {
+            self.tasks.remove(&task_id);
+        }
+        let _ = self.args.registry.send_message(RobotRegistryMsg::TaskGone {
+            task_id,
+            actor: actor.get_id(),
+        });
         Some(task_id)
     }
 }
@@ -181,10 +188,9 @@ async fn handle_message(
                 .get(&task_id)
                 .is_some_and(|actor| actor.send_message(TaskMsg::Requeued { items }).is_ok());
             if !delivered {
-                // No live actor: a fresh one scans the store and finds them.
-                if let Some(actor) = state.tasks.remove(&task_id) {
-                    state.by_actor.remove(&actor.get_id());
-                }
+                // No live actor: a fresh one scans the store and finds them. The old one stays
+                // known by its id until it is gone, so the registry hears of it (TaskGone).
+                state.tasks.remove(&task_id);
                 state.ensure(&myself, task_id).await?;
             }
         }

@@ -6,6 +6,7 @@ use crate::error::StoreError;
 use crate::gather::flush_later;
 use crate::lifecycle::new_lease_id;
 use crate::robot_registry::RobotRegistryMsg;
+use crate::robot_registry::model::ReservedSlots;
 use crate::robot_session::RobotSessionMsg;
 use crate::store::{Grant, PendingItem, Store};
 use crate::transition_batcher::{BatcherMsg, LeaseRequest};
@@ -31,14 +32,20 @@ pub struct TaskActor;
 pub struct GrantRequest {
     pub robot_id: i64,
     pub count: i64,
+    /// The robot's session generation the registry counted the slots on (echoed back).
+    pub generation: u64,
     pub session: ActorRef<RobotSessionMsg>,
 }
 
 /// Messages of a [`TaskActor`].
 #[derive(Debug)]
 pub enum TaskMsg {
-    /// Lease items to robots as the registry granted.
-    Lease { grants: Vec<GrantRequest> },
+    /// Lease items to robots as the registry granted; `lease` numbers the reservation, to
+    /// settle it exactly once.
+    Lease {
+        lease: u64,
+        grants: Vec<GrantRequest>,
+    },
     /// Write the leases gathered so far (sent to itself, see [`crate::gather`]).
     LeaseGathered,
     /// Items of this task went back to PENDING.
@@ -69,8 +76,9 @@ pub struct TaskState {
     args: TaskArgs,
     queue: PendingQueue,
     timer: JoinHandle<()>,
-    /// Grants received and not yet written.
+    /// Grants received and not yet written, and the numbers of the Leases they came in.
     gathered: Vec<GrantRequest>,
+    gathered_leases: Vec<u64>,
 }
 
 impl TaskState {
@@ -95,6 +103,7 @@ impl TaskState {
     async fn lease(
         &mut self,
         myself: &ActorRef<TaskMsg>,
+        leases: Vec<u64>,
         grants: Vec<GrantRequest>,
     ) -> Result<(), ActorProcessingErr> {
         let wanted: i64 = grants.iter().map(|g| g.count).sum();
@@ -136,7 +145,11 @@ impl TaskState {
             }
             let got = items.len() as i64;
             if got < grant.count {
-                unused.push((grant.robot_id, grant.count - got));
+                unused.push(ReservedSlots {
+                    robot_id: grant.robot_id,
+                    session: grant.generation,
+                    count: grant.count - got,
+                });
             }
             if !items.is_empty() {
                 // A session that ended meanwhile loses nothing: the lease stays in the
@@ -147,18 +160,13 @@ impl TaskState {
             }
         }
         debug!(task_id = self.args.task_id, wanted, ?unused, "leased");
-        // Settle first: the registry's next round need not wait for the queue's top-up read.
-        // An empty queue is topped up before, so the registry does not drop the task's demand
-        // (and its fair-share record) only to hear of it again.
-        let mut settled = self.queue.ready_len();
-        if settled == 0 {
-            self.fill(READY_TARGET).await?;
-            settled = self.queue.ready_len();
-        }
+        // Settle before anything else can fail: the registry counts exactly what was leased.
+        let settled = self.queue.ready_len();
         self.args
             .registry
             .send_message(RobotRegistryMsg::GrantsSettled {
                 task_id: self.args.task_id,
+                leases,
                 unused,
                 pending: settled as i64,
             })?;
@@ -167,6 +175,8 @@ impl TaskState {
             self.announce(myself)?;
         }
         if self.queue.is_exhausted() {
+            // Leases still queued here are dropped with the actor; the registry gives their
+            // slots back when it hears the actor is gone.
             myself.stop(Some("no pending items".into()));
         }
         Ok(())
@@ -203,6 +213,7 @@ impl Actor for TaskActor {
             queue: PendingQueue::new(ranges),
             timer,
             gathered: Vec::new(),
+            gathered_leases: Vec::new(),
         };
         state.fill(READY_TARGET).await?;
         state.announce(&myself)?;
@@ -225,16 +236,18 @@ impl Actor for TaskActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            TaskMsg::Lease { grants } => {
+            TaskMsg::Lease { lease, grants } => {
                 // Grants that arrive while a lease is written go out together in the next one.
-                if state.gathered.is_empty() {
+                if state.gathered_leases.is_empty() {
                     flush_later(&myself, Duration::ZERO, || TaskMsg::LeaseGathered);
                 }
                 state.gathered.extend(grants);
+                state.gathered_leases.push(lease);
             }
             TaskMsg::LeaseGathered => {
                 let grants = std::mem::take(&mut state.gathered);
-                state.lease(&myself, grants).await?;
+                let leases = std::mem::take(&mut state.gathered_leases);
+                state.lease(&myself, leases, grants).await?;
             }
             TaskMsg::Requeued { items } => {
                 state.queue.push(&items, state.args.clock.now());

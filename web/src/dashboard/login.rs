@@ -38,21 +38,26 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(warp::header::headers_cloned())
+        .and(crate::server::client_addr())
         .and(warp::body::content_length_limit(MAX_FORM_BYTES))
         .and(warp::body::bytes())
         .then(
-            |state: AppState, headers: HeaderMap, body: Bytes| async move {
-                sign_in(&state, &headers, &body).await
+            |state: AppState,
+             headers: HeaderMap,
+             addr: Option<std::net::SocketAddr>,
+             body: Bytes| async move {
+                sign_in(&state, &headers, &body, addr.map(|a| a.ip())).await
             },
         );
     let logout = warp::path!("logout")
         .and(warp::post())
-        .and(session(state))
+        .and(session(state.clone()))
+        .and(with_state(state))
         .and(warp::header::headers_cloned())
         .and(warp::body::content_length_limit(MAX_FORM_BYTES))
         .and(warp::body::bytes())
-        .map(
-            |session: Option<Session>, headers: HeaderMap, body: Bytes| {
+        .then(
+            |session: Option<Session>, state: AppState, headers: HeaderMap, body: Bytes| async move {
                 let fields = form_fields(&body);
                 match session {
                     Some(s) if fields.get("csrf") != Some(&s.csrf) || foreign_origin(&headers) => {
@@ -62,6 +67,19 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                         )
                     }
                     _ => {
+                        // Signing out ends every session of the user: the cookie's token (and
+                        // any copy of it) is refused from now on.
+                        if let Some(s) = &session
+                            && let Err(err) = state.store.revoke_tokens(s.user.id).await
+                        {
+                            return html(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                message_page(
+                                    "Sign-out failed",
+                                    &orchestrator_actors::error::conceal(&err),
+                                ),
+                            );
+                        }
                         let mut response = see_other("/login");
                         set_cookie(
                             &mut response,
@@ -77,7 +95,12 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     form.or(submit).unify().or(logout).unify().boxed()
 }
 
-async fn sign_in(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Response {
+async fn sign_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    addr: Option<std::net::IpAddr>,
+) -> Response {
     let fields = form_fields(body);
     let username = fields.get("username").cloned().unwrap_or_default();
     let secure = secure(headers);
@@ -95,7 +118,7 @@ async fn sign_in(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Respons
         );
     }
     let password = fields.get("password").cloned().unwrap_or_default();
-    let user = match check_credentials(state, &username, password).await {
+    let user = match check_credentials(state, &username, password, addr).await {
         Ok(user) => user,
         Err(err) if err.status == StatusCode::UNAUTHORIZED => {
             return login_page(

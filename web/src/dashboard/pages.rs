@@ -142,7 +142,10 @@ async fn task_page(id: i64, session: Option<Session>, state: &AppState) -> Respo
         Err(err) => {
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
-                message_page("Store unavailable", &err.to_string()),
+                message_page(
+                    "Store unavailable",
+                    &orchestrator_actors::error::conceal(&err),
+                ),
             );
         }
     };

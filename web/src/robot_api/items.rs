@@ -42,7 +42,7 @@ struct ActionBody {
 }
 
 pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let max = state.config.max_json_bytes;
+    let max = state.config.json_limit();
     let pulse = warp::path!("api" / "v1" / "robot" / "pulse")
         .and(warp::post())
         .and(robot(state.clone()))
@@ -76,6 +76,9 @@ async fn pulse(
         let status: RobotStatus = status.parse().map_err(|e: String| {
             ApiError::unprocessable("invalid_status", format!("status {e}"))
         })?;
+        if status == RobotStatus::Active && robot.disabled_by_admin {
+            return Err(orchestrator_actors::dispatcher::DispatchError::RobotDisabled.into());
+        }
         if status != robot.status {
             let patch = RobotPatch {
                 status: Some(status),
@@ -94,6 +97,7 @@ async fn pulse(
         "id": robot.id, "name": robot.name, "status": robot.status, "capacity": robot.capacity,
         "processes": robot.processes, "pulse_interval_ms": interval.as_millis() as u64,
         "pulse_timeout_ms": state.config.pulse_timeout.as_millis() as u64,
+        "disabled_by_admin": robot.disabled_by_admin,
     })))
 }
 

@@ -127,7 +127,7 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
     };
     if let Err(err) = state.dispatcher.attach_ws(&robot, link).await {
         // A close reason must fit in a control frame (123 bytes).
-        let reason: String = err.to_string().chars().take(100).collect();
+        let reason: String = err.public_message().chars().take(100).collect();
         let _ = sink.send(close(CloseCode::Error, reason)).await;
         return;
     }
@@ -143,6 +143,10 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
                     Outbound::Close(reason) => {
                         last = true;
                         close(CloseCode::Normal, reason)
+                    }
+                    Outbound::Restart(reason) => {
+                        last = true;
+                        close(CloseCode::Restart, reason)
                     }
                 };
                 if sink.feed(message).await.is_err() {

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::robot_api::auth::authenticate;
 use crate::state::{AppState, with_state};
 use orchestrator_actors::dispatcher::DispatchError;
-use orchestrator_actors::domain::{Robot, RobotStatus, TaskStatus};
+use orchestrator_actors::domain::{Robot, RobotStatus};
 use orchestrator_actors::lifecycle::{FailKind, RobotAction, TransitionError};
 use orchestrator_actors::store::RobotPatch;
 use serde_json::{Value, json};
@@ -169,6 +169,12 @@ async fn patch_robots(robot: Robot, params: Params, state: AppState) -> Result<R
                 "status must be ACTIVE or INACTIVE".into(),
             )
         })?;
+    if status == RobotStatus::Active && robot.disabled_by_admin {
+        return Err(Detail(
+            StatusCode::CONFLICT,
+            orchestrator_actors::dispatcher::ROBOT_DISABLED.into(),
+        ));
+    }
     let patch = RobotPatch {
         status: Some(status),
         ..RobotPatch::default()
@@ -213,19 +219,16 @@ async fn patch_tasks(robot: Robot, params: Params, state: AppState) -> Result<Re
             "status must be CREATED, STARTED, COMPLETED or ERROR".into(),
         ));
     }
-    let task = state
-        .store
-        .task(task_id)
-        .await?
-        .ok_or_else(|| Detail(StatusCode::NOT_FOUND, format!("task {task_id} not found")))?;
-    if matches!(task.status, TaskStatus::Completed | TaskStatus::Cancelled) {
+    // "My share is done": the task completes by itself once all its items are final, so this
+    // changes nothing and answers 200 to a robot that was leased items of the task, whether or
+    // not the task has completed meanwhile. Any other task, existing or not, is "not found":
+    // robots cannot probe task ids.
+    if !state.store.robot_worked_on(task_id, robot.id).await? {
         return Err(Detail(
-            StatusCode::FORBIDDEN,
-            format!("task {task_id} is already finished"),
+            StatusCode::NOT_FOUND,
+            format!("task {task_id} not found"),
         ));
     }
-    // "My share is done": the task completes by itself once all its items are final.
-    let _ = robot;
     Ok(empty_ok())
 }
 

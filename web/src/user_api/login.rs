@@ -9,6 +9,7 @@ use orchestrator_actors::domain::{User, rfc3339};
 use orchestrator_actors::security::verify_password;
 use serde::Deserialize;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -24,12 +25,31 @@ static DUMMY_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| orchestrator_actors::security::hash_password("not a password"));
 
 pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let max = state.config.max_json_bytes;
+    let max = state.config.json_limit();
     let login = warp::path!("api" / "v1" / "auth" / "login")
         .and(warp::post())
         .and(with_state(state.clone()))
+        .and(crate::server::client_addr())
         .and(json_body::<Login>(max))
-        .then(|state, body| async move { respond(login(state, body).await) });
+        .then(|state, addr: Option<SocketAddr>, body| async move {
+            respond(login(state, addr.map(|a| a.ip()), body).await)
+        });
+    let logout = warp::path!("api" / "v1" / "auth" / "logout")
+        .and(warp::post())
+        .and(signed_in(state.clone()))
+        .and(with_state(state.clone()))
+        .then(|user: AuthUser, state: AppState| async move {
+            respond(
+                async {
+                    state.store.revoke_tokens(user.id).await?;
+                    Ok::<_, ApiError>(warp::reply::with_status(
+                        warp::reply(),
+                        warp::http::StatusCode::NO_CONTENT,
+                    ))
+                }
+                .await,
+            )
+        });
     let me = warp::path!("api" / "v1" / "auth" / "me")
         .and(warp::get())
         .and(signed_in(state.clone()))
@@ -47,11 +67,15 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 .await,
             )
         });
-    login.or(me).unify().boxed()
+    login.or(me).unify().or(logout).unify().boxed()
 }
 
-async fn login(state: AppState, body: Login) -> Result<impl warp::Reply, ApiError> {
-    let user = check_credentials(&state, &body.username, body.password).await?;
+async fn login(
+    state: AppState,
+    addr: Option<IpAddr>,
+    body: Login,
+) -> Result<impl warp::Reply, ApiError> {
+    let user = check_credentials(&state, &body.username, body.password, addr).await?;
     let (token, exp) = state.jwt.issue(&user, state.config.jwt_ttl)?;
     Ok(warp::reply::json(&json!({
         "token": token,
@@ -62,25 +86,51 @@ async fn login(state: AppState, body: Login) -> Result<impl warp::Reply, ApiErro
 }
 
 /// The enabled user with these credentials; 401 `invalid_credentials` otherwise, answered in
-/// the same time whether or not the username exists.
+/// the same time whether or not the username exists; 429 `too_many_attempts` while the
+/// username or the client's address is throttled (see [`crate::login_guard`]).
 pub(crate) async fn check_credentials(
     state: &AppState,
     username: &str,
     password: String,
+    addr: Option<IpAddr>,
 ) -> Result<User, ApiError> {
+    let guard = &state.logins;
+    if let Err(wait) = guard.check(username, addr) {
+        let seconds = wait.as_secs().max(1);
+        return Err(ApiError::new(
+            warp::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many failed sign-ins; try again in {seconds} s"),
+        )
+        .retry_after(seconds));
+    }
     let found = state.store.user_credentials(username.trim()).await?;
     let hash = found
         .as_ref()
         .map_or_else(|| DUMMY_HASH.clone(), |c| c.password_hash.clone());
+    let Some(_turn) = guard.hashing_turn().await else {
+        return Err(ApiError::new(
+            warp::http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many sign-ins at once; try again shortly",
+        )
+        .retry_after(2));
+    };
     let verified = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     match found {
-        Some(creds) if verified && !creds.user.disabled => Ok(creds.user),
-        _ => Err(ApiError::new(
-            warp::http::StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "wrong username or password",
-        )),
+        Some(creds) if verified && !creds.user.disabled => {
+            guard.succeeded(username);
+            Ok(creds.user)
+        }
+        _ => {
+            guard.failed(username, addr);
+            Err(ApiError::new(
+                warp::http::StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "wrong username or password",
+            ))
+        }
     }
 }

@@ -42,7 +42,7 @@ fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option
 }
 
 pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let max = state.config.max_json_bytes;
+    let max = state.config.json_limit();
     let create = warp::path!("api" / "v1" / "processes")
         .and(warp::post())
         .and(signed_in(state.clone()))

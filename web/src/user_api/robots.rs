@@ -35,7 +35,7 @@ struct PatchRobot {
 }
 
 pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let max = state.config.max_json_bytes;
+    let max = state.config.json_limit();
     let base = warp::path!("api" / "v1" / "robots");
     let one = warp::path!("api" / "v1" / "robots" / i64);
     let create = base
@@ -234,19 +234,22 @@ async fn patch(
         Some(ids) => Some(valid_processes(&state, ids).await?),
         None => None,
     };
+    let status = body
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<RobotStatus>()
+                .map_err(|e| ApiError::unprocessable("invalid_status", format!("status {e}")))
+        })
+        .transpose()?;
     let patch = RobotPatch {
         name: body.name.as_deref().map(valid_name).transpose()?,
         platform: body.platform.as_deref().map(parse_platform).transpose()?,
         capacity: body.capacity.map(valid_capacity).transpose()?,
         processes,
-        status: body
-            .status
-            .as_deref()
-            .map(|s| {
-                s.parse::<RobotStatus>()
-                    .map_err(|e| ApiError::unprocessable("invalid_status", format!("status {e}")))
-            })
-            .transpose()?,
+        status,
+        // An administrator's INACTIVE holds until an administrator sets ACTIVE.
+        disabled_by_admin: status.map(|s| s == RobotStatus::Inactive),
     };
     let robot = state
         .store

@@ -14,16 +14,22 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(signed_in(state.clone()))
         .and(with_state(state))
-        .then(|_user: AuthUser, state: AppState| async move {
-            respond(stats(&state).await.map(|body| warp::reply::json(&body)))
+        .then(|user: AuthUser, state: AppState| async move {
+            respond(
+                stats(&state, &user)
+                    .await
+                    .map(|body| warp::reply::json(&body)),
+            )
         })
         .boxed()
 }
 
-/// The figures `GET /api/v1/stats` answers; also what the dashboard's live events carry.
-pub(crate) async fn stats(state: &AppState) -> Result<Value, ApiError> {
+/// The figures `GET /api/v1/stats` answers; also what the dashboard's live events carry. An
+/// operator's task and item figures cover their own tasks only.
+pub(crate) async fn stats(state: &AppState, user: &AuthUser) -> Result<Value, ApiError> {
     let since = now_millis() - state.config.pulse_timeout.as_millis() as i64;
-    let s = state.store.stats(since).await?;
+    let owner = (!user.is_admin()).then_some(user.id);
+    let s = state.store.stats(since, owner).await?;
     Ok(json!({
         "robots": { "total": s.robots_total, "active": s.robots_active,
                     "connected": s.robots_connected },

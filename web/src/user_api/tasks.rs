@@ -158,6 +158,35 @@ fn parse_status<T: std::str::FromStr<Err = String>>(
         .transpose()
 }
 
+/// Priorities an operator may give a task; admins may use [`ADMIN_PRIORITY`].
+pub const OPERATOR_PRIORITY: std::ops::RangeInclusive<i64> = -10..=10;
+/// Priorities an admin may give a task.
+pub const ADMIN_PRIORITY: std::ops::RangeInclusive<i64> = -1_000..=1_000;
+
+fn valid_priority(user: &AuthUser, priority: i64) -> Result<(), ApiError> {
+    let range = if user.is_admin() {
+        ADMIN_PRIORITY
+    } else {
+        OPERATOR_PRIORITY
+    };
+    if range.contains(&priority) {
+        return Ok(());
+    }
+    Err(ApiError::unprocessable(
+        "invalid_priority",
+        format!(
+            "priority runs from {} to {} for {}",
+            range.start(),
+            range.end(),
+            if user.is_admin() {
+                "admins"
+            } else {
+                "operators"
+            }
+        ),
+    ))
+}
+
 async fn upload<S, B>(
     user: AuthUser,
     state: AppState,
@@ -170,6 +199,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
     B: Buf + Send,
 {
+    valid_priority(&user, q.priority)?;
     let max = state.config.max_upload_bytes;
     if length.is_some_and(|l| l > max) {
         return Err(IngestError::TooLarge { limit: max }.into());
@@ -179,6 +209,9 @@ where
         filename: q.filename.clone(),
         priority: q.priority,
         max_bytes: max,
+        csv_limits: state.config.csv_limits,
+        idle_timeout: state.config.body_timeout,
+        total_timeout: state.config.upload_timeout,
     };
     let multipart_boundary = content_type
         .as_deref()
@@ -196,7 +229,7 @@ where
             let staged = ingest::stage_csv(&state.store, body, &options).await?;
             staged.commit(&state.store, process_id).await?
         }
-        Some(boundary) => upload_multipart(&state, q, options, body, boundary).await?,
+        Some(boundary) => upload_multipart(&state, &user, q, options, body, boundary).await?,
     };
     state.dispatcher.task_ready(task.id);
     Ok(warp::reply::with_status(
@@ -205,9 +238,11 @@ where
     ))
 }
 
-/// Reads form fields `process_id` (before or after the file), `priority` and `file`.
+/// Reads form fields `process_id` (before or after the file), `priority` (before the file) and
+/// `file`.
 async fn upload_multipart<S, B>(
     state: &AppState,
+    user: &AuthUser,
     q: UploadQuery,
     mut options: UploadOptions,
     body: S,
@@ -250,6 +285,10 @@ where
                     })?;
                     if name == "process_id" {
                         process_id = Some(value);
+                    } else if staged.is_none() {
+                        // A priority after the file arrives too late to apply: only before it.
+                        valid_priority(user, value)?;
+                        options.priority = value;
                     }
                 }
                 _ => {

@@ -31,9 +31,11 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .and(query::<ThroughputQuery>())
         .then(
-            |_user: AuthUser, state: AppState, q: ThroughputQuery| async move {
+            |user: AuthUser, state: AppState, q: ThroughputQuery| async move {
                 respond(
                     async {
+                        // Node-wide figures: they show other users' work.
+                        user.require_admin()?;
                         if !(1..=1440).contains(&q.minutes) {
                             return Err(ApiError::bad_request(
                                 "invalid_minutes",

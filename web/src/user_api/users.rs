@@ -32,7 +32,7 @@ struct PatchUser {
 }
 
 pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let max = state.config.max_json_bytes;
+    let max = state.config.json_limit();
     let create = warp::path!("api" / "v1" / "users")
         .and(warp::post())
         .and(signed_in(state.clone()))

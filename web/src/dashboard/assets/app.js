@@ -120,6 +120,11 @@
         try { fn(lastTick); } catch (err) { console.error(err); }
       }
     });
+    // The server ends the stream when the session stops being valid: sign in again.
+    events.addEventListener('ended', () => {
+      events.close();
+      window.location.assign('/login');
+    });
     events.addEventListener('error', async () => {
       if (status) { status.textContent = 'reconnecting…'; status.classList.remove('on'); }
       // A session that expired makes the stream fail for good: go sign in again.
