@@ -221,18 +221,19 @@ async fn operators_see_their_own_figures_and_priority_is_bounded() -> Result<()>
         .await?;
     ensure!(resp.status() == StatusCode::FORBIDDEN);
 
+    let upload = |token: &String, priority: i64| {
+        t.req(
+            Method::POST,
+            &format!("/api/v1/tasks?process_id={process}&priority={priority}"),
+            token,
+        )
+        .header("content-type", "text/csv")
+        .body(seed_csv(2))
+        .send()
+    };
     let before = t.snapshot().await?;
     for (token, priority) in [(&olga, 11), (&olga, -11), (&t.admin, 1_001)] {
-        let resp = t
-            .req(
-                Method::POST,
-                &format!("/api/v1/tasks?process_id={process}&priority={priority}"),
-                token,
-            )
-            .header("content-type", "text/csv")
-            .body(seed_csv(2))
-            .send()
-            .await?;
+        let resp = upload(token, priority).await?;
         expect_error(
             resp,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -243,17 +244,7 @@ async fn operators_see_their_own_figures_and_priority_is_bounded() -> Result<()>
     }
     ensure!(t.snapshot().await? == before);
     for (token, priority) in [(&olga, 10), (&t.admin, 500)] {
-        let resp = t
-            .req(
-                Method::POST,
-                &format!("/api/v1/tasks?process_id={process}&priority={priority}"),
-                token,
-            )
-            .header("content-type", "text/csv")
-            .body(seed_csv(2))
-            .send()
-            .await?;
-        let task = expect(resp, StatusCode::CREATED).await?;
+        let task = expect(upload(token, priority).await?, StatusCode::CREATED).await?;
         ensure!(task["priority"] == priority, "{task}");
     }
     Ok(())

@@ -8,6 +8,7 @@ use serde_json::json;
 
 const PROTECTED: &[(&str, &str)] = &[
     ("GET", "/api/v1/auth/me"),
+    ("POST", "/api/v1/auth/logout"),
     ("GET", "/api/v1/users"),
     ("POST", "/api/v1/users"),
     ("PATCH", "/api/v1/users/1"),

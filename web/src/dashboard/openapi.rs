@@ -69,6 +69,7 @@ const fn route(
 pub const ROUTES: &[Route] = &[
     route("get", "/healthz", "health", Auth::Public, "200 once the node is ready and its store answers"),
     Route { body: r#"{"username": "admin", "password": "secret"}"#, ..route("post", "/api/v1/auth/login", "users", Auth::Public, "Exchange a username and password for a JWT") },
+    Route { ok: 204, ..route("post", "/api/v1/auth/logout", "users", Auth::User, "Sign out: every token of the user issued until now is revoked") },
     route("get", "/api/v1/auth/me", "users", Auth::User, "The signed-in user"),
     Route { body: r#"{"username": "ana", "password": "a long passphrase", "role": "operator"}"#, ok: 201, ..route("post", "/api/v1/users", "users", Auth::Admin, "Create a user (role admin or operator)") },
     route("get", "/api/v1/users", "users", Auth::Admin, "List users"),
