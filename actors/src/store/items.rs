@@ -21,6 +21,10 @@ const RETRY_CHUNKS: i64 = 16;
 /// on every sweep.
 const EXPIRED_LEASES_WHERE: &str = "lease_min > 0 AND lease_min < $now";
 
+/// Chunks holding any item in flight (every leased item has an expiry, so `lease_min` is set
+/// exactly on them; through its index, not a scan of every chunk).
+const IN_FLIGHT_WHERE: &str = "lease_min > 0";
+
 /// Chunks where `$robot` holds items (through the index on each element of `holders`).
 const HELD_BY_ROBOT_WHERE: &str = "holders CONTAINS $robot";
 
@@ -222,7 +226,7 @@ impl Store {
     /// How many items each robot holds (ASSIGNED or STARTED); robots holding none are left
     /// out. One read of the chunks with items in flight (the registry's recount).
     pub async fn held_counts(&self) -> Result<std::collections::BTreeMap<i64, i64>, StoreError> {
-        let chunks = self.query_chunks("in_flight > 0", None, json!({})).await?;
+        let chunks = self.query_chunks(IN_FLIGHT_WHERE, None, json!({})).await?;
         let mut counts = std::collections::BTreeMap::new();
         for state in chunks.iter().flat_map(Chunk::states) {
             if let (true, Some(robot)) = (in_flight(state.status), state.robot_id) {
@@ -757,6 +761,7 @@ mod tests {
         let now = crate::domain::now_millis();
         for (cond, index) in [
             (EXPIRED_LEASES_WHERE, "chunk_lease_min"),
+            (IN_FLIGHT_WHERE, "chunk_lease_min"),
             (HELD_BY_ROBOT_WHERE, "chunk_holders"),
         ] {
             let sql = format!("SELECT id FROM chunk WHERE {cond} EXPLAIN FULL;");
@@ -769,6 +774,7 @@ mod tests {
         }
         assert!(store.expired_leases(now, 10).await?.is_empty());
         assert!(store.robot_items_in_flight(1).await?.is_empty());
+        assert!(store.held_counts().await?.is_empty());
         Ok(())
     }
 
@@ -784,6 +790,11 @@ mod tests {
             .assign_items(task, &[grant(1, vec![first, first + 1])], now)
             .await?;
         assert_eq!(held[0].len(), 2);
+        assert_eq!(
+            store.held_counts().await?,
+            std::collections::BTreeMap::from([(1, 2)]),
+            "the recount sees what robot 1 holds"
+        );
         let states = store.item_states(&[first, first + 1]).await?;
         let mut completed = states[0].clone();
         completed.status = ItemStatus::Completed;
