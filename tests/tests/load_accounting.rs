@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A node whose periodic recount is far away: these tests check that no decrement is lost,
@@ -88,11 +88,11 @@ async fn ws_worker(
     mut robot: WsRobot,
     work: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    held: Arc<AtomicUsize>,
 ) -> Result<usize> {
     robot
         .send(json!({ "type": "ready", "ref": "ready" }))
         .await?;
-    let mut held = 0usize;
     while !stop.load(Ordering::SeqCst) {
         let Some(frame) = robot.next_within(Duration::from_millis(50)).await? else {
             continue;
@@ -101,7 +101,7 @@ async fn ws_worker(
             Some("items") => {
                 for item in frame["items"].as_array().cloned().unwrap_or_default() {
                     if !work.load(Ordering::SeqCst) {
-                        held += 1;
+                        held.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
                     robot.act("started", &item, "s", json!({})).await?;
@@ -114,7 +114,7 @@ async fn ws_worker(
             _ => bail!("unexpected frame {frame}"),
         }
     }
-    Ok(held)
+    Ok(held.load(Ordering::SeqCst))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,11 +126,19 @@ async fn websocket_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()>
     let stop = Arc::new(AtomicBool::new(false));
     let mut ids = Vec::new();
     let mut workers = Vec::new();
+    let mut holding = Vec::new();
     for i in 0..robots {
         let robot =
             WsRobot::create(&t, &format!("ws-{i}"), json!({ "capacity": capacity })).await?;
         ids.push(robot.id);
-        workers.push(tokio::spawn(ws_worker(robot, work.clone(), stop.clone())));
+        let held = Arc::new(AtomicUsize::new(0));
+        holding.push(held.clone());
+        workers.push(tokio::spawn(ws_worker(
+            robot,
+            work.clone(),
+            stop.clone(),
+            held,
+        )));
     }
     for round in 0..5 {
         let task = upload(&t, process, 1_500).await?;
@@ -154,7 +162,17 @@ async fn websocket_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()>
     .await
     .context("every robot filled to capacity plus standby")?;
     loads_match_the_store(&t, &ids).await?;
+    // Every robot is pushed its capacity (its standby item is kept back by its session).
+    let pushed = eventually(Duration::from_secs(5), || async {
+        let counts: Vec<usize> = holding.iter().map(|h| h.load(Ordering::SeqCst)).collect();
+        Ok(counts
+            .iter()
+            .all(|c| *c >= capacity as usize)
+            .then_some(counts))
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
+    pushed.context("every robot was pushed its capacity")?;
     for worker in workers {
         let held = worker.await??;
         ensure!(
@@ -266,6 +284,10 @@ async fn seed_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()> {
     })
     .await
     .context("every seed robot filled to its capacity")?;
+    // The load counts a slot from the moment it is planned; once the store agrees, the items
+    // are leased and a prototype robot's poll shows them.
+    let full = loads_match_the_store(&t, &ids).await?;
+    ensure!(full.values().all(|l| *l == 2), "{full:?}");
     for robot in &fleet {
         let (status, body) = robot
             .call(Method::GET, &format!("/api/tasks/?robot_id={}", robot.id))
