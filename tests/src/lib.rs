@@ -121,6 +121,16 @@ impl TestNode {
             .await?)
     }
 
+    /// Uploads a seed-format CSV of `rows` rows as admin, expecting 201; returns the task id.
+    pub async fn upload_seed_rows(&self, process_id: i64, rows: usize) -> Result<i64> {
+        let task = expect(
+            self.upload(&self.admin, process_id, seed_csv(rows)).await?,
+            StatusCode::CREATED,
+        )
+        .await?;
+        task["id"].as_i64().context("task id")
+    }
+
     /// GET as admin, expecting 200.
     pub async fn get(&self, path: &str) -> Result<Value> {
         let resp = self.req(Method::GET, path, &self.admin).send().await?;

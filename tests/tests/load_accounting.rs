@@ -7,8 +7,7 @@
 use anyhow::{Context, Result, bail, ensure};
 use orchestrator_node::NodeConfig;
 use orchestrator_tests::{
-    RestRobot, SeedRobot, TestNode, WsRobot, eventually, expect, seed_csv, seed_robot,
-    wait_for_task_status,
+    RestRobot, SeedRobot, TestNode, WsRobot, eventually, seed_robot, wait_for_task_status,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -23,15 +22,6 @@ async fn node() -> Result<TestNode> {
     let mut config = NodeConfig::for_tests();
     config.recount_period = Duration::from_secs(3_600);
     TestNode::start_with(config).await
-}
-
-async fn upload(t: &TestNode, process: i64, rows: usize) -> Result<i64> {
-    let task = expect(
-        t.upload(&t.admin, process, seed_csv(rows)).await?,
-        StatusCode::CREATED,
-    )
-    .await?;
-    task["id"].as_i64().context("task id")
 }
 
 /// Loads by robot id as `GET /api/v1/robots` shows them.
@@ -141,7 +131,7 @@ async fn websocket_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()>
         )));
     }
     for round in 0..5 {
-        let task = upload(&t, process, 1_500).await?;
+        let task = t.upload_seed_rows(process, 1_500).await?;
         wait_for_task_status(&t, task, "COMPLETED").await?;
         let at_rest = loads_match_the_store(&t, &ids).await?;
         ensure!(
@@ -154,7 +144,8 @@ async fn websocket_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()>
     work.store(false, Ordering::SeqCst);
     let standby = NodeConfig::for_tests().ws_standby;
     let per_robot = capacity + standby;
-    upload(&t, process, robots * per_robot as usize + 10).await?;
+    t.upload_seed_rows(process, robots * per_robot as usize + 10)
+        .await?;
     let full = eventually(Duration::from_secs(5), || async {
         let shown = loads(&t).await?;
         Ok(ids.iter().all(|id| shown[id] == per_robot).then_some(shown))
@@ -212,7 +203,7 @@ async fn rest_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()> {
             .cloned()
             .map(|r| tokio::spawn(rest_worker(r, capacity as usize, stop.clone())))
             .collect();
-        let task = upload(&t, process, 400).await?;
+        let task = t.upload_seed_rows(process, 400).await?;
         wait_for_task_status(&t, task, "COMPLETED").await?;
         stop.store(true, Ordering::SeqCst);
         for worker in workers {
@@ -224,7 +215,8 @@ async fn rest_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()> {
             "round {round}: loads at rest {at_rest:?}"
         );
     }
-    upload(&t, process, robots * capacity as usize + 10).await?;
+    t.upload_seed_rows(process, robots * capacity as usize + 10)
+        .await?;
     eventually(Duration::from_secs(5), || async {
         let shown = loads(&t).await?;
         Ok(ids.iter().all(|id| shown[id] == capacity).then_some(()))
@@ -263,7 +255,7 @@ async fn seed_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()> {
             .cloned()
             .map(|r| tokio::spawn(seed_worker(r)))
             .collect();
-        let task = upload(&t, process, 200).await?;
+        let task = t.upload_seed_rows(process, 200).await?;
         wait_for_task_status(&t, task, "COMPLETED").await?;
         let mut done = 0;
         for worker in workers {
@@ -277,7 +269,7 @@ async fn seed_robots_keep_exact_loads_across_tasks_in_a_row() -> Result<()> {
         );
     }
     // Seed robots have capacity 2: a task of 8 fills all four at once.
-    upload(&t, process, 8).await?;
+    t.upload_seed_rows(process, 8).await?;
     eventually(Duration::from_secs(5), || async {
         let shown = loads(&t).await?;
         Ok(ids.iter().all(|id| shown[id] == 2).then_some(()))

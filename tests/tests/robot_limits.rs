@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, ensure};
 use orchestrator_node::NodeConfig;
-use orchestrator_tests::{RestRobot, TestNode, WsRobot, eventually, expect, seed_csv, seed_robot};
+use orchestrator_tests::{RestRobot, TestNode, WsRobot, eventually, expect, seed_robot};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -16,15 +16,6 @@ fn nested(levels: usize) -> Value {
         value = json!({ "a": value });
     }
     value
-}
-
-async fn upload(t: &TestNode, process: i64, rows: usize) -> Result<i64> {
-    let task = expect(
-        t.upload(&t.admin, process, seed_csv(rows)).await?,
-        StatusCode::CREATED,
-    )
-    .await?;
-    task["id"].as_i64().context("task id")
 }
 
 async fn item(t: &TestNode, id: i64) -> Result<Value> {
@@ -67,7 +58,7 @@ async fn oversized_or_deep_reports_are_refused_on_every_robot_surface() -> Resul
     let t = TestNode::start_with(config).await?;
     let process = t.process("Limits").await?;
     let robot = RestRobot::create(&t, "rest-limits", json!({ "capacity": 1 })).await?;
-    upload(&t, process, 3).await?;
+    t.upload_seed_rows(process, 3).await?;
     let claimed = robot.claim_exactly(1).await?;
     let it = &claimed[0];
     let id = it["id"].as_i64().context("id")?;
@@ -172,7 +163,7 @@ async fn an_oversized_websocket_report_gets_an_error_frame_and_frees_no_slot() -
     let process = t.process("WS limits").await?;
     let mut robot = WsRobot::create(&t, "ws-limits", json!({ "capacity": 1 })).await?;
     robot.send(json!({ "type": "ready", "ref": "r" })).await?;
-    upload(&t, process, 5).await?;
+    t.upload_seed_rows(process, 5).await?;
     let mut first = None;
     while first.is_none() {
         let frame = robot.next().await?;
@@ -220,8 +211,8 @@ async fn a_chunk_that_cannot_be_read_is_isolated_and_reported() -> Result<()> {
     config.sweep_period = Duration::from_millis(100);
     let t = TestNode::start_with(config).await?;
     let process = t.process("Damaged").await?;
-    let damaged = upload(&t, process, 10).await?;
-    let healthy = upload(&t, process, 10).await?;
+    let damaged = t.upload_seed_rows(process, 10).await?;
+    let healthy = t.upload_seed_rows(process, 10).await?;
     let store = t.node.store();
     let rows = store
         .query_all(
