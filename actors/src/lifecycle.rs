@@ -30,6 +30,10 @@ pub struct ItemState {
     pub lease_expiries: i64,
     pub observation: Option<String>,
     pub output: Option<serde_json::Value>,
+    /// The report (observation and output) is stored apart from the chunk, too long to keep
+    /// in it; `observation` and `output` are then empty here (see `store/reports.rs`).
+    #[serde(default)]
+    pub report_apart: bool,
     pub fail_kind: Option<String>,
     pub not_before: Option<Millis>,
     pub started_at: Option<Millis>,
@@ -159,11 +163,13 @@ pub fn plan_robot_action(
             next.status = ItemStatus::Completed;
             next.observation = observation.clone();
             next.output = output.clone();
+            next.report_apart = false;
             next.ended_at = Some(now);
             next.lease_expires_at = None;
         }
         RobotAction::Fail { kind, message } => {
             next.observation = Some(message.clone());
+            next.report_apart = false;
             next.fail_kind = Some(
                 match kind {
                     FailKind::Business => "business",
@@ -214,6 +220,7 @@ pub fn plan_lost(
                 "quarantined: its lease expired {} times",
                 next.lease_expiries
             ));
+            next.report_apart = false;
             next.lease_id = None;
             next.lease_expires_at = None;
             next.ended_at = Some(now);
@@ -228,6 +235,7 @@ pub fn plan_lost(
             LostItemPolicy::Abandon => {
                 next.status = ItemStatus::Abandoned;
                 next.observation = Some("abandoned: the robot was lost after starting it".into());
+                next.report_apart = false;
                 next.lease_id = None;
                 next.lease_expires_at = None;
                 next.ended_at = Some(now);

@@ -18,6 +18,7 @@ fn held(status: ItemStatus, robot: i64, lease: &str) -> ItemState {
         lease_expires_at: Some(1_000),
         lease_expiries: 0,
         observation: None,
+        report_apart: false,
         output: None,
         fail_kind: None,
         not_before: None,

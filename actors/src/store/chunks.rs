@@ -17,6 +17,7 @@
 //! status and lease) is checked on the chunk as it is stored, so two writers never both win.
 
 use super::Store;
+use super::reports::{self, Aside};
 use crate::domain::{ItemCounts, ItemStatus, Millis};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, add_counts};
@@ -50,6 +51,10 @@ fn is_zero(n: &i64) -> bool {
     *n == 0
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// One item's mutable state inside a chunk; short names keep the chunk's text small.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Slot {
@@ -69,6 +74,9 @@ pub(crate) struct Slot {
     pub observation: Option<String>,
     #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// The report is stored apart, in `report:<item id>` (see `reports.rs`).
+    #[serde(rename = "y", default, skip_serializing_if = "is_false")]
+    pub report_apart: bool,
     #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
     pub fail_kind: Option<String>,
     #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +99,7 @@ impl Slot {
             lease_expiries: 0,
             observation: None,
             output: None,
+            report_apart: false,
             fail_kind: None,
             not_before: None,
             started_at: None,
@@ -108,6 +117,7 @@ impl Slot {
             lease_expiries: s.lease_expiries,
             observation: s.observation.clone(),
             output: s.output.clone(),
+            report_apart: s.report_apart,
             fail_kind: s.fail_kind.clone(),
             not_before: s.not_before,
             started_at: s.started_at,
@@ -130,6 +140,8 @@ pub(crate) struct Chunk {
     pub version: i64,
     pub created_at: Millis,
     pub slots: Vec<Slot>,
+    /// Reports put since the chunk was read, to be written apart with it; never cached.
+    pub asides: Vec<Aside>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +166,7 @@ impl TryFrom<ChunkRow> for Chunk {
             version: row.version,
             created_at: row.created_at,
             slots,
+            asides: Vec::new(),
         })
     }
 }
@@ -168,6 +181,7 @@ impl Chunk {
             version: 0,
             created_at,
             slots: vec![Slot::pending(); len],
+            asides: Vec::new(),
         }
     }
 
@@ -194,6 +208,7 @@ impl Chunk {
             lease_expiries: slot.lease_expiries,
             observation: slot.observation.clone(),
             output: slot.output.clone(),
+            report_apart: slot.report_apart,
             fail_kind: slot.fail_kind.clone(),
             not_before: slot.not_before,
             started_at: slot.started_at,
@@ -215,15 +230,22 @@ impl Chunk {
         Some(&mut self.slots[i])
     }
 
-    /// Overwrites item `state.id`; false when this chunk does not hold it.
+    /// Overwrites item `state.id`; false when this chunk does not hold it. A long report is
+    /// set aside, to be written apart with the chunk.
     pub fn put(&mut self, state: &ItemState) -> bool {
-        match self.slot_mut(state.id) {
-            Some(slot) => {
-                *slot = Slot::from_state(state);
-                true
-            }
-            None => false,
+        let Some(i) = self.index(state.id) else {
+            return false;
+        };
+        let mut slot = Slot::from_state(state);
+        self.asides.retain(|aside| aside.item != state.id);
+        if let Some(aside) = reports::aside(state) {
+            slot.observation = None;
+            slot.output = None;
+            slot.report_apart = true;
+            self.asides.push(aside);
         }
+        self.slots[i] = slot;
+        true
     }
 
     pub fn counts(&self) -> ItemCounts {
@@ -582,6 +604,7 @@ impl Store {
         if errors.is_empty() {
             for mut chunk in chunks {
                 chunk.version += 1;
+                chunk.asides = Vec::new();
                 cached.keep(chunk);
             }
             if !new_workers.is_empty()
@@ -647,6 +670,11 @@ fn write_statements(
         hits.join(" + "),
         chunks.len()
     );
+    for (k, aside) in chunks.iter().flat_map(|c| &c.asides).enumerate() {
+        let var = format!("r{k}");
+        sql.push_str(&reports::upsert_statement(aside, &var));
+        vars.insert(var, Value::String(aside.body.clone()));
+    }
     for (i, (id, d)) in tasks.iter().enumerate() {
         let c = &d.counts;
         let mut sets: Vec<String> = [
@@ -902,6 +930,7 @@ mod properties {
                     lease_id,
                     lease_expires_at: expires,
                     lease_expiries: attempt / 2,
+                    report_apart: observation.is_none() && attempt == 3,
                     observation,
                     output,
                     fail_kind: (status == ItemStatus::Failed).then(|| "business".into()),

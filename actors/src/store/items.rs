@@ -243,10 +243,17 @@ impl Store {
         let payloads = self
             .payloads(&chunks_of(held.iter().map(|(_, s)| s.id)))
             .await?;
-        Ok(held
+        let apart: Vec<i64> = held
+            .iter()
+            .filter(|(_, state)| state.report_apart)
+            .map(|(_, state)| state.id)
+            .collect();
+        let mut items: Vec<Item> = held
             .into_iter()
             .map(|(chunk, state)| full_item(&chunk, &payloads, state))
-            .collect())
+            .collect();
+        self.fill_reports(&mut items, &apart).await?;
+        Ok(items)
     }
 
     /// ASSIGNED items of a task.

@@ -10,6 +10,7 @@
 mod chunks;
 mod items;
 mod processes;
+mod reports;
 mod robots;
 mod schema;
 mod settings;

@@ -4,7 +4,7 @@
 //! live in `counter:<table>`; settings in `setting:<name>`; the schema version in `setting:schema`.
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The first version that stores items in chunks; older ones kept a row per item.
 pub const CHUNKED_ITEMS_SINCE: i64 = 3;
@@ -111,4 +111,10 @@ DEFINE INDEX IF NOT EXISTS chunk_data_task ON chunk_data FIELDS task;
 -- Version 4: `worked:[task, robot]` exists once a robot was leased an item of the task (the
 -- prototype's task PATCH answers 200 to such a robot, 404 to any other).
 DEFINE TABLE IF NOT EXISTS worked SCHEMAFULL;
+
+-- Version 5: `report:<item id>` holds an item's report (observation and output, as one JSON
+-- text) when it is too long to stay in its chunk (store/reports.rs).
+DEFINE TABLE IF NOT EXISTS report SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS task ON report TYPE int;
+DEFINE FIELD IF NOT EXISTS body ON report TYPE string;
 "#;

@@ -305,14 +305,17 @@ impl Store {
         let chunks = self.read_chunks(ns).await?;
         let payloads = self.read_payloads(ns).await?;
         let mut items = Vec::new();
+        let mut apart = Vec::new();
         for chunk in &chunks {
-            items.extend(
-                chunk
-                    .states()
-                    .map(|state| full_item(chunk, &payloads, state)),
-            );
+            for state in chunk.states() {
+                if state.report_apart {
+                    apart.push(state.id);
+                }
+                items.push(full_item(chunk, &payloads, state));
+            }
         }
         items.sort_by_key(|item| item.id);
+        self.fill_reports(&mut items, &apart).await?;
         Ok(items)
     }
 
