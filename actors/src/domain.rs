@@ -57,6 +57,24 @@ macro_rules! string_enum {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
 
+        // By hand: utoipa's derive does not see a `rename` whose text comes through a macro.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+                let object = ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .build();
+                utoipa::openapi::RefOr::T(Schema::Object(object))
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
+            }
+        }
+
         impl $name {
             /// Every variant, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -195,7 +213,7 @@ pub struct Robot {
 }
 
 /// Item counts of one task by status, maintained incrementally with every transition.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ItemCounts {
     pub pending: i64,
     pub assigned: i64,

@@ -41,7 +41,7 @@ pub struct ItemState {
 }
 
 /// How a failure is classified by the robot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailKind {
     /// The data is wrong: never retried.

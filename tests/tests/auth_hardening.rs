@@ -145,14 +145,33 @@ async fn the_event_stream_ends_when_the_user_is_disabled() -> Result<()> {
         .await?;
     ensure!(events.status() == StatusCode::OK);
     let mut first = String::new();
-    // warp writes `event:tick` (no space after the colon).
-    while !first.replace("event: ", "event:").contains("event:tick") {
+    // warp writes `event:tick` (no space after the colon); an event ends with a blank line.
+    let tick = loop {
+        let text = first.replace("event: ", "event:");
+        if let Some(at) = text.find("event:tick")
+            && let Some(end) = text[at..].find("\n\n")
+        {
+            break text[at..at + end].to_string();
+        }
         let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk())
             .await
             .context("a first tick")??
             .context("the stream ended early")?;
         first.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    };
+    // An operator's tick has the shape the dashboard draws: `throughput.minutes` is a list
+    // (empty: the figure is the node's), like an admin's.
+    let data = tick
+        .lines()
+        .find_map(|line| line.strip_prefix("data:"))
+        .context("tick data")?;
+    let data: serde_json::Value = serde_json::from_str(data.trim())?;
+    ensure!(
+        data["throughput"]["minutes"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{data}"
+    );
     let users = t.get("/api/v1/users").await?;
     let id = users
         .as_array()

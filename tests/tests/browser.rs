@@ -400,7 +400,11 @@ async fn journey(
     c.goto(&t.url("/users")).await?;
     wait_text(c, "#users-table tbody", |t| t.contains("admin")).await?;
     c.goto(&t.url("/docs")).await?;
-    wait_text(c, "#spec", |t| t.contains("/api/v1/robot/items/claim")).await?;
+    // Routes, and the schemas derived from the Rust types.
+    wait_text(c, "#spec", |t| {
+        t.contains("/api/v1/robot/items/claim") && t.contains("LeasedItemView")
+    })
+    .await?;
     screenshot(c, "docs").await?;
 
     // A phone-sized screen: no sideways scrolling of the page itself.

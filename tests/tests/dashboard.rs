@@ -552,7 +552,7 @@ async fn openapi_lists_every_route_and_only_routes_that_exist() -> Result<()> {
         StatusCode::OK,
     )
     .await?;
-    assert_eq!(spec["openapi"], "3.0.3");
+    assert_eq!(spec["openapi"], "3.1.0");
     let paths = spec["paths"].as_object().context("paths")?;
     let mut operations = 0;
     for (path, methods) in paths {

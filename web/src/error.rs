@@ -6,7 +6,6 @@ use orchestrator_actors::csv_ingest::CsvError;
 use orchestrator_actors::dispatcher::DispatchError;
 use orchestrator_actors::ingest::IngestError;
 use orchestrator_actors::lifecycle::TransitionError;
-use serde_json::json;
 use std::convert::Infallible;
 use tracing::error;
 use warp::http::StatusCode;
@@ -64,7 +63,12 @@ impl ApiError {
 
     /// The JSON response for this error.
     pub fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = crate::views::ErrorView {
+            error: crate::views::ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if let Some(seconds) = self.retry_after {

@@ -55,10 +55,10 @@ pub fn health(state: AppState) -> BoxedFilter<(Response,)> {
                 } else {
                     "degraded"
                 };
-                warp::reply::json(&serde_json::json!({
-                    "status": status,
-                    "unreadable_chunks": unreadable,
-                }))
+                warp::reply::json(&views::HealthView {
+                    status: status.into(),
+                    unreadable_chunks: unreadable,
+                })
                 .into_response()
             } else {
                 error::ApiError::new(

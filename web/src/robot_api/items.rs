@@ -5,11 +5,12 @@ use crate::body::json_body;
 use crate::error::{ApiError, respond};
 use crate::query::query;
 use crate::state::{AppState, with_state};
-use orchestrator_actors::domain::{Robot, RobotStatus, rfc3339};
-use orchestrator_actors::lifecycle::{FailKind, ItemState, RobotAction};
-use orchestrator_actors::store::{LeasedItem, RobotPatch};
+use crate::views;
+use orchestrator_actors::domain::{Robot, RobotStatus};
+use orchestrator_actors::lifecycle::{FailKind, RobotAction};
+use orchestrator_actors::store::RobotPatch;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -18,9 +19,9 @@ use warp::reply::Response;
 /// Longest long-poll a claim may ask for.
 const MAX_WAIT_SECS: f64 = 60.0;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PulseBody {
+pub(crate) struct PulseBody {
     status: Option<String>,
 }
 
@@ -31,9 +32,9 @@ struct ClaimQuery {
     wait: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ActionBody {
+pub(crate) struct ActionBody {
     lease_id: String,
     observation: Option<String>,
     output: Option<Value>,
@@ -93,12 +94,16 @@ async fn pulse(
         }
     }
     let interval = state.config.pulse_timeout / 3;
-    Ok(warp::reply::json(&json!({
-        "id": robot.id, "name": robot.name, "status": robot.status, "capacity": robot.capacity,
-        "processes": robot.processes, "pulse_interval_ms": interval.as_millis() as u64,
-        "pulse_timeout_ms": state.config.pulse_timeout.as_millis() as u64,
-        "disabled_by_admin": robot.disabled_by_admin,
-    })))
+    Ok(warp::reply::json(&views::PulseView {
+        id: robot.id,
+        name: robot.name,
+        status: robot.status,
+        capacity: robot.capacity,
+        processes: robot.processes,
+        pulse_interval_ms: interval.as_millis() as u64,
+        pulse_timeout_ms: state.config.pulse_timeout.as_millis() as u64,
+        disabled_by_admin: robot.disabled_by_admin,
+    }))
 }
 
 async fn claim(robot: Robot, state: AppState, q: ClaimQuery) -> Result<impl warp::Reply, ApiError> {
@@ -120,7 +125,7 @@ async fn claim(robot: Robot, state: AppState, q: ClaimQuery) -> Result<impl warp
         .dispatcher
         .claim(&robot, max, Duration::from_secs_f64(wait))
         .await?;
-    let body: Vec<Value> = items.iter().map(LeasedItem::view).collect();
+    let body: Vec<views::LeasedItemView> = items.iter().map(views::leased_item).collect();
     Ok(warp::reply::json(&body))
 }
 
@@ -151,14 +156,5 @@ async fn act(
         .dispatcher
         .act(robot.id, id, Some(&body.lease_id), &action)
         .await?;
-    Ok(warp::reply::json(&state_view(&item)))
-}
-
-fn state_view(item: &ItemState) -> Value {
-    json!({
-        "id": item.id, "task_id": item.task_id, "status": item.status,
-        "robot_id": item.robot_id, "attempt": item.attempt, "lease_id": item.lease_id,
-        "lease_expires_at": item.lease_expires_at.map(rfc3339),
-        "observation": item.observation, "output": item.output, "fail_kind": item.fail_kind,
-    })
+    Ok(warp::reply::json(&views::item_state(&item)))
 }

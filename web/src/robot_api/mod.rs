@@ -9,7 +9,7 @@
 //! ```
 
 pub mod auth;
-mod items;
+pub(crate) mod items;
 mod ws;
 
 use crate::state::AppState;

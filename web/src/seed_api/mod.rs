@@ -3,7 +3,7 @@
 //! query string, `Authorization: Token ...`, the prototype's JSON shapes and `{"detail"}` errors.
 //! Unlike the prototype, a robot may act only on its own `robot_id`. Every call is a pulse.
 
-mod views;
+pub(crate) mod views;
 
 use crate::error::ApiError;
 use crate::robot_api::auth::authenticate;
@@ -12,7 +12,6 @@ use orchestrator_actors::dispatcher::DispatchError;
 use orchestrator_actors::domain::{Robot, RobotStatus};
 use orchestrator_actors::lifecycle::{FailKind, RobotAction, TransitionError};
 use orchestrator_actors::store::RobotPatch;
-use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -32,8 +31,11 @@ impl Detail {
         )
     }
     fn into_response(self) -> Response {
-        warp::reply::with_status(warp::reply::json(&json!({ "detail": self.1 })), self.0)
-            .into_response()
+        warp::reply::with_status(
+            warp::reply::json(&crate::views::DetailView { detail: self.1 }),
+            self.0,
+        )
+        .into_response()
     }
 }
 
@@ -190,7 +192,7 @@ async fn patch_robots(robot: Robot, params: Params, state: AppState) -> Result<R
 
 async fn get_tasks(robot: Robot, _: Params, state: AppState) -> Result<Response, Detail> {
     let items = state.store.robot_items_full(robot.id).await?;
-    let mut by_task: BTreeMap<i64, Vec<Value>> = BTreeMap::new();
+    let mut by_task: BTreeMap<i64, Vec<views::SeedItem>> = BTreeMap::new();
     let mut tasks = BTreeMap::new();
     for item in &items {
         if !tasks.contains_key(&item.task_id)
@@ -203,7 +205,7 @@ async fn get_tasks(robot: Robot, _: Params, state: AppState) -> Result<Response,
             .or_default()
             .push(views::item(item, robot.id));
     }
-    let body: Vec<Value> = tasks
+    let body: Vec<views::SeedTask> = tasks
         .values()
         .map(|task| views::task(task, robot.id, by_task.remove(&task.id).unwrap_or_default()))
         .collect();

@@ -8,14 +8,13 @@ use crate::views;
 use orchestrator_actors::domain::{User, rfc3339};
 use orchestrator_actors::security::verify_password;
 use serde::Deserialize;
-use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-#[derive(Debug, Deserialize)]
-struct Login {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct Login {
     username: String,
     password: String,
 }
@@ -77,12 +76,12 @@ async fn login(
 ) -> Result<impl warp::Reply, ApiError> {
     let user = check_credentials(&state, &body.username, body.password, addr).await?;
     let (token, exp) = state.jwt.issue(&user, state.config.jwt_ttl)?;
-    Ok(warp::reply::json(&json!({
-        "token": token,
-        "token_type": "Bearer",
-        "expires_at": rfc3339(exp * 1000),
-        "user": views::user(&user),
-    })))
+    Ok(warp::reply::json(&views::LoginView {
+        token,
+        token_type: "Bearer".into(),
+        expires_at: rfc3339(exp * 1000),
+        user: views::user(&user),
+    }))
 }
 
 /// The enabled user with these credentials; 401 `invalid_credentials` otherwise, answered in

@@ -3,13 +3,13 @@
 //! an unknown path still answers 404.
 
 pub(crate) mod login;
-mod processes;
+pub(crate) mod processes;
 mod results;
-mod robots;
+pub(crate) mod robots;
 pub(crate) mod stats;
 mod tasks;
 pub(crate) mod throughput;
-mod users;
+pub(crate) mod users;
 
 use crate::state::AppState;
 use warp::Filter;

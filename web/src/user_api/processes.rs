@@ -13,9 +13,9 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateProcess {
+pub(crate) struct CreateProcess {
     title: String,
     #[serde(default)]
     description: String,
@@ -24,9 +24,9 @@ struct CreateProcess {
     on_lost: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchProcess {
+pub(crate) struct PatchProcess {
     title: Option<String>,
     description: Option<String>,
     enabled: Option<bool>,

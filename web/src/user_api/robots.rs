@@ -15,18 +15,18 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateRobot {
+pub(crate) struct CreateRobot {
     name: String,
     platform: Option<String>,
     capacity: Option<i64>,
     processes: Option<Vec<i64>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchRobot {
+pub(crate) struct PatchRobot {
     name: Option<String>,
     platform: Option<String>,
     capacity: Option<i64>,
@@ -60,11 +60,12 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                         .iter()
                         .map(|r| {
                             let mut view = views::robot(r, timeout);
-                            view["load"] = loads
-                                .iter()
-                                .find(|l| l.robot_id == r.id)
-                                .map_or(0, |l| l.in_flight)
-                                .into();
+                            view.load = Some(
+                                loads
+                                    .iter()
+                                    .find(|l| l.robot_id == r.id)
+                                    .map_or(0, |l| l.in_flight),
+                            );
                             view
                         })
                         .collect();
@@ -129,7 +130,7 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     // The old token stops working now; what the robot held goes back.
                     state.dispatcher.robot_revoked(id);
                     let mut body = views::robot(&robot, state.config.pulse_timeout);
-                    body["token"] = token.into();
+                    body.token = Some(token);
                     Ok::<_, ApiError>(warp::reply::json(&body))
                 }
                 .await,
@@ -216,7 +217,7 @@ async fn create(
     };
     let robot = state.store.create_robot(&new).await?;
     let mut view = views::robot(&robot, state.config.pulse_timeout);
-    view["token"] = token.into();
+    view.token = Some(token);
     Ok(warp::reply::with_status(
         warp::reply::json(&view),
         StatusCode::CREATED,

@@ -3,8 +3,8 @@
 use crate::auth::{AuthUser, signed_in};
 use crate::error::{ApiError, respond};
 use crate::state::{AppState, with_state};
+use crate::views::{self, StatsView};
 use orchestrator_actors::domain::now_millis;
-use serde_json::{Value, json};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -26,14 +26,9 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 /// The figures `GET /api/v1/stats` answers; also what the dashboard's live events carry. An
 /// operator's task and item figures cover their own tasks only.
-pub(crate) async fn stats(state: &AppState, user: &AuthUser) -> Result<Value, ApiError> {
+pub(crate) async fn stats(state: &AppState, user: &AuthUser) -> Result<StatsView, ApiError> {
     let since = now_millis() - state.config.pulse_timeout.as_millis() as i64;
     let owner = (!user.is_admin()).then_some(user.id);
     let s = state.store.stats(since, owner).await?;
-    Ok(json!({
-        "robots": { "total": s.robots_total, "active": s.robots_active,
-                    "connected": s.robots_connected },
-        "tasks": { "total": s.tasks_total, "by_status": s.tasks_by_status },
-        "items": s.items,
-    }))
+    Ok(views::stats(&s))
 }

@@ -13,7 +13,6 @@ use orchestrator_actors::domain::{ItemStatus, Task, TaskStatus};
 use orchestrator_actors::ingest::{self, IngestError, UploadOptions};
 use orchestrator_actors::store::{ItemFilter, TaskFilter};
 use serde::Deserialize;
-use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -115,7 +114,7 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     let reopened = state.dispatcher.retry_failed(id).await?;
                     let task = visible_task(&state, &user, id).await?;
                     let mut body = views::task(&task);
-                    body["reopened"] = json!(reopened);
+                    body.reopened = Some(reopened);
                     Ok(warp::reply::json(&body))
                 }
                 .await,
@@ -359,9 +358,12 @@ async fn list(user: AuthUser, state: AppState, q: ListQuery) -> Result<impl warp
     };
     let (tasks, total) = state.store.list_tasks(&filter).await?;
     let views: Vec<_> = tasks.iter().map(views::task).collect();
-    Ok(warp::reply::json(&json!({
-        "tasks": views, "total": total, "offset": page.offset, "limit": page.limit,
-    })))
+    Ok(warp::reply::json(&views::TaskPage {
+        tasks: views,
+        total,
+        offset: page.offset,
+        limit: page.limit,
+    }))
 }
 
 async fn items(
@@ -385,7 +387,10 @@ async fn items(
     };
     let items = state.store.list_items(id, &filter).await?;
     let views: Vec<_> = items.iter().map(views::item).collect();
-    Ok(warp::reply::json(&json!({
-        "items": views, "total": total, "offset": page.offset, "limit": page.limit,
-    })))
+    Ok(warp::reply::json(&views::ItemPage {
+        items: views,
+        total,
+        offset: page.offset,
+        limit: page.limit,
+    }))
 }

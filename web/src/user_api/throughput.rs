@@ -5,10 +5,10 @@ use crate::auth::{AuthUser, signed_in};
 use crate::error::{ApiError, respond};
 use crate::query::query;
 use crate::state::{AppState, with_state};
-use orchestrator_actors::domain::{now_millis, rfc3339};
+use crate::views;
+use orchestrator_actors::domain::now_millis;
 use orchestrator_actors::store::minute_of;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -52,15 +52,11 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 }
 
 /// The last `minutes` minutes as JSON; also what the dashboard's live events carry.
-pub(crate) async fn throughput(state: &AppState, minutes: i64) -> Result<Value, ApiError> {
+pub(crate) async fn throughput(
+    state: &AppState,
+    minutes: i64,
+) -> Result<views::ThroughputView, ApiError> {
     let last = minute_of(now_millis());
     let rows = state.store.throughput(last - minutes + 1, last).await?;
-    let rows: Vec<Value> = rows
-        .iter()
-        .map(|m| {
-            json!({ "minute": rfc3339(m.minute * 60_000), "completed": m.completed,
-                    "failed": m.failed })
-        })
-        .collect();
-    Ok(json!({ "minutes": rows }))
+    Ok(views::throughput(&rows))
 }
