@@ -142,6 +142,9 @@ pub(crate) struct Chunk {
     pub slots: Vec<Slot>,
     /// Reports put since the chunk was read, to be written apart with it; never cached.
     pub asides: Vec<Aside>,
+    /// Items whose report stored apart was replaced by one kept in the chunk: their `report`
+    /// rows go with the chunk's write; never cached.
+    pub dropped: Vec<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +170,7 @@ impl TryFrom<ChunkRow> for Chunk {
             created_at: row.created_at,
             slots,
             asides: Vec::new(),
+            dropped: Vec::new(),
         })
     }
 }
@@ -182,6 +186,7 @@ impl Chunk {
             created_at,
             slots: vec![Slot::pending(); len],
             asides: Vec::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -243,6 +248,8 @@ impl Chunk {
             slot.output = None;
             slot.report_apart = true;
             self.asides.push(aside);
+        } else if self.slots[i].report_apart && !self.dropped.contains(&state.id) {
+            self.dropped.push(state.id);
         }
         self.slots[i] = slot;
         true
@@ -605,6 +612,7 @@ impl Store {
             for mut chunk in chunks {
                 chunk.version += 1;
                 chunk.asides = Vec::new();
+                chunk.dropped = Vec::new();
                 cached.keep(chunk);
             }
             if !new_workers.is_empty()
@@ -670,6 +678,10 @@ fn write_statements(
         hits.join(" + "),
         chunks.len()
     );
+    // Removals first: an item dropped and set aside again in one write keeps the new row.
+    for id in chunks.iter().flat_map(|c| &c.dropped) {
+        sql.push_str(&reports::delete_statement(*id));
+    }
     for (k, aside) in chunks.iter().flat_map(|c| &c.asides).enumerate() {
         let var = format!("r{k}");
         sql.push_str(&reports::upsert_statement(aside, &var));

@@ -108,6 +108,11 @@ pub(crate) fn upsert_statement(aside: &Aside, var: &str) -> String {
     )
 }
 
+/// The statement that removes item `id`'s report stored apart, replaced by one in its chunk.
+pub(crate) fn delete_statement(id: i64) -> String {
+    format!("DELETE report:{id} RETURN NONE; ")
+}
+
 impl Store {
     /// Fills in the reports of `items` stored apart; `apart` lists their ids. A report that
     /// cannot be read is logged and left out: one bad row must not hide the others.
@@ -353,6 +358,17 @@ mod tests {
         .await?;
         let state = store.item_state(first).await?.expect("item");
         assert!(!state.report_apart);
+        let rows: Vec<Value> = store
+            .rows(
+                "SELECT VALUE id FROM type::record('report', $id);",
+                json!({ "id": first }),
+                0,
+            )
+            .await?;
+        assert!(
+            rows.is_empty(),
+            "the replaced report's row is gone: {rows:?}"
+        );
         let item = store.items_in_range(first, first).await?;
         assert_eq!(item[0].observation.as_deref(), Some("fine now"));
         assert_eq!(item[0].output, None);
