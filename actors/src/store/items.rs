@@ -1012,11 +1012,7 @@ mod tests {
     async fn store_cost_per_item() -> Result<(), StoreError> {
         use crate::lifecycle::{Policy, RobotAction, new_lease_id, plan_robot_action};
         use std::time::Instant;
-        let dir = std::env::temp_dir().join(format!("orch-probe-{}", std::process::id()));
-        let config = StoreConfig {
-            url: format!("surrealkv://{}", dir.display()),
-            ..StoreConfig::memory()
-        };
+        let config = StoreConfig::on_disk("probe");
         let store = Store::open(&config).await?;
         let n: i64 = 20_000;
         let task = store.create_staged_task(1, &["a".into()], None, 0).await?;
@@ -1107,7 +1103,7 @@ mod tests {
                 per(write)
             );
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        config.remove_files();
         Ok(())
     }
 }
@@ -1120,12 +1116,7 @@ mod layout_tests {
 
     /// A store left at schema 2 with `rows` item rows.
     async fn schema_2_store(name: &str, rows: &str) -> Result<StoreConfig, StoreError> {
-        let dir = std::env::temp_dir().join(format!("orch-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = StoreConfig {
-            url: format!("surrealkv://{}", dir.display()),
-            ..StoreConfig::memory()
-        };
+        let config = StoreConfig::on_disk(name);
         let store = Store::open(&config).await?;
         store
             .query_all(
@@ -1144,7 +1135,7 @@ mod layout_tests {
     async fn a_store_holding_rows_per_item_is_refused() -> Result<(), StoreError> {
         let held = schema_2_store("rows", "CREATE item:1 SET task = 1;").await?;
         let refused = Store::open(&held).await;
-        let _ = std::fs::remove_dir_all(held.url.trim_start_matches("surrealkv://"));
+        held.remove_files();
         assert!(
             matches!(refused, Err(StoreError::RowPerItemLayout { found: 2, .. })),
             "{refused:?}"
@@ -1161,7 +1152,7 @@ mod layout_tests {
             "the old table was removed: {gone:?}"
         );
         store.close().await;
-        let _ = std::fs::remove_dir_all(config.url.trim_start_matches("surrealkv://"));
+        config.remove_files();
         Ok(())
     }
 }

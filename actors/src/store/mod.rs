@@ -75,6 +75,24 @@ impl StoreConfig {
             block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
         }
     }
+
+    /// An embedded store on disk, in a fresh folder `orch-<name>-<pid>` under the temp folder,
+    /// for tests and probes that need the real engine; [`Self::remove_files`] removes it.
+    #[cfg(test)]
+    pub(crate) fn on_disk(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("orch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StoreConfig {
+            url: format!("surrealkv://{}", dir.display()),
+            ..StoreConfig::memory()
+        }
+    }
+
+    /// Removes the folder of a store made by [`Self::on_disk`].
+    #[cfg(test)]
+    pub(crate) fn remove_files(&self) {
+        let _ = std::fs::remove_dir_all(self.url.trim_start_matches("surrealkv://"));
+    }
 }
 
 /// Handle to the database; cheap to clone. Clones share one SDK handle: cloning a `Surreal`

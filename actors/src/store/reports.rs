@@ -382,11 +382,7 @@ mod tests {
     #[ignore = "a measurement; run by hand"]
     async fn large_reports_cost() -> Result<(), StoreError> {
         use std::time::Instant;
-        let dir = std::env::temp_dir().join(format!("orch-reports-{}", std::process::id()));
-        let config = StoreConfig {
-            url: format!("surrealkv://{}", dir.display()),
-            ..StoreConfig::memory()
-        };
+        let config = StoreConfig::on_disk("reports");
         let store = Store::open(&config).await?;
         // One chunk with no reports, one with reports kept inline (as before `report` rows),
         // one with them apart.
@@ -423,7 +419,7 @@ mod tests {
         }
         INLINE_LIMIT.store(INLINE_REPORT_BYTES, std::sync::atomic::Ordering::Relaxed);
         store.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        config.remove_files();
         Ok(())
     }
 }
