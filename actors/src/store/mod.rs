@@ -9,6 +9,7 @@
 
 mod chunks;
 mod items;
+mod nodes;
 mod processes;
 mod reports;
 mod robots;
@@ -20,6 +21,7 @@ mod users;
 
 pub use chunks::{CHUNK_ITEMS, chunk_of};
 pub use items::{Grant, LeasedItem, PendingItem};
+pub use nodes::{EventKind, EventRow, NodeBeat, NodeRow, SingletonRow};
 pub use processes::{NewProcess, ProcessPatch};
 pub use robots::{NewRobot, RobotPatch};
 pub use schema::SCHEMA_VERSION;
@@ -131,6 +133,8 @@ pub struct Store {
     chunks: Arc<chunks::ChunkCache>,
     /// Robots recently found by token (see `robots.rs`).
     tokens: Arc<robots::TokenCache>,
+    /// Items this node leased since it started (the cluster view's items leased per minute).
+    leased: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The two ways the store reaches SurrealDB. The embedded engine is built here rather than by
@@ -234,6 +238,7 @@ impl Store {
             db: Arc::new(db),
             chunks: Arc::default(),
             tokens: Arc::default(),
+            leased: Arc::default(),
         };
         store.apply_schema().await?;
         Ok(store)
@@ -268,7 +273,8 @@ impl Store {
             Ok(())
         })
         .await?;
-        self.put_setting("schema", Value::from(SCHEMA_VERSION))
+        // Nodes starting together on an empty database all write the version.
+        self.retry_conflicts(|| self.put_setting("schema", Value::from(SCHEMA_VERSION)))
             .await?;
         info!(version = SCHEMA_VERSION, "schema applied");
         Ok(())
@@ -426,6 +432,11 @@ impl Store {
         {
             tracing::warn!(error = %err, "store did not close cleanly");
         }
+    }
+
+    /// Items this node leased since it started.
+    pub fn items_leased(&self) -> u64 {
+        self.leased.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the store answers a trivial query.

@@ -172,7 +172,7 @@ impl TokenCache {
         }
     }
 
-    fn forget_robot(&self, id: i64) {
+    pub(crate) fn forget_robot(&self, id: i64) {
         if let Ok(mut map) = self.inner.lock() {
             map.retain(|_, (_, robot)| robot.id != id);
         }

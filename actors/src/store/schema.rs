@@ -4,7 +4,7 @@
 //! live in `counter:<table>`; settings in `setting:<name>`; the schema version in `setting:schema`.
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The first version that stores items in chunks; older ones kept a row per item.
 pub const CHUNKED_ITEMS_SINCE: i64 = 3;
@@ -117,4 +117,29 @@ DEFINE TABLE IF NOT EXISTS worked SCHEMAFULL;
 DEFINE TABLE IF NOT EXISTS report SCHEMAFULL;
 DEFINE FIELD IF NOT EXISTS task ON report TYPE int;
 DEFINE FIELD IF NOT EXISTS body ON report TYPE string;
+
+-- Version 6: the cluster (store/nodes.rs). `node:<id>` is a node's membership row, renewed every
+-- sweep; `singleton:<job>` says which node runs a job that must run on one node at a time.
+DEFINE TABLE IF NOT EXISTS node SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS http ON node TYPE string;
+DEFINE FIELD IF NOT EXISTS incarnation ON node TYPE int;
+DEFINE FIELD IF NOT EXISTS started_at ON node TYPE int;
+DEFINE FIELD IF NOT EXISTS heartbeat_at ON node TYPE int;
+DEFINE FIELD IF NOT EXISTS dead ON node TYPE bool;
+DEFINE FIELD IF NOT EXISTS robots ON node TYPE int;
+DEFINE FIELD IF NOT EXISTS leased_per_minute ON node TYPE int;
+
+DEFINE TABLE IF NOT EXISTS singleton SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS holder ON singleton TYPE string;
+DEFINE FIELD IF NOT EXISTS incarnation ON singleton TYPE int;
+DEFINE FIELD IF NOT EXISTS expires_at ON singleton TYPE int;
+
+-- Version 6: `event` rows tell the other nodes what one node changed (a robot's settings, its
+-- token, its deletion); every node reads the new ones each sweep (cluster.rs).
+DEFINE TABLE IF NOT EXISTS event SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS at ON event TYPE int;
+DEFINE FIELD IF NOT EXISTS node ON event TYPE string;
+DEFINE FIELD IF NOT EXISTS kind ON event TYPE string ASSERT $value IN ['robot_changed', 'robot_revoked'];
+DEFINE FIELD IF NOT EXISTS robot ON event TYPE int;
+DEFINE INDEX IF NOT EXISTS event_at ON event FIELDS at;
 "#;
