@@ -38,6 +38,9 @@ const CACHE_PAYLOADS: usize = 64;
 
 /// The error a write throws when a chunk's version moved.
 const CHUNK_CONFLICT: &str = "chunk version conflict";
+/// Thrown by a write that leases items of a task cancelled meanwhile (on any node): the write
+/// is made again without those leases.
+pub(crate) const TASK_CANCELLED: &str = "task cancelled while leasing";
 
 /// Fields read from a `chunk` row.
 const CHUNK_FIELDS: &str = "record::id(id) AS n, task, first, version, created_at, state";
@@ -627,7 +630,10 @@ impl Store {
         }
         cached.forget(ns);
         errors.sort();
-        if errors.iter().any(|(_, text)| text.contains(CHUNK_CONFLICT)) {
+        if errors
+            .iter()
+            .any(|(_, text)| text.contains(CHUNK_CONFLICT) || text.contains(TASK_CANCELLED))
+        {
             return Ok(false);
         }
         let first = StoreError::Database(errors.remove(0).1);
@@ -715,6 +721,21 @@ fn write_statements(
             continue;
         }
         let ends = c.completed > 0 || c.failed > 0 || c.abandoned > 0;
+        // Leasing reads the task's status in the same transaction: a task cancelled on another
+        // node since its items were planned gets no new lease.
+        let guard = if d.start {
+            format!("IF $t{i}.status = 'CANCELLED' {{ THROW '{TASK_CANCELLED}' }}; ")
+        } else {
+            String::new()
+        };
+        if !ends && d.start {
+            let _ = write!(
+                sql,
+                "LET $t{i} = (UPDATE task:{id} SET {} RETURN status)[0]; {guard}",
+                sets.join(", ")
+            );
+            continue;
+        }
         if !ends {
             let _ = write!(
                 sql,
@@ -727,7 +748,7 @@ fn write_statements(
         // reads what the update returned instead of the row.
         let _ = write!(
             sql,
-            "LET $t{i} = (UPDATE task:{id} SET {} RETURN status, counts)[0]; \
+            "LET $t{i} = (UPDATE task:{id} SET {} RETURN status, counts)[0]; {guard}\
              IF $t{i}.status IN ['CREATED', 'STARTED'] \
                AND $t{i}.counts.pending + $t{i}.counts.assigned + $t{i}.counts.started = 0 {{ \
                UPDATE task:{id} SET status = 'COMPLETED', ended_at = {now} \

@@ -461,6 +461,8 @@ impl Store {
         let mut cached = self.chunk_lock().await;
         // Payloads never change: read before anything is written, so a failed read leases nothing.
         let payloads = self.payloads(&leasing).await?;
+        // Tasks found cancelled after a write refused to lease them: their grants get nothing.
+        let mut cancelled: BTreeSet<i64> = BTreeSet::new();
         for round in 0..STALE_RETRIES {
             self.load(&mut cached, &ns, round > 0).await?;
             let Some(changed) = plan_changes(&mut cached, changes) else {
@@ -474,6 +476,10 @@ impl Store {
             let mut tasks = deltas.clone();
             let mut leased = Vec::with_capacity(leases.len());
             for (task_id, grants) in leases {
+                if cancelled.contains(task_id) {
+                    leased.push(vec![Vec::new(); grants.len()]);
+                    continue;
+                }
                 let per_grant =
                     lease_pending(&mut cached, &mut chunks, &payloads, *task_id, grants)?;
                 let count: usize = per_grant.iter().map(Vec::len).sum();
@@ -508,10 +514,30 @@ impl Store {
                 )
                 .await?
             {
+                let count: usize = leased.iter().flatten().map(Vec::len).sum();
+                self.leased
+                    .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
                 return Ok(Some(leased));
+            }
+            if lease_ids().next().is_some() {
+                let ids: Vec<i64> = leases.iter().map(|(t, _)| *t).collect();
+                cancelled = self.cancelled_tasks(&ids).await?;
             }
         }
         Ok(None)
+    }
+
+    /// Which of `task_ids` are CANCELLED.
+    async fn cancelled_tasks(&self, task_ids: &[i64]) -> Result<BTreeSet<i64>, StoreError> {
+        let found: Vec<i64> = self
+            .rows(
+                "SELECT VALUE record::id(id) FROM task WHERE status = 'CANCELLED' \
+                 AND record::id(id) IN $ids;",
+                json!({ "ids": task_ids }),
+                0,
+            )
+            .await?;
+        Ok(found.into_iter().collect())
     }
 
     /// PENDING items of `task_id` with ids in `[from, to]`, in id order, read from the store:

@@ -25,8 +25,9 @@ pub enum TaskDirectorMsg {
     },
     /// A task was cancelled: stop dispatching it.
     Cancelled { task_id: i64 },
-    /// Timer: give every task with PENDING items in the store an actor. Hand-backs sent to an
-    /// actor that was just stopping are lost; the store is the truth, so this recovers them.
+    /// Timer: give every task with PENDING items in the store an actor, and stop the actors of
+    /// tasks no longer dispatchable (cancelled on another node). Hand-backs sent to an actor
+    /// that was just stopping are lost; the store is the truth, so this recovers them.
     Reconcile,
 }
 
@@ -195,9 +196,18 @@ async fn handle_message(
             }
         }
         TaskDirectorMsg::Reconcile => {
-            for task in state.args.store.dispatchable_tasks().await? {
+            let tasks = state.args.store.dispatchable_tasks().await?;
+            for task in &tasks {
                 if task.counts.pending > 0 && !state.tasks.contains_key(&task.id) {
                     state.ensure(&myself, task.id).await?;
+                }
+            }
+            // A task cancelled (or removed) on another node stops here within a second; its
+            // leases in flight were already refused by the store.
+            let live: std::collections::HashSet<i64> = tasks.iter().map(|t| t.id).collect();
+            for (task_id, actor) in &state.tasks {
+                if !live.contains(task_id) {
+                    actor.stop(Some("task no longer dispatchable".into()));
                 }
             }
         }
