@@ -2,6 +2,7 @@
 //! director, and turns robot requests into store transitions plus the messages that keep the
 //! actors' view of load and pending work current. Cheap to clone.
 
+use crate::cluster::ClusterView;
 use crate::domain::{Clock, Robot, RobotStatus};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, RobotAction, TransitionError};
@@ -10,7 +11,7 @@ use crate::recovery::{self, PolicyDefaults};
 use crate::robot_registry::{RobotLoad, RobotRegistryMsg};
 use crate::robot_session::ws::WsLink;
 use crate::robot_session::{RobotSessionMsg, WsAttach};
-use crate::store::{LeasedItem, RobotPatch, Store};
+use crate::store::{EventKind, LeasedItem, RobotPatch, Store};
 use crate::supervisor::{
     DispatchHealth, DispatchSupervisor, Parts, SharedParts, SupervisorArgs, SupervisorMsg,
 };
@@ -25,6 +26,11 @@ use thiserror::Error;
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
     pub node_id: String,
+    /// The HTTP address this node advertises in its cluster row.
+    pub http: String,
+    /// A node of the cluster without a heartbeat for this long is dead (its robots are
+    /// released, its housekeeping role moves).
+    pub dead_after: Duration,
     /// A robot silent this long is lost.
     pub pulse_timeout: Duration,
     /// Lease length unless the process overrides it.
@@ -81,6 +87,7 @@ pub struct Dispatcher {
     health: Arc<DispatchHealth>,
     supervisor: ActorRef<SupervisorMsg>,
     config: DispatchConfig,
+    view: Arc<ClusterView>,
 }
 
 impl Dispatcher {
@@ -89,6 +96,7 @@ impl Dispatcher {
     pub async fn start(store: Store, config: DispatchConfig) -> Result<Dispatcher, DispatchError> {
         let parts: SharedParts = Arc::default();
         let health = Arc::new(DispatchHealth::default());
+        let view = Arc::new(ClusterView::new(&config.node_id));
         let (supervisor, _) = Actor::spawn(
             None,
             DispatchSupervisor,
@@ -97,6 +105,7 @@ impl Dispatcher {
                 config: config.clone(),
                 parts: parts.clone(),
                 health: health.clone(),
+                view: Arc::clone(&view),
             },
         )
         .await
@@ -107,7 +116,13 @@ impl Dispatcher {
             health,
             supervisor,
             config,
+            view,
         })
+    }
+
+    /// What this node knows of the cluster (its incarnation, whether it leads housekeeping).
+    pub fn cluster(&self) -> &ClusterView {
+        &self.view
     }
 
     /// The actors dispatch runs on now.
@@ -354,21 +369,40 @@ impl Dispatcher {
         Ok(n)
     }
 
-    /// A robot's settings changed (status, capacity, processes).
-    pub fn robot_changed(&self, robot: &Robot) {
+    /// A robot's settings changed (status, capacity, processes), already written to the
+    /// store: this node's registry hears it now, the other nodes of a cluster at their next
+    /// sweep (through an event row).
+    pub async fn robot_changed(&self, robot: &Robot) {
         if let Ok(parts) = self.parts() {
             let _ = parts.registry.send_message(RobotRegistryMsg::RobotChanged {
                 robot: robot.clone(),
             });
         }
+        self.publish(EventKind::RobotChanged, robot.id).await;
     }
 
-    /// A robot was deleted or its token rotated.
-    pub fn robot_revoked(&self, robot_id: i64) {
+    /// A robot was deleted or its token rotated (already written): its session here ends and
+    /// its items go back; other nodes end theirs at their next sweep.
+    pub async fn robot_revoked(&self, robot_id: i64) {
         if let Ok(parts) = self.parts() {
-            let _ = parts
-                .registry
-                .send_message(RobotRegistryMsg::RobotRevoked { robot_id });
+            let _ = parts.registry.send_message(RobotRegistryMsg::RobotRevoked {
+                robot_id,
+                before: None,
+            });
+        }
+        self.publish(EventKind::RobotRevoked, robot_id).await;
+    }
+
+    /// Tells the other nodes; if the store does not take it, they learn of it when their token
+    /// cache expires or the robot reconnects.
+    async fn publish(&self, kind: EventKind, robot_id: i64) {
+        let at = self.config.clock.now();
+        if let Err(err) = self
+            .store
+            .publish_event(kind, robot_id, &self.config.node_id, at)
+            .await
+        {
+            tracing::warn!(error = %err, robot_id, ?kind, "could not tell the other nodes");
         }
     }
 

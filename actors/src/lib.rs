@@ -7,6 +7,7 @@
 //!        └────────────┴──► store ──► SurrealDB (surrealkv:// | mem:// | ws://)
 //! ```
 
+pub mod cluster;
 pub mod csv_ingest;
 pub mod dispatcher;
 pub mod domain;

@@ -6,7 +6,8 @@
 //!     ├── RobotRegistry ─┐  one for all: their state is rebuilt from the store, so a failure
 //!     ├── TaskDirector   ├─ of one stops the others and all three start afresh (sessions end;
 //!     ├── TransitionBatcher   robots reconnect and find their leases in the store)
-//!     └── UploadSweeper     one for one
+//!     ├── UploadSweeper     one for one
+//!     └── Member            one for one: heartbeat, housekeeping role, fencing (cluster.rs)
 //! ```
 //!
 //! Restarts back off (200 ms, doubling, at most 30 s; back to 200 ms after a minute without a
@@ -14,6 +15,7 @@
 //! `/healthz` answers 503. The [`crate::dispatcher::Dispatcher`] handle reads the current
 //! actors on every call, so it follows a restart by itself.
 
+use crate::cluster::{ClusterView, Member, MemberArgs};
 use crate::dispatcher::DispatchConfig;
 use crate::recovery::PolicyDefaults;
 use crate::robot_registry::{PulseBoard, RegistryArgs, RobotRegistry, RobotRegistryMsg};
@@ -79,6 +81,11 @@ pub enum SupervisorMsg {
     RestartDispatch,
     /// Start the upload sweeper again after a failure.
     RestartSweeper,
+    /// Start the cluster member again after a failure.
+    RestartMember,
+    /// The cluster declared this node dead: end every session and restart dispatch from the
+    /// store (the member rejoins as a new incarnation).
+    Fence,
     /// The node is stopping: stop everything, dispatch first, the batcher last.
     Shutdown { reply: RpcReplyPort<()> },
 }
@@ -92,6 +99,7 @@ pub struct SupervisorArgs {
     pub config: DispatchConfig,
     pub parts: SharedParts,
     pub health: Arc<DispatchHealth>,
+    pub view: Arc<ClusterView>,
 }
 
 /// The supervisor actor.
@@ -105,6 +113,7 @@ pub struct SupervisorState {
     /// The dispatch actors now running, by id, with their names.
     dispatch: Vec<(ActorId, &'static str)>,
     sweeper: Option<ActorRef<UploadSweeperMsg>>,
+    member: Option<ActorRef<crate::cluster::MemberMsg>>,
     backoff: Duration,
     up_since: Instant,
     stopping: bool,
@@ -115,6 +124,7 @@ pub async fn start_parts(
     supervisor: ActorCell,
     store: &Store,
     config: &DispatchConfig,
+    view: &Arc<ClusterView>,
 ) -> Result<Parts, ActorProcessingErr> {
     let defaults = PolicyDefaults {
         lease_ttl: config.lease_ttl,
@@ -135,6 +145,7 @@ pub async fn start_parts(
             pulses: pulses.clone(),
             ws_standby: config.ws_standby,
             recount_period: config.recount_period,
+            view: Arc::clone(view),
         },
         supervisor.clone(),
     )
@@ -217,6 +228,7 @@ impl SupervisorState {
                 store: self.args.store.clone(),
                 period: (stale_after / 4).max(Duration::from_millis(100)),
                 stale_after,
+                view: Arc::clone(&self.args.view),
             },
             myself.get_cell(),
         )
@@ -226,6 +238,33 @@ impl SupervisorState {
             Err(err) => {
                 warn!(error = %err, "upload sweeper did not start; trying again");
                 myself.send_after(self.backoff, || SupervisorMsg::RestartSweeper);
+            }
+        }
+    }
+
+    async fn start_member(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let config = &self.args.config;
+        let started = Actor::spawn_linked(
+            None,
+            Member,
+            MemberArgs {
+                store: self.args.store.clone(),
+                view: Arc::clone(&self.args.view),
+                http: config.http.clone(),
+                period: config.sweep_period,
+                dead_after: config.dead_after,
+                clock: config.clock.clone(),
+                parts: Arc::clone(&self.args.parts),
+                supervisor: myself.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await;
+        match started {
+            Ok((member, _)) => self.member = Some(member),
+            Err(err) => {
+                warn!(error = %err, "cluster member did not start; trying again");
+                myself.send_after(self.backoff, || SupervisorMsg::RestartMember);
             }
         }
     }
@@ -254,11 +293,20 @@ impl Actor for DispatchSupervisor {
             args,
             dispatch: Vec::new(),
             sweeper: None,
+            member: None,
             backoff: FIRST_BACKOFF,
             up_since: Instant::now(),
             stopping: false,
         };
-        let parts = start_parts(myself.get_cell(), &state.args.store, &state.args.config).await?;
+        // The member joins first, so the registry's first sweep knows the cluster.
+        state.start_member(&myself).await;
+        let parts = start_parts(
+            myself.get_cell(),
+            &state.args.store,
+            &state.args.config,
+            &state.args.view,
+        )
+        .await?;
         state.adopt(parts);
         state.start_sweeper(&myself).await;
         Ok(state)
@@ -272,7 +320,14 @@ impl Actor for DispatchSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::RestartDispatch if !state.stopping => {
-                match start_parts(myself.get_cell(), &state.args.store, &state.args.config).await {
+                match start_parts(
+                    myself.get_cell(),
+                    &state.args.store,
+                    &state.args.config,
+                    &state.args.view,
+                )
+                .await
+                {
                     Ok(parts) => {
                         state.adopt(parts);
                         state.args.health.set(None);
@@ -297,7 +352,22 @@ impl Actor for DispatchSupervisor {
             SupervisorMsg::RestartSweeper if !state.stopping => {
                 state.start_sweeper(&myself).await;
             }
-            SupervisorMsg::RestartDispatch | SupervisorMsg::RestartSweeper => {}
+            SupervisorMsg::RestartMember if !state.stopping => {
+                state.start_member(&myself).await;
+            }
+            SupervisorMsg::Fence if !state.stopping => {
+                let dispatch = std::mem::take(&mut state.dispatch);
+                if let Some(parts) = state.parts()
+                    && !dispatch.is_empty()
+                {
+                    stop_parts(&parts).await;
+                }
+                myself.send_message(SupervisorMsg::RestartDispatch)?;
+            }
+            SupervisorMsg::RestartDispatch
+            | SupervisorMsg::RestartSweeper
+            | SupervisorMsg::RestartMember
+            | SupervisorMsg::Fence => {}
             SupervisorMsg::Shutdown { reply } => {
                 state.stopping = true;
                 if let Some(sweeper) = state.sweeper.take() {
@@ -308,6 +378,12 @@ impl Actor for DispatchSupervisor {
                 if let Some(parts) = state.parts() {
                     stop_parts(&parts).await;
                 }
+                if let Some(member) = state.member.take() {
+                    let _ = member
+                        .stop_and_wait(None, Some(Duration::from_secs(5)))
+                        .await;
+                }
+                crate::cluster::leave(&state.args.store, &state.args.view).await;
                 let _ = reply.send(());
             }
         }
@@ -331,6 +407,13 @@ impl Actor for DispatchSupervisor {
             return Ok(());
         }
         let id = cell.get_id();
+        if state.member.as_ref().is_some_and(|m| m.get_id() == id) {
+            state.member = None;
+            let wait = state.next_backoff();
+            error!(%reason, retry_in = ?wait, "cluster member failed; restarting it");
+            myself.send_after(wait, || SupervisorMsg::RestartMember);
+            return Ok(());
+        }
         if state.sweeper.as_ref().is_some_and(|s| s.get_id() == id) {
             state.sweeper = None;
             let wait = state.next_backoff();

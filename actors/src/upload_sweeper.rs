@@ -1,6 +1,7 @@
 //! Removes uploads abandoned mid-stream (the node handling them died): a staged task whose
 //! `touched_at` stopped moving is deleted with its items. Runs at start and on a timer. The same
 //! tick drops per-minute throughput counters older than a day (the longest span the API serves).
+//! In a cluster only the node holding the housekeeping role sweeps (`cluster.rs`).
 
 use crate::domain::now_millis;
 use crate::store::{Store, minute_of};
@@ -33,6 +34,8 @@ pub struct UploadSweeperArgs {
     pub period: Duration,
     /// A staged upload untouched for this long is abandoned.
     pub stale_after: Duration,
+    /// Only the node holding the housekeeping role sweeps.
+    pub view: std::sync::Arc<crate::cluster::ClusterView>,
 }
 
 /// Running state: the arguments and the timer to cancel on stop.
@@ -73,6 +76,7 @@ impl Actor for UploadSweeper {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            UploadSweeperMsg::Sweep if !state.args.view.leads() => {}
             UploadSweeperMsg::Sweep => {
                 let cutoff = now_millis() - state.args.stale_after.as_millis() as i64;
                 match state.args.store.discard_stale_uploads(cutoff).await {

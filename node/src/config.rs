@@ -144,9 +144,18 @@ pub struct ServeArgs {
     /// logged at WARN [default: 10s].
     #[arg(long, env = "ORCH_RECOUNT_PERIOD")]
     pub recount_period: Option<String>,
-    /// This node's name in the store and the cluster [default: node-<random>].
+    /// This node's name in the store and the cluster; set it to keep one identity across
+    /// restarts [default: node-<random>].
     #[arg(long, env = "ORCH_NODE_ID")]
     pub node_id: Option<String>,
+    /// The HTTP address other nodes and the dashboard show for this node, e.g.
+    /// http://10.0.0.5:8000 [default: http://<listen>].
+    #[arg(long, env = "ORCH_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// A node of the cluster without a heartbeat for this long is dead: its robots are released
+    /// and its housekeeping role moves; at least three sweep periods [default: 5s].
+    #[arg(long, env = "ORCH_DEAD_AFTER")]
+    pub dead_after: Option<String>,
     /// A staged upload untouched this long was abandoned by a dead node [default: 10m].
     #[arg(long, env = "ORCH_STALE_UPLOAD_AFTER")]
     pub stale_upload_after: Option<String>,
@@ -194,6 +203,9 @@ pub struct NodeConfig {
     /// How often robot loads are recounted from the store (a backstop; see the README).
     pub recount_period: Duration,
     pub node_id: String,
+    /// The HTTP address advertised in the cluster (None: `http://<bound address>`).
+    pub advertise: Option<String>,
+    pub dead_after: Duration,
     pub admin_password: Option<String>,
     pub log: String,
 }
@@ -220,6 +232,8 @@ impl NodeConfig {
             ws_standby: 1,
             recount_period: Duration::from_secs(2),
             node_id: "test-node".into(),
+            advertise: None,
+            dead_after: Duration::from_secs(1),
             admin_password: Some("admin-password".into()),
             log: "warn".into(),
         }
@@ -262,6 +276,17 @@ impl ServeArgs {
             });
         }
         let pulse_timeout = duration("pulse_timeout", merged.pulse_timeout, "30s")?;
+        let sweep_period = duration("sweep_period", merged.sweep_period, "1s")?;
+        let dead_after = duration("dead_after", merged.dead_after, "5s")?;
+        if dead_after < sweep_period * 3 {
+            return Err(ConfigError::Invalid {
+                setting: "dead_after",
+                message: format!(
+                    "must be at least three sweep periods ({})",
+                    humantime::format_duration(sweep_period * 3)
+                ),
+            });
+        }
         let ws_standby = merged.ws_standby.unwrap_or(1);
         if !(0..=100).contains(&ws_standby) {
             return Err(ConfigError::Invalid {
@@ -351,7 +376,7 @@ impl ServeArgs {
             pulse_timeout,
             stale_upload_after: duration("stale_upload_after", merged.stale_upload_after, "10m")?,
             lease_ttl: duration("lease_ttl", merged.lease_ttl, "5m")?,
-            sweep_period: duration("sweep_period", merged.sweep_period, "1s")?,
+            sweep_period,
             retry_backoff: duration("retry_backoff", merged.retry_backoff, "5s")?,
             ws_standby,
             recount_period: duration("recount_period", merged.recount_period, "10s")?,
@@ -359,6 +384,16 @@ impl ServeArgs {
                 .node_id
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| format!("node-{:06x}", rand_suffix())),
+            advertise: match merged.advertise.filter(|s| !s.is_empty()) {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(ConfigError::Invalid {
+                        setting: "advertise",
+                        message: format!("'{url}' is not an http:// or https:// address"),
+                    });
+                }
+                url => url,
+            },
+            dead_after,
             admin_password: match merged.admin_password.filter(|s| !s.is_empty()) {
                 Some(password) if password.chars().count() < MIN_ADMIN_PASSWORD_CHARS => {
                     return Err(ConfigError::Invalid {
@@ -411,6 +446,8 @@ impl ServeArgs {
             ws_standby: self.ws_standby.or(lower.ws_standby),
             recount_period: self.recount_period.or(lower.recount_period),
             node_id: self.node_id.or(lower.node_id),
+            advertise: self.advertise.or(lower.advertise),
+            dead_after: self.dead_after.or(lower.dead_after),
             admin_password: self.admin_password.or(lower.admin_password),
             log: self.log.or(lower.log),
         }

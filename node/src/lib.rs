@@ -65,10 +65,24 @@ impl Node {
                     .await?
             }
         };
+        // Bound before dispatch starts, so the cluster row carries the real address.
+        let listener = listen(config.listen).map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let dispatcher = Dispatcher::start(
             store.clone(),
             DispatchConfig {
                 node_id: config.node_id.clone(),
+                http: config
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}")),
+                dead_after: config.dead_after,
                 pulse_timeout: config.pulse_timeout,
                 lease_ttl: config.lease_ttl,
                 sweep_period: config.sweep_period,
@@ -98,14 +112,6 @@ impl Node {
                 pulse_timeout: config.pulse_timeout,
             },
         });
-        let listener = listen(config.listen).map_err(|source| NodeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
         let (shutdown, stop) = oneshot::channel::<()>();
         let routes = orchestrator_web::routes(state);
         let server = tokio::spawn(orchestrator_web::server::serve(
@@ -116,7 +122,7 @@ impl Node {
                 let _ = stop.await;
             },
         ));
-        info!(%addr, store = %config.store.url, "node ready");
+        info!(%addr, store = %config.store.url, node = %config.node_id, "node ready");
         Ok(Node {
             addr,
             store,
@@ -188,6 +194,20 @@ async fn wait_for_signal() {
 /// Creates user `admin` on a store with no users. Without a configured password a random one is
 /// generated and logged once.
 async fn bootstrap_admin(store: &Store, password: Option<&str>) -> Result<(), StoreError> {
+    // Nodes starting together on an empty store race here: a lost race is looked at again.
+    let mut attempt = 0;
+    loop {
+        match create_first_admin(store, password).await {
+            Err(err) if err.is_retryable() && attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn create_first_admin(store: &Store, password: Option<&str>) -> Result<(), StoreError> {
     if store.count_users().await? > 0 {
         return Ok(());
     }
@@ -210,7 +230,7 @@ async fn bootstrap_admin(store: &Store, password: Option<&str>) -> Result<(), St
             username = "admin",
             "created the first admin from ORCH_ADMIN_PASSWORD"
         ),
-        // Another node sharing the store created it first.
+        // Another node sharing the store created it first (or is creating it right now).
         Err(StoreError::Conflict(_)) => {}
         Err(err) => return Err(err),
     }

@@ -78,6 +78,8 @@ impl Rig {
             store.clone(),
             DispatchConfig {
                 node_id: "test".into(),
+                http: "http://127.0.0.1:0".into(),
+                dead_after: Duration::from_millis(100),
                 pulse_timeout,
                 lease_ttl,
                 sweep_period: Duration::from_millis(20),
@@ -111,7 +113,7 @@ impl Rig {
             .update_robot(self.robot.id, &patch)
             .await?
             .expect("robot");
-        self.dispatcher.robot_changed(&robot);
+        self.dispatcher.robot_changed(&robot).await;
         Ok(robot)
     }
 

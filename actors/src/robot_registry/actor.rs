@@ -6,7 +6,7 @@ use crate::domain::{Clock, Millis, Robot, RobotStatus};
 use crate::gather::flush_later;
 use crate::recovery::{self, PolicyDefaults, Released};
 use crate::robot_session::{RobotSession, RobotSessionArgs, RobotSessionMsg};
-use crate::store::{RobotPatch, Store};
+use crate::store::Store;
 use crate::task_director::{GrantRequest, TaskDirectorMsg, TaskMsg};
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Message, RpcReplyPort,
@@ -47,7 +47,12 @@ pub enum RobotRegistryMsg {
     /// A robot's settings changed; INACTIVE drains its unstarted items.
     RobotChanged { robot: Robot },
     /// A robot was deleted or its token rotated: end the session, release everything it holds.
-    RobotRevoked { robot_id: i64 },
+    RobotRevoked {
+        robot_id: i64,
+        /// Set when another node revoked it at this time: a session that started since (the
+        /// robot came back with its new token) stays.
+        before: Option<Millis>,
+    },
     /// Items held by a robot left flight (completed, failed, released).
     ItemsLeftFlight { robot_id: i64, count: i64 },
     /// One item left a robot's hands in a written transition: its load drops and its session
@@ -115,6 +120,9 @@ pub struct RegistryArgs {
     pub ws_standby: i64,
     /// How often loads are recounted from the store.
     pub recount_period: Duration,
+    /// The cluster as this node sees it: only the housekeeping node expires leases and
+    /// releases the robots of dead nodes.
+    pub view: std::sync::Arc<crate::cluster::ClusterView>,
 }
 
 struct Session {
@@ -129,6 +137,8 @@ struct Session {
     told_window: Option<i64>,
     /// Distinguishes this session from the robot's earlier ones (see the model's reservations).
     generation: u64,
+    /// When the session started.
+    started_at: Millis,
 }
 
 impl Session {
@@ -410,6 +420,7 @@ async fn handle_message(
                     robot_id,
                     Session {
                         actor,
+                        started_at: now,
                         last_pulse: now,
                         persisted_pulse: 0,
                         window: None,
@@ -452,7 +463,15 @@ async fn handle_message(
             }
             state.schedule_dispatch(&myself);
         }
-        RobotRegistryMsg::RobotRevoked { robot_id } => {
+        RobotRegistryMsg::RobotRevoked { robot_id, before } => {
+            if let Some(at) = before
+                && state
+                    .sessions
+                    .get(&robot_id)
+                    .is_none_or(|s| s.started_at >= at)
+            {
+                return Ok(());
+            }
             state.end_session(robot_id);
             let released = recovery::release_robot(
                 &state.args.store,
@@ -607,13 +626,23 @@ async fn handle_message(
                 .map(|(id, _)| *id)
                 .collect();
             for robot_id in silent {
-                warn!(robot_id, "robot went silent; releasing its items");
                 state.end_session(robot_id);
-                let patch = RobotPatch {
-                    status: Some(RobotStatus::Inactive),
-                    ..RobotPatch::default()
-                };
-                state.args.store.update_robot(robot_id, &patch).await?;
+                // Released only if this node still holds the robot in the store: a robot that
+                // moved to another node is served there.
+                let cutoff = now - timeout;
+                if !state
+                    .args
+                    .store
+                    .mark_robot_lost(robot_id, &state.args.node_id, cutoff)
+                    .await?
+                {
+                    info!(
+                        robot_id,
+                        "robot went silent here but is served by another node"
+                    );
+                    continue;
+                }
+                warn!(robot_id, "robot went silent; releasing its items");
                 let released = recovery::release_robot(
                     &state.args.store,
                     robot_id,
@@ -629,15 +658,9 @@ async fn handle_message(
                     .actor
                     .send_message(RobotSessionMsg::Expiring { now });
             }
-            let expired =
-                recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;
-            if !expired.left_flight.is_empty() {
-                warn!(
-                    items = expired.left_flight.values().sum::<i64>(),
-                    "leases expired"
-                );
+            if state.args.view.leads() {
+                housekeeping(state, now, timeout).await?;
             }
-            state.absorb(expired);
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::Recount => {
@@ -690,5 +713,42 @@ async fn handle_message(
             let _ = reply.send(loads);
         }
     }
+    Ok(())
+}
+
+/// The housekeeping node's share of a sweep: robots of dead nodes silent past the pulse timeout
+/// (and a sweep, for the pulses their node had not stored yet) lose their items, and expired
+/// leases are released.
+async fn housekeeping(
+    state: &mut RegistryState,
+    now: Millis,
+    timeout: Millis,
+) -> Result<(), ActorProcessingErr> {
+    let sweep = state.args.sweep_period.as_millis() as Millis;
+    let cutoff = now - timeout - sweep;
+    let alive = state.args.view.alive();
+    for (robot_id, node) in state.args.store.orphaned_robots(&alive, cutoff).await? {
+        if !state
+            .args
+            .store
+            .mark_robot_lost(robot_id, &node, cutoff)
+            .await?
+        {
+            continue;
+        }
+        warn!(robot_id, node, "robot of a dead node; releasing its items");
+        let released =
+            recovery::release_robot(&state.args.store, robot_id, false, state.args.defaults, now)
+                .await?;
+        state.absorb(released);
+    }
+    let expired = recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;
+    if !expired.left_flight.is_empty() {
+        warn!(
+            items = expired.left_flight.values().sum::<i64>(),
+            "leases expired"
+        );
+    }
+    state.absorb(expired);
     Ok(())
 }

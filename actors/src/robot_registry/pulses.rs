@@ -40,6 +40,14 @@ impl PulseBoard {
         std::mem::take(&mut *self.fresh.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Robots with a session on this node.
+    pub fn connected(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// The session of `robot_id` on this node, if it has one (as of the registry's last
     /// change). A request from a robot with a session reaches it through here, without a
     /// registry message.

@@ -90,7 +90,7 @@ async fn pulse(
                 .update_robot(robot.id, &patch)
                 .await?
                 .ok_or_else(|| ApiError::unauthorized("the robot no longer exists"))?;
-            state.dispatcher.robot_changed(&robot);
+            state.dispatcher.robot_changed(&robot).await;
         }
     }
     let interval = state.config.pulse_timeout / 3;

@@ -186,7 +186,7 @@ async fn patch_robots(robot: Robot, params: Params, state: AppState) -> Result<R
         .update_robot(robot.id, &patch)
         .await?
         .ok_or_else(|| Detail(StatusCode::NOT_FOUND, "robot not found".into()))?;
-    state.dispatcher.robot_changed(&updated);
+    state.dispatcher.robot_changed(&updated).await;
     Ok(empty_ok())
 }
 

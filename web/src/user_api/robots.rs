@@ -53,19 +53,20 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 async {
                     let timeout = state.config.pulse_timeout;
                     let robots = state.store.list_robots().await?;
-                    // Items in flight per robot, as this node's registry counts them; a robot
-                    // no session holds here has none.
-                    let loads = state.dispatcher.loads().await.unwrap_or_default();
+                    // A robot with a session here shows what this node's registry plans it
+                    // with; any other (served by another node of the cluster, or by none) the
+                    // items it holds in the store.
+                    let local = state.dispatcher.loads().await.unwrap_or_default();
+                    let held = state.store.held_counts().await?;
                     let body: Vec<_> = robots
                         .iter()
                         .map(|r| {
                             let mut view = views::robot(r, timeout);
-                            view.load = Some(
-                                loads
-                                    .iter()
-                                    .find(|l| l.robot_id == r.id)
-                                    .map_or(0, |l| l.in_flight),
-                            );
+                            view.load =
+                                Some(local.iter().find(|l| l.robot_id == r.id).map_or_else(
+                                    || held.get(&r.id).copied().unwrap_or(0),
+                                    |l| l.in_flight,
+                                ));
                             view
                         })
                         .collect();
@@ -107,7 +108,7 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     if !state.store.delete_robot(id).await? {
                         return Err(not_found(id));
                     }
-                    state.dispatcher.robot_revoked(id);
+                    state.dispatcher.robot_revoked(id).await;
                     Ok(StatusCode::NO_CONTENT)
                 }
                 .await,
@@ -128,7 +129,7 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                         .await?
                         .ok_or_else(|| not_found(id))?;
                     // The old token stops working now; what the robot held goes back.
-                    state.dispatcher.robot_revoked(id);
+                    state.dispatcher.robot_revoked(id).await;
                     let mut body = views::robot(&robot, state.config.pulse_timeout);
                     body.token = Some(token);
                     Ok::<_, ApiError>(warp::reply::json(&body))
@@ -257,7 +258,7 @@ async fn patch(
         .update_robot(id, &patch)
         .await?
         .ok_or_else(|| not_found(id))?;
-    state.dispatcher.robot_changed(&robot);
+    state.dispatcher.robot_changed(&robot).await;
     Ok(warp::reply::json(&views::robot(
         &robot,
         state.config.pulse_timeout,
