@@ -425,3 +425,66 @@ pub struct ErrorDetail {
 pub struct DetailView {
     pub detail: String,
 }
+
+/// The cluster as the store records it: `GET /api/v1/cluster`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterView {
+    /// The node that answered.
+    pub this_node: String,
+    /// The node holding the housekeeping role (lease expiry, robots of dead nodes, stale
+    /// uploads), or null while nobody holds it.
+    pub housekeeping: Option<String>,
+    /// A node without a heartbeat for this long is declared dead.
+    pub dead_after_ms: i64,
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    /// The HTTP address the node advertises.
+    pub http: String,
+    /// Grows each time the node joins again under the same id (a restart, or a rejoin after
+    /// it was declared dead).
+    pub incarnation: i64,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    /// Heartbeat within the dead-node time and not declared dead.
+    pub alive: bool,
+    /// Robots with a session on the node at its last heartbeat.
+    pub robots: i64,
+    /// Items the node leased in the minute before its last heartbeat.
+    pub leased_per_minute: i64,
+}
+
+pub fn cluster(
+    this_node: &str,
+    dead_after: Duration,
+    nodes: &[orchestrator_actors::store::NodeRow],
+    singletons: &[orchestrator_actors::store::SingletonRow],
+    now: i64,
+) -> ClusterView {
+    let dead_after_ms = dead_after.as_millis() as i64;
+    ClusterView {
+        this_node: this_node.to_string(),
+        housekeeping: singletons
+            .iter()
+            .find(|s| s.job == orchestrator_actors::cluster::HOUSEKEEPING && s.expires_at >= now)
+            .map(|s| s.holder.clone()),
+        dead_after_ms,
+        nodes: nodes
+            .iter()
+            .map(|n| NodeView {
+                id: n.id.clone(),
+                http: n.http.clone(),
+                incarnation: n.incarnation,
+                started_at: rfc3339(n.started_at),
+                heartbeat_at: rfc3339(n.heartbeat_at),
+                alive: !n.dead && n.heartbeat_at >= now - dead_after_ms,
+                robots: n.robots,
+                leased_per_minute: n.leased_per_minute,
+            })
+            .collect(),
+    }
+}

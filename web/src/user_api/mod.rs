@@ -1,7 +1,8 @@
-//! The user API under `/api/v1`: sign-in, users, processes, robots, tasks and stats. Every route
+//! The user API under `/api/v1`: sign-in, users, processes, robots, tasks, stats and the cluster. Every route
 //! but login needs `Authorization: Bearer <jwt>`; the auth filter runs after the path filters so
 //! an unknown path still answers 404.
 
+mod cluster;
 pub(crate) mod login;
 pub(crate) mod processes;
 mod results;
@@ -56,7 +57,9 @@ pub fn user_api(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(throughput::routes(state.clone()))
         .unify()
-        .or(stats::routes(state))
+        .or(stats::routes(state.clone()))
+        .unify()
+        .or(cluster::routes(state))
         .unify()
         .boxed()
 }
