@@ -16,7 +16,7 @@ use reqwest::{Client, Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -42,7 +42,8 @@ pub enum Api {
     about = "Simulates a fleet of robots against a running orchestrator node"
 )]
 pub struct SimArgs {
-    /// The node, e.g. http://127.0.0.1:8000.
+    /// The node, e.g. http://127.0.0.1:8000, or several nodes of a cluster separated by
+    /// commas: robots are spread over them and move to the next when theirs fails.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub base_url: String,
     /// Robot API the fleet uses.
@@ -111,6 +112,8 @@ pub struct Report {
     pub items_failed: u64,
     pub crashes: u64,
     pub connected: u64,
+    /// Times a robot moved to another node because its own failed.
+    pub node_moves: u64,
 }
 
 /// State the whole fleet shares.
@@ -289,14 +292,57 @@ struct RobotCred {
     token: String,
 }
 
-/// The node's HTTP surface, as the simulator uses it.
+/// The nodes' HTTP surface, as the simulator uses it: one node at a time, the next one when
+/// it fails.
 #[derive(Debug, Clone)]
 struct Node {
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// Index of the node in use (modulo the number of nodes).
+    at: Arc<AtomicUsize>,
     http: Client,
+    /// Moves to another node, fleet-wide.
+    moves: Arc<AtomicU64>,
 }
 
 impl Node {
+    fn new(base_urls: &str, http: Client) -> Result<Node> {
+        let bases: Vec<String> = base_urls
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        ensure!(!bases.is_empty(), "--base-url names no node");
+        Ok(Node {
+            bases: Arc::new(bases),
+            at: Arc::default(),
+            http,
+            moves: Arc::default(),
+        })
+    }
+
+    /// The node in use.
+    fn base(&self) -> &str {
+        &self.bases[self.at.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// A handle for robot `index`, starting on node `index` modulo the number of nodes.
+    fn for_robot(&self, index: usize) -> Node {
+        Node {
+            at: Arc::new(AtomicUsize::new(index % self.bases.len())),
+            ..self.clone()
+        }
+    }
+
+    /// Moves to the next node; `false` when there is no other node.
+    fn fail_over(&self) -> bool {
+        if self.bases.len() < 2 {
+            return false;
+        }
+        self.at.fetch_add(1, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -305,15 +351,25 @@ impl Node {
         body: Option<Value>,
     ) -> Result<(StatusCode, String)> {
         let path = path.as_ref();
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("authorization", auth);
-        if let Some(body) = body {
-            request = request.json(&body);
+        let mut attempt = 0;
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base()))
+                .header("authorization", auth);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            match request.send().await {
+                Ok(resp) => return Ok((resp.status(), resp.text().await?)),
+                // The node is gone (refused, reset): the next one serves the same store.
+                Err(err) if !err.is_timeout() && attempt < self.bases.len() && self.fail_over() => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
-        let resp = request.send().await?;
-        Ok((resp.status(), resp.text().await?))
     }
 
     async fn json(
@@ -339,13 +395,13 @@ pub async fn run(args: SimArgs) -> Result<Report> {
         "robots and capacity must be positive"
     );
     ensure!(args.uploads > 0, "uploads must be positive");
-    let node = Node {
-        base: args.base_url.trim_end_matches('/').to_string(),
-        http: Client::builder()
+    let node = Node::new(
+        &args.base_url,
+        Client::builder()
             .timeout(Duration::from_secs(120))
             .pool_max_idle_per_host(usize::MAX)
             .build()?,
-    };
+    )?;
     let fleet = Arc::new(Fleet::default());
     let setup = match (&args.items, &args.tokens_file) {
         (Some(_), _) => Some(setup(&node, &args).await?),
@@ -456,7 +512,7 @@ async fn drive(
     for (index, (id, token)) in creds.into_iter().enumerate() {
         let robot = RobotCred { id, token };
         let (node, args, fleet, ready) = (
-            node.clone(),
+            node.for_robot(index),
             args.clone(),
             Arc::clone(&fleet),
             ready_tx.clone(),
@@ -569,6 +625,7 @@ async fn drive(
         items_failed: fleet.failures.load(Ordering::Relaxed),
         crashes: fleet.crashes.load(Ordering::Relaxed),
         connected,
+        node_moves: node.moves.load(Ordering::Relaxed),
     })
 }
 
@@ -581,7 +638,7 @@ async fn upload(node: &Node, fleet: &Fleet, admin: &str, process: i64, rows: usi
     let started = Instant::now();
     let resp = node
         .http
-        .post(format!("{}/api/v1/tasks?process_id={process}", node.base))
+        .post(format!("{}/api/v1/tasks?process_id={process}", node.base()))
         .header("authorization", admin)
         .header("content-type", "text/csv")
         .body(csv)
@@ -673,10 +730,17 @@ async fn ws_robot(
     robot: RobotCred,
     ready: mpsc::Sender<()>,
 ) -> Result<()> {
-    let url = format!("{}/api/v1/robot/ws", node.base).replacen("http", "ws", 1);
     let mut ready = Some(ready);
+    // Items pushed and not finished; kept when the robot moves to another node, which pushes
+    // the robot's leases again.
+    let mut held: HashSet<i64> = HashSet::new();
     loop {
-        let socket = connect_ws(&url, &robot).await?;
+        let url = format!("{}/api/v1/robot/ws", node.base()).replacen("http", "ws", 1);
+        let socket = match connect_ws(&url, &robot).await {
+            Ok(socket) => socket,
+            Err(_) if node.fail_over() => continue,
+            Err(err) => return Err(err),
+        };
         fleet.connected.fetch_add(1, Ordering::Relaxed);
         let (mut sink, mut stream) = socket.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
@@ -691,10 +755,9 @@ async fn ws_robot(
             json!({ "type": "ready", "ref": "ready" }).to_string(),
         ))?;
         let mut freed: VecDeque<Instant> = VecDeque::new();
-        let mut held: HashSet<i64> = HashSet::new();
         let mut pulse = tokio::time::interval(args.pulse_every);
         pulse.tick().await;
-        let crashed = loop {
+        let ended = loop {
             let message = tokio::select! {
                 message = stream.next() => message,
                 _ = pulse.tick() => {
@@ -702,12 +765,16 @@ async fn ws_robot(
                     continue;
                 }
             };
-            let Some(message) = message else {
-                bail!("the node closed the connection");
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => break Ended::Lost(format!("the connection failed: {err}")),
+                None => break Ended::Lost("the node closed the connection".into()),
             };
-            let text = match message? {
+            let text = match message {
                 Message::Text(text) => text,
-                Message::Close(frame) => bail!("the node closed the connection: {frame:?}"),
+                Message::Close(frame) => {
+                    break Ended::Lost(format!("the node closed the connection: {frame:?}"));
+                }
                 _ => continue,
             };
             let frame: Value = serde_json::from_str(text.as_str())?;
@@ -805,7 +872,7 @@ async fn ws_robot(
                         }
                     }
                     if crash {
-                        break true;
+                        break Ended::Crashed;
                     }
                 }
                 _ => fleet.error(format!("robot {}: unexpected frame {frame}", robot.id)),
@@ -814,17 +881,30 @@ async fn ws_robot(
         drop(out);
         writer.abort();
         fleet.connected.fetch_sub(1, Ordering::Relaxed);
-        if crashed {
-            fleet.crashes.fetch_add(1, Ordering::Relaxed);
-            for id in held.drain() {
-                fleet.dropped(index, id);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         if fleet.stopped() {
             return Ok(());
         }
+        match ended {
+            Ended::Crashed => {
+                fleet.crashes.fetch_add(1, Ordering::Relaxed);
+                for id in held.drain() {
+                    fleet.dropped(index, id);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Its node failed: reconnect to the next one, which resumes its leases.
+            Ended::Lost(_) if node.fail_over() => {}
+            Ended::Lost(why) => bail!("{why}"),
+        }
     }
+}
+
+/// Why a WebSocket robot's connection ended.
+enum Ended {
+    /// The simulated robot crashed (dropped its items).
+    Crashed,
+    /// The node closed the connection or it failed.
+    Lost(String),
 }
 
 /// One robot on REST v1: long-poll claims, then start and finish each item.

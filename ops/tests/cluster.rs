@@ -1,0 +1,729 @@
+//! Three `orchestrator` processes on one `surreal` server, all on loopback with short timers:
+//! they start together on an empty database, keep one housekeeping node, stop leasing a task
+//! cancelled on another node, release the robots of a killed node and finish its fleet's work,
+//! and fence a node that was frozen past the dead-node time.
+//!
+//! The node binary is looked for next to `surreal` (both are built by `cargo test
+//! --workspace`). The tests take turns: each runs four servers and a fleet on a 2-core host.
+
+use anyhow::{Context, Result, bail, ensure};
+use reqwest::{Client, Method};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN_PASSWORD: &str = "cluster-test-password";
+const JWT_SECRET: &str = "cluster-test-secret-shared-by-every-node";
+const PULSE_TIMEOUT: Duration = Duration::from_secs(3);
+const SWEEP: Duration = Duration::from_millis(200);
+const DEAD_AFTER: Duration = Duration::from_secs(1);
+
+/// One cluster test at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn node_binary() -> Result<PathBuf> {
+    let path = Path::new(env!("CARGO_BIN_EXE_surreal")).with_file_name("orchestrator");
+    ensure!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (it builds the node)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -{signal} {} failed", self.name);
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The SurrealDB server and the nodes on it.
+struct Cluster {
+    dir: tempfile::TempDir,
+    db: String,
+    _surreal: Proc,
+    nodes: Vec<Option<Proc>>,
+    urls: Vec<String>,
+    http: Client,
+}
+
+impl Cluster {
+    /// Starts the server, then `count` nodes at the same moment.
+    async fn start(count: usize) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let surreal = Proc {
+            child: Command::new(env!("CARGO_BIN_EXE_surreal"))
+                .args(["start", "--user", "root", "--pass", "root", "--log", "warn"])
+                .args(["--bind", &format!("127.0.0.1:{port}")])
+                .arg(format!("surrealkv://{}", dir.path().join("db").display()))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("surreal.log"))?)
+                .spawn()
+                .context("start surreal")?,
+            name: "surreal".into(),
+        };
+        let http = Client::builder().timeout(Duration::from_secs(30)).build()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .map_or(true, |r| !r.status().is_success())
+        {
+            ensure!(Instant::now() < deadline, "surreal did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut cluster = Cluster {
+            dir,
+            db: format!("ws://127.0.0.1:{port}"),
+            _surreal: surreal,
+            nodes: Vec::new(),
+            urls: Vec::new(),
+            http,
+        };
+        for n in 1..=count {
+            let port = free_port()?;
+            cluster.urls.push(format!("http://127.0.0.1:{port}"));
+            let proc = cluster.spawn_node(n)?;
+            cluster.nodes.push(Some(proc));
+        }
+        for n in 1..=count {
+            cluster.wait_healthy(n).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn_node(&self, n: usize) -> Result<Proc> {
+        let listen = self.urls[n - 1].trim_start_matches("http://").to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("n{n}.log")))?;
+        let child = Command::new(node_binary()?)
+            .args(["serve", "--db", &self.db, "--listen", &listen])
+            .args(["--node-id", &format!("n{n}")])
+            .args(["--pulse-timeout", &humantime(PULSE_TIMEOUT)])
+            .args(["--sweep-period", &humantime(SWEEP)])
+            .args(["--dead-after", &humantime(DEAD_AFTER)])
+            .args(["--lease-ttl", "60s"])
+            .env("ORCH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("ORCH_JWT_SECRET", JWT_SECRET)
+            .env("ORCH_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start n{n}"))?;
+        Ok(Proc {
+            child,
+            name: format!("n{n}"),
+        })
+    }
+
+    async fn wait_healthy(&self, n: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = self
+                .http
+                .get(format!("{}/healthz", self.urls[n - 1]))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("n{n} did not become healthy:\n{}", self.log(n));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log(&self, n: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("n{n}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn node(&self, n: usize) -> Result<&Proc> {
+        self.nodes[n - 1].as_ref().context("node not running")
+    }
+
+    async fn login(&self, n: usize) -> Result<String> {
+        let body = self
+            .json(
+                n,
+                Method::POST,
+                "/api/v1/auth/login",
+                "",
+                Some(json!({ "username": "admin", "password": ADMIN_PASSWORD })),
+            )
+            .await?;
+        Ok(format!(
+            "Bearer {}",
+            body["token"].as_str().context("token")?
+        ))
+    }
+
+    async fn call(
+        &self,
+        n: usize,
+        method: Method,
+        path: &str,
+        auth: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.urls[n - 1]))
+            .header("authorization", auth);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let resp = request.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    async fn json(
+        &self,
+        n: usize,
+        method: Method,
+        path: &str,
+        auth: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let (status, value) = self.call(n, method, path, auth, body).await?;
+        ensure!(
+            (200..300).contains(&status),
+            "{path} on n{n}: {status} {value}"
+        );
+        Ok(value)
+    }
+
+    /// Creates a process, `robots` robots for it and a task of `items` rows (through node 1);
+    /// returns the robots' tokens and the task id.
+    async fn work(&self, admin: &str, title: &str, robots: usize, items: usize) -> Result<Work> {
+        let process = self
+            .json(
+                1,
+                Method::POST,
+                "/api/v1/processes",
+                admin,
+                Some(json!({ "title": title, "description": "cluster test" })),
+            )
+            .await?["id"]
+            .as_i64()
+            .context("process id")?;
+        let mut tokens = Vec::new();
+        for r in 0..robots {
+            let robot = self
+                .json(
+                    1,
+                    Method::POST,
+                    "/api/v1/robots",
+                    admin,
+                    Some(
+                        json!({ "name": format!("{title}-{r}"), "platform": "python",
+                                 "capacity": 5, "processes": [process] }),
+                    ),
+                )
+                .await?;
+            tokens.push(format!(
+                "Token {}",
+                robot["token"].as_str().context("token")?
+            ));
+        }
+        let csv: String = std::iter::once("n\n".to_string())
+            .chain((0..items).map(|i| format!("{i}\n")))
+            .collect();
+        let resp = self
+            .http
+            .post(format!(
+                "{}/api/v1/tasks?process_id={process}",
+                self.urls[0]
+            ))
+            .header("authorization", admin)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await?;
+        let status = resp.status();
+        let task: Value = resp.json().await?;
+        ensure!(status.is_success(), "upload: {status} {task}");
+        Ok(Work {
+            tokens,
+            task: task["id"].as_i64().context("task id")?,
+        })
+    }
+
+    async fn task(&self, n: usize, admin: &str, task: i64) -> Result<Value> {
+        self.json(
+            n,
+            Method::GET,
+            &format!("/api/v1/tasks/{task}"),
+            admin,
+            None,
+        )
+        .await
+    }
+
+    async fn cluster_view(&self, n: usize, admin: &str) -> Result<Value> {
+        self.json(n, Method::GET, "/api/v1/cluster", admin, None)
+            .await
+    }
+
+    /// Makes the robot with `token` ACTIVE through node `n` (robots start INACTIVE).
+    async fn activate(&self, n: usize, token: &str) -> Result<()> {
+        self.json(
+            n,
+            Method::POST,
+            "/api/v1/robot/pulse",
+            token,
+            Some(json!({ "status": "ACTIVE" })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Leases up to `max` items for the robot with `token` through node `n`.
+    async fn claim(&self, n: usize, token: &str, max: usize) -> Result<Vec<Value>> {
+        let items = self
+            .json(
+                n,
+                Method::POST,
+                &format!("/api/v1/robot/items/claim?max={max}&wait=5"),
+                token,
+                None,
+            )
+            .await?;
+        Ok(items.as_array().cloned().unwrap_or_default())
+    }
+}
+
+struct Work {
+    tokens: Vec<String>,
+    task: i64,
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+fn count(task: &Value, status: &str) -> i64 {
+    task["counts"][status].as_i64().unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_started_together_on_an_empty_database_all_come_up() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start(3).await?;
+    let admin = cluster.login(2).await?;
+    // Every node signs the same admin in (one admin was created, one JWT secret kept).
+    for n in 1..=3 {
+        cluster.login(n).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let view = cluster.cluster_view(3, &admin).await?;
+        let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 3 && nodes.iter().all(|n| n["alive"] == true) {
+            break view;
+        }
+        ensure!(Instant::now() < deadline, "not all alive: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let holder = view["housekeeping"]
+        .as_str()
+        .context("a housekeeping node")?;
+    assert!(["n1", "n2", "n3"].contains(&holder), "{view}");
+    for node in view["nodes"].as_array().into_iter().flatten() {
+        assert_eq!(node["incarnation"], 1, "{view}");
+        assert!(
+            node["http"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("http://127.0.0.1:"))
+        );
+    }
+    // Without a valid sign-in the cluster is not shown.
+    let (status, _) = cluster
+        .call(3, Method::GET, "/api/v1/cluster", "Bearer nonsense", None)
+        .await?;
+    assert_eq!(status, 401);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_on_one_node_gets_no_new_lease_on_any_node() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start(3).await?;
+    let admin = cluster.login(1).await?;
+    let work = cluster.work(&admin, "cancel", 4, 2_000).await?;
+    // Robots on nodes 2 and 3 lease and finish items in a loop until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut robots = Vec::new();
+    for (r, token) in work.tokens.iter().enumerate() {
+        cluster.activate(2 + r % 2, token).await?;
+        let (cluster_http, url, token, stop) = (
+            cluster.http.clone(),
+            cluster.urls[1 + r % 2].clone(),
+            token.clone(),
+            stop.clone(),
+        );
+        robots.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(resp) = cluster_http
+                    .post(format!("{url}/api/v1/robot/items/claim?max=5&wait=1"))
+                    .header("authorization", &token)
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let items: Value = resp.json().await.unwrap_or(Value::Null);
+                for item in items.as_array().into_iter().flatten() {
+                    let id = item["id"].as_i64().unwrap_or_default();
+                    let lease = item["lease_id"].clone();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let _ = cluster_http
+                        .post(format!("{url}/api/v1/robot/items/{id}/complete"))
+                        .header("authorization", &token)
+                        .json(&json!({ "lease_id": lease, "observation": "done" }))
+                        .send()
+                        .await;
+                }
+            }
+        }));
+    }
+    // Cancel on node 1 once the robots are well under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&cluster.task(1, &admin, work.task).await?, "completed") < 200 {
+        ensure!(Instant::now() < deadline, "the robots did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster
+        .json(
+            1,
+            Method::POST,
+            &format!("/api/v1/tasks/{}/cancel", work.task),
+            &admin,
+            None,
+        )
+        .await?;
+    let at_cancel = cluster.task(1, &admin, work.task).await?;
+    assert_eq!(at_cancel["status"], "CANCELLED");
+    // The robots go on asking for work on nodes 2 and 3 for two seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for robot in robots {
+        robot.await?;
+    }
+    let after = cluster.task(2, &admin, work.task).await?;
+    assert_eq!(after["status"], "CANCELLED", "{after}");
+    assert_eq!(
+        count(&after, "pending"),
+        count(&at_cancel, "pending"),
+        "no item left PENDING after the cancel: {at_cancel} then {after}"
+    );
+    assert_eq!(count(&after, "assigned"), 0, "{after}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_robots_move_or_are_released_and_the_work_completes() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let mut cluster = Cluster::start(3).await?;
+    let admin = cluster.login(1).await?;
+    // The victim is the node holding housekeeping, so that role has to move as well.
+    let view = cluster.cluster_view(1, &admin).await?;
+    let victim: usize = view["housekeeping"]
+        .as_str()
+        .and_then(|h| h.trim_start_matches('n').parse().ok())
+        .context("housekeeping holder")?;
+    let survivor = if victim == 1 { 2 } else { 1 };
+    // A robot that leases on the victim and never comes back.
+    let lonely = cluster.work(&admin, "lonely", 1, 10).await?;
+    cluster.activate(victim, &lonely.tokens[0]).await?;
+    let held = cluster.claim(victim, &lonely.tokens[0], 5).await?;
+    assert_eq!(held.len(), 5);
+    // It pulses on the victim until the kill, then never reaches another node.
+    let pulses = {
+        let (http, url, token) = (
+            cluster.http.clone(),
+            cluster.urls[victim - 1].clone(),
+            lonely.tokens[0].clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let _ = http
+                    .post(format!("{url}/api/v1/robot/pulse"))
+                    .header("authorization", &token)
+                    .json(&json!({}))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    // A fleet of WebSocket robots spread over the three nodes.
+    let bases = cluster.urls.join(",");
+    let sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_robot-sim"))
+        .args(["--base-url", &bases, "--admin-password", ADMIN_PASSWORD])
+        .args(["--api", "ws", "--robots", "6", "--capacity", "3"])
+        .args([
+            "--items",
+            "3000",
+            "--duration",
+            "120s",
+            "--pulse-every",
+            "500ms",
+        ])
+        .output();
+    let sim = tokio::spawn(sim);
+    // Kill the victim once about 30 % of the fleet's items are done.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let stats = cluster
+            .json(survivor, Method::GET, "/api/v1/stats", &admin, None)
+            .await?;
+        if stats["items"]["completed"].as_i64().unwrap_or(0) >= 900 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the fleet did not get going: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.node(victim)?.signal("KILL")?;
+    let killed = Instant::now();
+    pulses.abort();
+    let before = cluster.task(survivor, &admin, lonely.task).await?;
+    assert_eq!(
+        count(&before, "assigned"),
+        5,
+        "still held at the kill: {before}"
+    );
+    cluster.nodes[victim - 1] = None;
+    // Takeover: another node declares the victim dead and holds housekeeping.
+    let (mut dead_at, mut takeover_at, mut released_at) = (None, None, None);
+    while released_at.is_none() || dead_at.is_none() || takeover_at.is_none() {
+        ensure!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no takeover after 30 s: dead {dead_at:?}, housekeeping {takeover_at:?}, \
+             released {released_at:?}\n{}",
+            cluster.log(survivor)
+        );
+        let view = cluster.cluster_view(survivor, &admin).await?;
+        let victim_id = format!("n{victim}");
+        if dead_at.is_none()
+            && view["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["id"] == victim_id.as_str() && n["alive"] == false)
+        {
+            dead_at = Some(killed.elapsed());
+        }
+        if takeover_at.is_none()
+            && view["housekeeping"]
+                .as_str()
+                .is_some_and(|h| h != victim_id)
+        {
+            takeover_at = Some(killed.elapsed());
+        }
+        if released_at.is_none()
+            && count(
+                &cluster.task(survivor, &admin, lonely.task).await?,
+                "pending",
+            ) == 10
+        {
+            released_at = Some(killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (dead_at, takeover_at, released_at) = (
+        dead_at.unwrap_or_default(),
+        takeover_at.unwrap_or_default(),
+        released_at.unwrap_or_default(),
+    );
+    eprintln!(
+        "node loss: declared dead after {dead_at:?}, housekeeping moved after {takeover_at:?}, \
+         the lost robot's items released after {released_at:?} (pulse timeout \
+         {PULSE_TIMEOUT:?}, sweep {SWEEP:?}, dead after {DEAD_AFTER:?})"
+    );
+    // Released within the pulse timeout plus two sweeps (its last pulse was under a second
+    // before the kill), with a second of slack for a loaded 2-core host; not before the pulse
+    // timeout, since the robot might still have come back on another node.
+    assert!(
+        released_at <= PULSE_TIMEOUT + 2 * SWEEP + Duration::from_secs(1),
+        "released after {released_at:?}"
+    );
+    assert!(
+        released_at >= PULSE_TIMEOUT - Duration::from_secs(1),
+        "released after {released_at:?}, before the pulse timeout"
+    );
+    let output = sim.await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "robot-sim failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    eprintln!("fleet: {report}");
+    assert_eq!(report["items_completed"], 3000, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert!(report["node_moves"].as_u64().unwrap_or(0) > 0, "{report}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_declared_dead_fences_itself_and_rejoins() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start(3).await?;
+    let admin = cluster.login(1).await?;
+    cluster.node(3)?.signal("STOP")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = cluster.cluster_view(1, &admin).await?;
+        let n3 = view["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"] == "n3")
+            .cloned()
+            .unwrap_or_default();
+        if n3["alive"] == false {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "n3 never declared dead: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(DEAD_AFTER).await;
+    cluster.node(3)?.signal("CONT")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = cluster.cluster_view(1, &admin).await?;
+        let n3 = view["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"] == "n3")
+            .cloned()
+            .unwrap_or_default();
+        if n3["alive"] == true && n3["incarnation"] == 2 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "n3 did not rejoin: {view}\n{}",
+            cluster.log(3)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cluster.log(3).contains("declared dead by the cluster"),
+        "n3 says it fenced itself:\n{}",
+        cluster.log(3)
+    );
+    cluster.wait_healthy(3).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_on_one_node_closes_the_robots_socket_on_another() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start(2).await?;
+    let admin = cluster.login(1).await?;
+    let work = cluster.work(&admin, "rotate", 1, 10).await?;
+    let token = &work.tokens[0];
+    let robot_id = cluster
+        .json(1, Method::GET, "/api/v1/robots", &admin, None)
+        .await?
+        .as_array()
+        .and_then(|robots| robots.iter().find(|r| r["name"] == "rotate-0"))
+        .and_then(|r| r["id"].as_i64())
+        .context("robot id")?;
+    let mut request = format!("{}/api/v1/robot/ws", cluster.urls[1].replacen("http", "ws", 1))
+        .into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", token.parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    socket
+        .send(Message::text(json!({ "type": "ready", "ref": "r" }).to_string()))
+        .await?;
+    // The robot works on node 2: it is pushed its items.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline.into(), socket.next())
+            .await
+            .context("no items pushed")?
+            .context("socket ended")??;
+        if frame.to_text().is_ok_and(|t| t.contains("\"items\"")) {
+            break;
+        }
+    }
+    cluster
+        .json(
+            1,
+            Method::POST,
+            &format!("/api/v1/robots/{robot_id}/token"),
+            &admin,
+            None,
+        )
+        .await?;
+    let rotated = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            Err(_) => bail!("node 2 kept the socket open 5 s after the rotation"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    let closed_after = rotated.elapsed();
+    eprintln!("token rotated on node 1: node 2 closed the socket after {closed_after:?}");
+    assert!(
+        closed_after < Duration::from_secs(1),
+        "closed after {closed_after:?}"
+    );
+    // The old token no longer signs in on node 2, and the items went back.
+    let (status, _) = cluster
+        .call(2, Method::POST, "/api/v1/robot/pulse", token, Some(json!({})))
+        .await?;
+    assert_eq!(status, 401);
+    let task = cluster.task(2, &admin, work.task).await?;
+    assert_eq!(count(&task, "pending"), 10, "{task}");
+    Ok(())
+}
