@@ -675,14 +675,19 @@ async fn a_token_rotated_on_one_node_closes_the_robots_socket_on_another() -> Re
         .and_then(|robots| robots.iter().find(|r| r["name"] == "rotate-0"))
         .and_then(|r| r["id"].as_i64())
         .context("robot id")?;
-    let mut request = format!("{}/api/v1/robot/ws", cluster.urls[1].replacen("http", "ws", 1))
-        .into_client_request()?;
+    let mut request = format!(
+        "{}/api/v1/robot/ws",
+        cluster.urls[1].replacen("http", "ws", 1)
+    )
+    .into_client_request()?;
     request
         .headers_mut()
         .insert("authorization", token.parse()?);
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
     socket
-        .send(Message::text(json!({ "type": "ready", "ref": "r" }).to_string()))
+        .send(Message::text(
+            json!({ "type": "ready", "ref": "r" }).to_string(),
+        ))
         .await?;
     // The robot works on node 2: it is pushed its items.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -720,7 +725,13 @@ async fn a_token_rotated_on_one_node_closes_the_robots_socket_on_another() -> Re
     );
     // The old token no longer signs in on node 2, and the items went back.
     let (status, _) = cluster
-        .call(2, Method::POST, "/api/v1/robot/pulse", token, Some(json!({})))
+        .call(
+            2,
+            Method::POST,
+            "/api/v1/robot/pulse",
+            token,
+            Some(json!({})),
+        )
         .await?;
     assert_eq!(status, 401);
     let task = cluster.task(2, &admin, work.task).await?;
