@@ -132,6 +132,12 @@ pub struct MemberState {
     events_from: Millis,
     /// Events handled within the overlap, by id.
     seen: HashMap<String, Millis>,
+    /// The last heartbeat the store took.
+    last_beat: Option<Millis>,
+    /// After this node could not reach the store for longer than the dead-node time, nobody
+    /// else could heartbeat either: no node is declared dead (and no robot counted orphaned)
+    /// until they have had the dead-node time to heartbeat again.
+    grace_until: Millis,
 }
 
 impl MemberState {
@@ -194,7 +200,19 @@ impl MemberState {
             self.args.supervisor.send_message(SupervisorMsg::Fence)?;
             self.join().await?;
         }
+        // The heartbeat waits while a `ws://` store reconnects: read the time again.
+        let now = self.args.clock.now();
         let dead_after = self.dead_after();
+        if self.last_beat.is_some_and(|at| now - at > dead_after) {
+            warn!(
+                out_of_reach_ms = now - self.last_beat.unwrap_or(now),
+                "the store was out of reach for longer than the dead-node time; no node is \
+                 declared dead until the others have had time to heartbeat again"
+            );
+            self.grace_until = now + dead_after;
+        }
+        self.last_beat = Some(now);
+        let in_grace = now < self.grace_until;
         let leads = store
             .hold_singleton(
                 HOUSEKEEPING,
@@ -207,7 +225,7 @@ impl MemberState {
         if leads != view.leads.swap(leads, Ordering::AcqRel) {
             info!(node = view.node_id(), leads, "housekeeping role changed");
         }
-        if leads {
+        if leads && !in_grace {
             for node in store
                 .declare_dead_nodes(view.node_id(), now - dead_after)
                 .await?
@@ -223,7 +241,7 @@ impl MemberState {
             .nodes()
             .await?
             .into_iter()
-            .filter(|n| !n.dead && n.heartbeat_at >= now - dead_after)
+            .filter(|n| !n.dead && (in_grace || n.heartbeat_at >= now - dead_after))
             .map(|n| n.id)
             .collect();
         view.set_alive(alive);
@@ -303,6 +321,8 @@ impl Actor for Member {
             leased: VecDeque::new(),
             events_from,
             seen: HashMap::new(),
+            last_beat: None,
+            grace_until: 0,
         };
         if state.args.view.incarnation() == 0 {
             state.join().await?;

@@ -562,10 +562,16 @@ async fn drive(
         if let Some((admin, _)) = owner.as_ref().filter(|_| !task_ids.is_empty()) {
             let mut done = true;
             for task in &task_ids {
-                let body = node
+                // A node may answer 503 for a while (its store restarting): ask again later.
+                match node
                     .json(Method::GET, &format!("/api/v1/tasks/{task}"), admin, None)
-                    .await?;
-                done &= body["status"] == "COMPLETED" || body["status"] == "CANCELLED";
+                    .await
+                {
+                    Ok(body) => {
+                        done &= body["status"] == "COMPLETED" || body["status"] == "CANCELLED";
+                    }
+                    Err(_) => done = false,
+                }
             }
             if done {
                 break;
@@ -751,9 +757,10 @@ async fn ws_robot(
                 }
             }
         });
-        out.send(Message::text(
+        // A send fails only once the connection is gone; the read side then ends as well.
+        let _ = out.send(Message::text(
             json!({ "type": "ready", "ref": "ready" }).to_string(),
-        ))?;
+        ));
         let mut freed: VecDeque<Instant> = VecDeque::new();
         let mut pulse = tokio::time::interval(args.pulse_every);
         pulse.tick().await;
@@ -761,7 +768,7 @@ async fn ws_robot(
             let message = tokio::select! {
                 message = stream.next() => message,
                 _ = pulse.tick() => {
-                    out.send(Message::text(json!({ "type": "pulse" }).to_string()))?;
+                    let _ = out.send(Message::text(json!({ "type": "pulse" }).to_string()));
                     continue;
                 }
             };
@@ -822,6 +829,7 @@ async fn ws_robot(
                         ));
                     }
                     let mut crash = false;
+                    let mut cut_off = false;
                     for item in items {
                         let id = item["id"].as_i64().unwrap_or_default();
                         let lease = item["lease_id"].clone();
@@ -832,19 +840,22 @@ async fn ws_robot(
                             frame["lease_id"] = lease.clone();
                             out.send(Message::text(frame.to_string()))
                         };
-                        if item["status"] != "STARTED" {
-                            send("started", json!({ "ref": format!("s{id}") }))?;
+                        if item["status"] != "STARTED"
+                            && send("started", json!({ "ref": format!("s{id}") })).is_err()
+                        {
+                            cut_off = true;
+                            break;
                         }
                         if !args.work_time.is_zero() {
                             tokio::time::sleep(args.work_time).await;
                         }
                         fleet.pace(args.rate).await;
-                        match outcome(args) {
+                        let sent = match outcome(args) {
                             Outcome::Complete => send(
                                 "completed",
                                 json!({ "ref": format!("c{id}"), "observation": "done",
                                         "output": { "robot": robot.id } }),
-                            )?,
+                            ),
                             Outcome::Business => {
                                 fleet.failures.fetch_add(1, Ordering::Relaxed);
                                 fleet.dropped(index, id);
@@ -852,7 +863,7 @@ async fn ws_robot(
                                     "failed",
                                     json!({ "ref": format!("f{id}"), "kind": "business",
                                                       "message": "simulated business error" }),
-                                )?
+                                )
                             }
                             Outcome::Application => {
                                 fleet.failures.fetch_add(1, Ordering::Relaxed);
@@ -861,8 +872,14 @@ async fn ws_robot(
                                     "failed",
                                     json!({ "ref": format!("f{id}"), "kind": "application",
                                                       "message": "simulated application error" }),
-                                )?
+                                )
                             }
+                        };
+                        if sent.is_err() {
+                            // The connection went away: the item stays held, and the node the
+                            // robot moves to pushes it again.
+                            cut_off = true;
+                            break;
                         }
                         held.remove(&id);
                         freed.push_back(Instant::now());
@@ -870,6 +887,9 @@ async fn ws_robot(
                             crash = true;
                             break;
                         }
+                    }
+                    if cut_off {
+                        break Ended::Lost("the connection closed while sending".into());
                     }
                     if crash {
                         break Ended::Crashed;

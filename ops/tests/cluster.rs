@@ -66,7 +66,8 @@ impl Drop for Proc {
 struct Cluster {
     dir: tempfile::TempDir,
     db: String,
-    _surreal: Proc,
+    surreal_port: u16,
+    surreal: Option<Proc>,
     nodes: Vec<Option<Proc>>,
     urls: Vec<String>,
     http: Client,
@@ -77,36 +78,17 @@ impl Cluster {
     async fn start(count: usize) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let surreal = Proc {
-            child: Command::new(env!("CARGO_BIN_EXE_surreal"))
-                .args(["start", "--user", "root", "--pass", "root", "--log", "warn"])
-                .args(["--bind", &format!("127.0.0.1:{port}")])
-                .arg(format!("surrealkv://{}", dir.path().join("db").display()))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("surreal.log"))?)
-                .spawn()
-                .context("start surreal")?,
-            name: "surreal".into(),
-        };
         let http = Client::builder().timeout(Duration::from_secs(30)).build()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http
-            .get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-            .map_or(true, |r| !r.status().is_success())
-        {
-            ensure!(Instant::now() < deadline, "surreal did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         let mut cluster = Cluster {
             dir,
             db: format!("ws://127.0.0.1:{port}"),
-            _surreal: surreal,
+            surreal_port: port,
+            surreal: None,
             nodes: Vec::new(),
             urls: Vec::new(),
             http,
         };
+        cluster.start_surreal().await?;
         for n in 1..=count {
             let port = free_port()?;
             cluster.urls.push(format!("http://127.0.0.1:{port}"));
@@ -117,6 +99,41 @@ impl Cluster {
             cluster.wait_healthy(n).await?;
         }
         Ok(cluster)
+    }
+
+    /// Starts the SurrealDB server on its port and data folder (again, after a stop).
+    async fn start_surreal(&mut self) -> Result<()> {
+        let port = self.surreal_port;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("surreal.log"))?;
+        self.surreal = Some(Proc {
+            child: Command::new(env!("CARGO_BIN_EXE_surreal"))
+                .args(["start", "--user", "root", "--pass", "root", "--log", "warn"])
+                .args(["--bind", &format!("127.0.0.1:{port}")])
+                .arg(format!(
+                    "surrealkv://{}",
+                    self.dir.path().join("db").display()
+                ))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("start surreal")?,
+            name: "surreal".into(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self
+            .http
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .map_or(true, |r| !r.status().is_success())
+        {
+            ensure!(Instant::now() < deadline, "surreal did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     fn spawn_node(&self, n: usize) -> Result<Proc> {
@@ -131,7 +148,7 @@ impl Cluster {
             .args(["--pulse-timeout", &humantime(PULSE_TIMEOUT)])
             .args(["--sweep-period", &humantime(SWEEP)])
             .args(["--dead-after", &humantime(DEAD_AFTER)])
-            .args(["--lease-ttl", "60s"])
+            .args(["--lease-ttl", "10s"])
             .env("ORCH_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("ORCH_JWT_SECRET", JWT_SECRET)
             .env("ORCH_LOG", "info")
@@ -736,5 +753,181 @@ async fn a_token_rotated_on_one_node_closes_the_robots_socket_on_another() -> Re
     assert_eq!(status, 401);
     let task = cluster.task(2, &admin, work.task).await?;
     assert_eq!(count(&task, "pending"), 10, "{task}");
+    Ok(())
+}
+
+/// Runs `robot-sim` over every node in the background; the report comes from the handle.
+fn fleet(
+    cluster: &Cluster,
+    api: &str,
+    robots: usize,
+    items: usize,
+) -> tokio::task::JoinHandle<Result<Value>> {
+    let bases = cluster.urls.join(",");
+    let (api, robots, items) = (api.to_string(), robots.to_string(), items.to_string());
+    tokio::spawn(async move {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_robot-sim"))
+            .args(["--base-url", &bases, "--admin-password", ADMIN_PASSWORD])
+            .args(["--api", &api, "--robots", &robots, "--capacity", "3"])
+            .args([
+                "--items",
+                &items,
+                "--duration",
+                "150s",
+                "--pulse-every",
+                "500ms",
+            ])
+            .output()
+            .await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.success(),
+            "robot-sim failed: {stdout} {stderr}"
+        );
+        eprint!("{stderr}");
+        Ok(serde_json::from_str(
+            stdout.lines().last().unwrap_or_default(),
+        )?)
+    })
+}
+
+/// Waits until the cluster's items completed reach `at_least` (stats through node `n`).
+async fn wait_completed(cluster: &Cluster, n: usize, admin: &str, at_least: i64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let stats = cluster
+            .json(n, Method::GET, "/api/v1/stats", admin, None)
+            .await?;
+        if stats["items"]["completed"].as_i64().unwrap_or(0) >= at_least {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the fleet did not get going: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_server_restarting_under_load_loses_nothing() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let mut cluster = Cluster::start(3).await?;
+    let admin = cluster.login(1).await?;
+    let ws = fleet(&cluster, "ws", 6, 2_000);
+    wait_completed(&cluster, 1, &admin, 500).await?;
+    // A clean stop of the server, two seconds away, and the same server back on its data.
+    cluster
+        .surreal
+        .as_ref()
+        .context("surreal")?
+        .signal("TERM")?;
+    let stopped = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = cluster.call(2, Method::GET, "/healthz", "", None).await?;
+    assert_eq!(status, 503, "healthz while the store is away: {body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    if let Some(mut old) = cluster.surreal.take() {
+        let _ = old.child.wait();
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.start_surreal().await?;
+    for n in 1..=3 {
+        cluster.wait_healthy(n).await?;
+    }
+    eprintln!(
+        "store away and back: every node healthy {:?} after the stop",
+        stopped.elapsed()
+    );
+    let report = ws.await??;
+    eprintln!("fleet: {report}");
+    assert_all_completed_once(&cluster, &admin, 2_000, &report).await?;
+    // No node was declared dead for the outage they all shared.
+    let view = cluster.cluster_view(1, &admin).await?;
+    for node in view["nodes"].as_array().into_iter().flatten() {
+        assert_eq!(node["incarnation"], 1, "{view}");
+        assert_eq!(node["alive"], true, "{view}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_under_load_loses_nothing() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let mut cluster = Cluster::start(3).await?;
+    let admin = cluster.login(1).await?;
+    let ws = fleet(&cluster, "ws", 6, 6_000);
+    wait_completed(&cluster, 1, &admin, 300).await?;
+    let mut longest_pause = Duration::ZERO;
+    for n in 1..=3 {
+        // A clean stop (SIGTERM: WebSocket robots are told to reconnect), then the same node id.
+        let before = completed_now(&cluster, n % 3 + 1, &admin).await?;
+        let stopping = Instant::now();
+        cluster.node(n)?.signal("TERM")?;
+        if let Some(mut old) = cluster.nodes[n - 1].take() {
+            let _ = old.child.wait();
+        }
+        cluster.nodes[n - 1] = Some(cluster.spawn_node(n)?);
+        cluster.wait_healthy(n).await?;
+        // The fleet keeps finishing items: measure how long until it moved again.
+        let other = n % 3 + 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while completed_now(&cluster, other, &admin).await? <= before {
+            ensure!(
+                Instant::now() < deadline,
+                "the fleet stopped after n{n} restarted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        longest_pause = longest_pause.max(stopping.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let report = ws.await??;
+    eprintln!(
+        "rolling restart: longest stop to next completion {longest_pause:?}; fleet: {report}"
+    );
+    assert_all_completed_once(&cluster, &admin, 6_000, &report).await?;
+    assert!(report["node_moves"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(longest_pause < Duration::from_secs(10), "{longest_pause:?}");
+    let view = cluster.cluster_view(1, &admin).await?;
+    for node in view["nodes"].as_array().into_iter().flatten() {
+        assert_eq!(node["incarnation"], 2, "each node restarted once: {view}");
+    }
+    Ok(())
+}
+
+async fn completed_now(cluster: &Cluster, n: usize, admin: &str) -> Result<i64> {
+    Ok(cluster
+        .json(n, Method::GET, "/api/v1/stats", admin, None)
+        .await?["items"]["completed"]
+        .as_i64()
+        .unwrap_or(0))
+}
+
+/// Every item of the fleet's task is COMPLETED in the store and no robot was handed an item
+/// another held or had finished. A robot may miss the answer to a completion: the node wrote it
+/// as it stopped, or the write failed while the store was away (the robot is told with an
+/// `error` frame, and `robot-sim` does not send it again; the item comes back when its lease
+/// expires). The store, not the robot's count, says what was done.
+async fn assert_all_completed_once(
+    cluster: &Cluster,
+    admin: &str,
+    items: i64,
+    report: &Value,
+) -> Result<()> {
+    let stats = cluster
+        .json(1, Method::GET, "/api/v1/stats", admin, None)
+        .await?;
+    assert_eq!(stats["items"]["completed"], items, "{stats}");
+    for status in ["pending", "assigned", "started", "failed", "abandoned"] {
+        assert_eq!(stats["items"][status], 0, "{status}: {stats}");
+    }
+    assert_eq!(report["duplicates"], 0, "{report}");
+    let acknowledged = report["items_completed"].as_i64().unwrap_or(0);
+    assert!(
+        acknowledged > items - 20 && acknowledged <= items,
+        "{report}"
+    );
     Ok(())
 }

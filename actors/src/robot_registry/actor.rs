@@ -625,17 +625,12 @@ async fn handle_message(
                 .filter(|(_, s)| now - s.last_pulse > timeout)
                 .map(|(id, _)| *id)
                 .collect();
+            let me = state.args.node_id.clone();
             for robot_id in silent {
                 state.end_session(robot_id);
                 // Released only if this node still holds the robot in the store: a robot that
                 // moved to another node is served there.
-                let cutoff = now - timeout;
-                if !state
-                    .args
-                    .store
-                    .mark_robot_lost(robot_id, &state.args.node_id, cutoff)
-                    .await?
-                {
+                if !release_lost(state, robot_id, &me, now - timeout, now).await? {
                     info!(
                         robot_id,
                         "robot went silent here but is served by another node"
@@ -643,15 +638,25 @@ async fn handle_message(
                     continue;
                 }
                 warn!(robot_id, "robot went silent; releasing its items");
-                let released = recovery::release_robot(
-                    &state.args.store,
-                    robot_id,
-                    false,
-                    state.args.defaults,
-                    now,
-                )
-                .await?;
-                state.absorb(released);
+            }
+            // Robots this node id holds in the store with no session here (the node restarted
+            // under the same id, or their session ended without a release): lost once silent
+            // past the timeout and a sweep, as a dead node's robots are.
+            let sweep = state.args.sweep_period.as_millis() as Millis;
+            for robot_id in state
+                .args
+                .store
+                .silent_robots_of(&me, now - timeout - sweep)
+                .await?
+            {
+                if !state.sessions.contains_key(&robot_id)
+                    && release_lost(state, robot_id, &me, now - timeout - sweep, now).await?
+                {
+                    warn!(
+                        robot_id,
+                        "robot of this node without a session went silent; released its items"
+                    );
+                }
             }
             for session in state.sessions.values().filter(|s| s.streaming) {
                 let _ = session
@@ -728,19 +733,9 @@ async fn housekeeping(
     let cutoff = now - timeout - sweep;
     let alive = state.args.view.alive();
     for (robot_id, node) in state.args.store.orphaned_robots(&alive, cutoff).await? {
-        if !state
-            .args
-            .store
-            .mark_robot_lost(robot_id, &node, cutoff)
-            .await?
-        {
-            continue;
+        if release_lost(state, robot_id, &node, cutoff, now).await? {
+            warn!(robot_id, node, "robot of a dead node; released its items");
         }
-        warn!(robot_id, node, "robot of a dead node; releasing its items");
-        let released =
-            recovery::release_robot(&state.args.store, robot_id, false, state.args.defaults, now)
-                .await?;
-        state.absorb(released);
     }
     let expired = recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;
     if !expired.left_flight.is_empty() {
@@ -751,4 +746,29 @@ async fn housekeeping(
     }
     state.absorb(expired);
     Ok(())
+}
+
+/// Marks `robot_id` lost if node `node` still holds it and it has been silent since `cutoff`,
+/// then releases its items; `false` if it was not lost (it pulsed since, or another node holds
+/// it now).
+async fn release_lost(
+    state: &mut RegistryState,
+    robot_id: i64,
+    node: &str,
+    cutoff: Millis,
+    now: Millis,
+) -> Result<bool, ActorProcessingErr> {
+    if !state
+        .args
+        .store
+        .mark_robot_lost(robot_id, node, cutoff)
+        .await?
+    {
+        return Ok(false);
+    }
+    let released =
+        recovery::release_robot(&state.args.store, robot_id, false, state.args.defaults, now)
+            .await?;
+    state.absorb(released);
+    Ok(true)
 }

@@ -207,6 +207,8 @@ impl Db {
 }
 
 const CONFLICT_RETRIES: usize = 20;
+/// How long `/healthz` waits for the store.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Store {
     /// Opens (creating when absent) the store at `config.url` and applies the schema.
@@ -439,9 +441,13 @@ impl Store {
         self.leased.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether the store answers a trivial query.
+    /// Whether the store answers a trivial query within two seconds (a `ws://` client waits
+    /// for its server to come back rather than failing at once).
     pub async fn ping(&self) -> bool {
-        self.db.run("RETURN 1;", Value::Null).await.is_ok()
+        matches!(
+            tokio::time::timeout(PING_TIMEOUT, self.db.run("RETURN 1;", Value::Null)).await,
+            Ok(Ok(_))
+        )
     }
 }
 

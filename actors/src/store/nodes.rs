@@ -248,6 +248,23 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.id, r.node)).collect())
     }
 
+    /// Robots node `node` holds in the store that have been silent since `cutoff`: with no
+    /// session on that node (it restarted under the same id, or the session ended without a
+    /// release), nobody else would mark them lost.
+    pub async fn silent_robots_of(
+        &self,
+        node: &str,
+        cutoff: Millis,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.rows(
+            "SELECT VALUE record::id(id) FROM robot WHERE node = $node \
+             AND (last_pulse_at ?? 0) < $cutoff;",
+            json!({ "node": node, "cutoff": cutoff }),
+            0,
+        )
+        .await
+    }
+
     /// Marks robot `id` lost (INACTIVE, held by no node) if node `node` still holds it and it
     /// has been silent since `cutoff`; `false` if it pulsed since or another node holds it
     /// now (then its items are not to be released).

@@ -129,6 +129,8 @@ DEFINE FIELD IF NOT EXISTS dead ON node TYPE bool;
 DEFINE FIELD IF NOT EXISTS robots ON node TYPE int;
 DEFINE FIELD IF NOT EXISTS leased_per_minute ON node TYPE int;
 
+DEFINE INDEX IF NOT EXISTS robot_node ON robot FIELDS node;
+
 DEFINE TABLE IF NOT EXISTS singleton SCHEMAFULL;
 DEFINE FIELD IF NOT EXISTS holder ON singleton TYPE string;
 DEFINE FIELD IF NOT EXISTS incarnation ON singleton TYPE int;
