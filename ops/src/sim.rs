@@ -762,6 +762,9 @@ async fn ws_robot(
             json!({ "type": "ready", "ref": "ready" }).to_string(),
         ));
         let mut freed: VecDeque<Instant> = VecDeque::new();
+        // Reports (completed, failed) sent and not acknowledged yet, by ref: the frame and how
+        // often it was sent again.
+        let mut reports: HashMap<String, (String, u32)> = HashMap::new();
         let mut pulse = tokio::time::interval(args.pulse_every);
         pulse.tick().await;
         let ended = loop {
@@ -793,11 +796,34 @@ async fn ws_robot(
                 }
                 Some("ack") => {
                     let reference = frame["ref"].as_str().unwrap_or_default();
+                    reports.remove(reference);
                     if let Some(id) = reference.strip_prefix('c').and_then(|r| r.parse().ok()) {
                         fleet.completed(index, id);
                     }
                 }
-                Some("error") => fleet.error(format!("robot {}: {frame}", robot.id)),
+                // The node could not write a report (its store was away for a moment): send it
+                // again, as a production robot does.
+                Some("error")
+                    if ["store_unavailable", "unavailable"]
+                        .contains(&frame["code"].as_str().unwrap_or_default())
+                        && frame["ref"]
+                            .as_str()
+                            .and_then(|r| reports.get(r))
+                            .is_some_and(|(_, tries)| *tries < REPORT_TRIES) =>
+                {
+                    let reference = frame["ref"].as_str().unwrap_or_default().to_string();
+                    if let Some((text, tries)) = reports.get_mut(&reference) {
+                        *tries += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = out.send(Message::text(text.clone()));
+                    }
+                }
+                Some("error") => {
+                    if let Some(reference) = frame["ref"].as_str() {
+                        reports.remove(reference);
+                    }
+                    fleet.error(format!("robot {}: {frame}", robot.id));
+                }
                 Some("revoke") => {
                     for id in frame["item_ids"].as_array().into_iter().flatten() {
                         let id = id.as_i64().unwrap_or_default();
@@ -833,12 +859,17 @@ async fn ws_robot(
                     for item in items {
                         let id = item["id"].as_i64().unwrap_or_default();
                         let lease = item["lease_id"].clone();
-                        let send = |kind: &str, extra: Value| {
+                        let mut send = |kind: &str, extra: Value| {
                             let mut frame = extra;
                             frame["type"] = json!(kind);
                             frame["item_id"] = json!(id);
                             frame["lease_id"] = lease.clone();
-                            out.send(Message::text(frame.to_string()))
+                            let text = frame.to_string();
+                            if kind != "started" {
+                                let reference = frame["ref"].as_str().unwrap_or_default();
+                                reports.insert(reference.to_string(), (text.clone(), 0));
+                            }
+                            out.send(Message::text(text))
                         };
                         if item["status"] != "STARTED"
                             && send("started", json!({ "ref": format!("s{id}") })).is_err()
@@ -918,6 +949,9 @@ async fn ws_robot(
         }
     }
 }
+
+/// How often a robot sends a report again that the node could not write.
+const REPORT_TRIES: u32 = 20;
 
 /// Why a WebSocket robot's connection ended.
 enum Ended {

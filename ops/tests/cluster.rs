@@ -260,6 +260,7 @@ impl Cluster {
             .as_i64()
             .context("process id")?;
         let mut tokens = Vec::new();
+        let mut ids = Vec::new();
         for r in 0..robots {
             let robot = self
                 .json(
@@ -277,6 +278,7 @@ impl Cluster {
                 "Token {}",
                 robot["token"].as_str().context("token")?
             ));
+            ids.push(robot["id"].as_i64().context("robot id")?);
         }
         let csv: String = std::iter::once("n\n".to_string())
             .chain((0..items).map(|i| format!("{i}\n")))
@@ -297,6 +299,7 @@ impl Cluster {
         ensure!(status.is_success(), "upload: {status} {task}");
         Ok(Work {
             tokens,
+            ids,
             task: task["id"].as_i64().context("task id")?,
         })
     }
@@ -346,7 +349,9 @@ impl Cluster {
 }
 
 struct Work {
+    /// `Token <token>` per robot.
     tokens: Vec<String>,
+    ids: Vec<i64>,
     task: i64,
 }
 
@@ -929,5 +934,111 @@ async fn assert_all_completed_once(
         acknowledged > items - 20 && acknowledged <= items,
         "{report}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_fleet_spread_over_three_nodes_finishes_one_task_in_shares() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start(3).await?;
+    let admin = cluster.login(1).await?;
+    const ITEMS: i64 = 1_500;
+    let work = cluster.work(&admin, "mixed", 9, ITEMS as usize).await?;
+    // Three robots per API (capacity 5, as created); robot-sim spreads each trio over the
+    // three nodes.
+    let mut fleets = Vec::new();
+    for (k, api) in ["ws", "rest", "seed"].into_iter().enumerate() {
+        let tokens: String = (3 * k..3 * k + 3)
+            .map(|r| {
+                format!(
+                    "{} {}\n",
+                    work.ids[r],
+                    work.tokens[r].trim_start_matches("Token ")
+                )
+            })
+            .collect();
+        let path = cluster.dir.path().join(format!("{api}.tokens"));
+        std::fs::write(&path, tokens)?;
+        let bases = cluster.urls.join(",");
+        fleets.push(tokio::spawn(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_robot-sim"))
+                .args(["--base-url", &bases, "--api", api, "--robots", "3"])
+                .args([
+                    "--capacity",
+                    "5",
+                    "--duration",
+                    "30s",
+                    "--pulse-every",
+                    "500ms",
+                ])
+                .arg("--tokens-file")
+                .arg(&path)
+                .output(),
+        ));
+    }
+    let started = Instant::now();
+    loop {
+        let task = cluster.task(1, &admin, work.task).await?;
+        if task["status"] == "COMPLETED" {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the task did not finish: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("mixed fleet: {ITEMS} items in {:?}", started.elapsed());
+    for fleet in fleets {
+        let output = fleet.await??;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            output.status.success(),
+            "robot-sim failed: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+        eprintln!("{report} {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(report["duplicates"], 0, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+    }
+    // Every item completed once, and by whom: every robot, on every node, had its share.
+    let mut by_robot: std::collections::BTreeMap<i64, i64> = Default::default();
+    let mut offset = 0;
+    loop {
+        let page = cluster
+            .json(
+                2,
+                Method::GET,
+                &format!(
+                    "/api/v1/tasks/{}/items?offset={offset}&limit=1000",
+                    work.task
+                ),
+                &admin,
+                None,
+            )
+            .await?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            break;
+        }
+        for item in &items {
+            assert_eq!(item["status"], "COMPLETED", "{item}");
+            *by_robot
+                .entry(item["robot_id"].as_i64().unwrap_or(-1))
+                .or_default() += 1;
+        }
+        offset += items.len();
+    }
+    assert_eq!(by_robot.values().sum::<i64>(), ITEMS);
+    eprintln!("items per robot: {by_robot:?}");
+    for id in &work.ids {
+        let share = by_robot.get(id).copied().unwrap_or(0);
+        // At least a third of an even share, whichever API and node the robot is on.
+        assert!(
+            share >= ITEMS / 9 / 3,
+            "robot {id} got {share}: {by_robot:?}"
+        );
+    }
     Ok(())
 }
