@@ -814,7 +814,7 @@ async fn ws_robot(
                     let reference = frame["ref"].as_str().unwrap_or_default().to_string();
                     if let Some((text, tries)) = reports.get_mut(&reference) {
                         *tries += 1;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         let _ = out.send(Message::text(text.clone()));
                     }
                 }
@@ -950,8 +950,9 @@ async fn ws_robot(
     }
 }
 
-/// How often a robot sends a report again that the node could not write.
-const REPORT_TRIES: u32 = 20;
+/// How often a robot sends a report again that the node could not write, half a second apart
+/// (half a minute in all: longer than a SurrealDB server takes to restart).
+const REPORT_TRIES: u32 = 60;
 
 /// Why a WebSocket robot's connection ended.
 enum Ended {

@@ -235,14 +235,30 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.into()));
         };
-        db.use_ns_db(&config.namespace, &config.database).await?;
+        // On a shared server, the first use defines the namespace and database: nodes starting
+        // together on an empty server race there.
+        let mut attempt = 0;
+        loop {
+            match db.use_ns_db(&config.namespace, &config.database).await {
+                Ok(()) => break,
+                Err(err) => {
+                    let err = StoreError::from(err);
+                    if !err.is_retryable() || attempt >= CONFLICT_RETRIES {
+                        return Err(err);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
+                }
+            }
+        }
         let store = Store {
             db: Arc::new(db),
             chunks: Arc::default(),
             tokens: Arc::default(),
             leased: Arc::default(),
         };
-        store.apply_schema().await?;
+        // Idempotent, and run by every node of a cluster at start: a lost race is run again.
+        store.retry_conflicts(|| store.apply_schema()).await?;
         Ok(store)
     }
 

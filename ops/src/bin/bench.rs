@@ -40,7 +40,17 @@ struct Scenario {
     title: &'static str,
     target: &'static str,
     floor: &'static str,
+    on: Setup,
     kind: Kind,
+}
+
+/// Where the scenario's nodes keep their data.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// One node on its embedded `surrealkv://` store.
+    Embedded,
+    /// `nodes` nodes on one `surreal` server (`ws://`), robots spread over them.
+    Server { nodes: usize },
 }
 
 enum Kind {
@@ -73,6 +83,7 @@ fn scenarios(scale: f64) -> Vec<Scenario> {
             title: "WebSocket, 100 robots, capacity 10, instant work, 200,000 items",
             target: "20,000 items/s",
             floor: "10,000 items/s",
+            on: Setup::Embedded,
             kind: Kind::Sim {
                 flags: with(
                     flags(&["--api", "ws", "--robots", "100", "--capacity", "10"]),
@@ -86,6 +97,7 @@ fn scenarios(scale: f64) -> Vec<Scenario> {
             title: "REST v1 claim/complete, 100 robots (capacity 10), 50,000 items",
             target: "10,000 items/s",
             floor: "5,000 items/s",
+            on: Setup::Embedded,
             kind: Kind::Sim {
                 flags: with(
                     flags(&["--api", "rest", "--robots", "100", "--capacity", "10"]),
@@ -99,6 +111,7 @@ fn scenarios(scale: f64) -> Vec<Scenario> {
             title: "seed-compatible REST, 20 robots (capacity 10), 20,000 items",
             target: "5,000 items/s",
             floor: "2,000 items/s",
+            on: Setup::Embedded,
             kind: Kind::Sim {
                 flags: with(
                     flags(&["--api", "seed", "--robots", "20", "--capacity", "10"]),
@@ -112,6 +125,7 @@ fn scenarios(scale: f64) -> Vec<Scenario> {
             title: "upload of a 1,000,000-row seed-format CSV",
             target: "10 s, peak RSS 200 MB",
             floor: "20 s, 400 MB",
+            on: Setup::Embedded,
             kind: Kind::Upload {
                 rows: (1_000_000.0 * scale).round() as usize,
             },
@@ -121,6 +135,7 @@ fn scenarios(scale: f64) -> Vec<Scenario> {
             title: "10,000 WebSocket robots connected, pulse every 10 s (60 s)",
             target: "node RSS 250 MB",
             floor: "500 MB",
+            on: Setup::Embedded,
             kind: Kind::Sim {
                 flags: flags(&[
                     "--api",
@@ -144,6 +159,7 @@ fn scenarios(scale: f64) -> Vec<Scenario> {
             title: "upload → first item at an idle WebSocket robot (200 one-row uploads)",
             target: "p99 20 ms",
             floor: "p99 50 ms",
+            on: Setup::Embedded,
             kind: Kind::Sim {
                 flags: flags(&[
                     "--api",
@@ -165,6 +181,7 @@ fn scenarios(scale: f64) -> Vec<Scenario> {
             title: "completion → next item, WebSocket, at 1,000 items/s (100 robots, capacity 1)",
             target: "p99 2 ms",
             floor: "p99 5 ms",
+            on: Setup::Embedded,
             kind: Kind::Sim {
                 flags: with(
                     flags(&[
@@ -180,6 +197,60 @@ fn scenarios(scale: f64) -> Vec<Scenario> {
                     n(30_000),
                 ),
                 metric: Metric::P99("next_item_p99_ms", 2.0, 5.0),
+            },
+        },
+        Scenario {
+            key: "ws_server",
+            title: "as `ws`, one node on a `ws://` SurrealDB server instead of its embedded store",
+            target: "20,000 items/s",
+            floor: "10,000 items/s",
+            on: Setup::Server { nodes: 1 },
+            kind: Kind::Sim {
+                flags: with(
+                    flags(&["--api", "ws", "--robots", "100", "--capacity", "10"]),
+                    n(200_000),
+                ),
+                metric: Metric::Throughput(20_000.0, 10_000.0),
+            },
+        },
+        Scenario {
+            key: "cluster",
+            title: "three nodes on one SurrealDB server, 100 WebSocket robots spread over them \
+                    (capacity 10), 200,000 items",
+            target: "10,000 items/s",
+            floor: "5,000 items/s",
+            on: Setup::Server { nodes: 3 },
+            kind: Kind::Sim {
+                flags: with(
+                    flags(&["--api", "ws", "--robots", "100", "--capacity", "10"]),
+                    n(200_000),
+                ),
+                metric: Metric::Throughput(10_000.0, 5_000.0),
+            },
+        },
+        Scenario {
+            key: "cluster_idle",
+            title: "30,000 WebSocket robots connected, spread over three nodes on one SurrealDB \
+                    server, pulse every 10 s (60 s); RSS of the largest node",
+            target: "node RSS 250 MB",
+            floor: "500 MB",
+            on: Setup::Server { nodes: 3 },
+            kind: Kind::Sim {
+                flags: flags(&[
+                    "--api",
+                    "ws",
+                    "--robots",
+                    &n(30_000),
+                    "--capacity",
+                    "1",
+                    "--items",
+                    "0",
+                    "--pulse-every",
+                    "10s",
+                    "--duration",
+                    "60s",
+                ]),
+                metric: Metric::Rss(250.0, 500.0),
             },
         },
     ]
@@ -200,15 +271,91 @@ impl Drop for TempDir {
     }
 }
 
+/// The nodes of a scenario, and the SurrealDB server they share if any.
+struct Nodes {
+    nodes: Vec<NodeProc>,
+    server: Option<(Child, TempDir)>,
+}
+
+impl Nodes {
+    fn start(on: Setup, node_bin: &Path, surreal_bin: &Path) -> Result<Nodes> {
+        let Setup::Server { nodes } = on else {
+            return Ok(Nodes {
+                nodes: vec![NodeProc::start(node_bin, None, 1)?],
+                server: None,
+            });
+        };
+        ensure!(
+            surreal_bin.exists(),
+            "{} is missing: run `cargo build --release -p orchestrator-node -p orchestrator-ops` first",
+            surreal_bin.display()
+        );
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("orch-bench-db-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let child = Command::new(surreal_bin)
+            .args(["start", "--user", "root", "--pass", "root", "--log", "warn"])
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .arg(format!("surrealkv://{}", dir.join("db").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting surreal")?;
+        let server = Some((child, TempDir(dir)));
+        let until = Instant::now() + Duration::from_secs(60);
+        while !matches!(
+            http::get_ok(&format!("http://127.0.0.1:{port}/health")),
+            Ok(true)
+        ) {
+            ensure!(Instant::now() < until, "surreal did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let db = format!("ws://127.0.0.1:{port}");
+        let mut started = Nodes {
+            nodes: Vec::new(),
+            server,
+        };
+        for k in 1..=nodes {
+            started.nodes.push(NodeProc::start(node_bin, Some(&db), k)?);
+        }
+        Ok(started)
+    }
+
+    /// Every node's address, comma separated (robot-sim spreads its robots over them).
+    fn bases(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.base.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn stop(self) {
+        for node in self.nodes {
+            node.stop();
+        }
+        if let Some((mut child, _dir)) = self.server {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl NodeProc {
-    fn start(bin: &Path) -> Result<NodeProc> {
+    /// A node on a fresh embedded store, or on `db` (a `ws://` server) as node `n{k}`.
+    fn start(bin: &Path, db: Option<&str>, k: usize) -> Result<NodeProc> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("orch-bench-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let db = db.map_or_else(
+            || format!("surrealkv://{}", dir.join("db").display()),
+            str::to_string,
+        );
         let child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(format!("surrealkv://{}", dir.join("db").display()))
+            .args(["--db", &db, "--node-id", &format!("n{k}")])
             .args(["--admin-password", ADMIN_PASSWORD, "--log", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -407,9 +554,14 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
-fn run_sim(node: &NodeProc, sim: &Path, flags: &[String]) -> Result<Value> {
+fn run_sim(nodes: &Nodes, sim: &Path, flags: &[String]) -> Result<Value> {
     let output = Command::new(sim)
-        .args(["--base-url", &node.base, "--admin-password", ADMIN_PASSWORD])
+        .args([
+            "--base-url",
+            &nodes.bases(),
+            "--admin-password",
+            ADMIN_PASSWORD,
+        ])
         .args(flags)
         .stderr(Stdio::inherit())
         .output()
@@ -418,9 +570,19 @@ fn run_sim(node: &NodeProc, sim: &Path, flags: &[String]) -> Result<Value> {
     let line = stdout.lines().last().context("robot-sim printed nothing")?;
     let mut report: Value =
         serde_json::from_str(line).with_context(|| format!("robot-sim said: {line}"))?;
-    let (rss, peak) = node.rss_mb()?;
+    // With several nodes: the largest node's figures, each node's and the sum.
+    let mut each = Vec::new();
+    for node in &nodes.nodes {
+        each.push(node.rss_mb()?);
+    }
+    let rss = each.iter().map(|r| r.0).fold(0.0, f64::max);
+    let peak = each.iter().map(|r| r.1).fold(0.0, f64::max);
     report["node_rss_mb"] = json!(round(rss, 1));
     report["node_peak_rss_mb"] = json!(round(peak, 1));
+    if each.len() > 1 {
+        report["nodes_rss_mb"] = json!(each.iter().map(|r| round(r.0, 1)).collect::<Vec<_>>());
+        report["total_rss_mb"] = json!(round(each.iter().map(|r| r.0).sum(), 1));
+    }
     report["exit"] = json!(output.status.code());
     Ok(report)
 }
@@ -499,6 +661,7 @@ fn main() -> Result<()> {
     let dir = here.parent().context("binary directory")?;
     let node_bin = dir.join("orchestrator");
     let sim_bin = dir.join("robot-sim");
+    let surreal_bin = dir.join("surreal");
     for bin in [&node_bin, &sim_bin] {
         ensure!(
             bin.exists(),
@@ -519,12 +682,12 @@ fn main() -> Result<()> {
             continue;
         }
         eprintln!("bench: {} ...", scenario.title);
-        let node = NodeProc::start(&node_bin)?;
+        let nodes = Nodes::start(scenario.on, &node_bin, &surreal_bin)?;
         let report = match &scenario.kind {
-            Kind::Upload { rows } => run_upload(&node, *rows),
-            Kind::Sim { flags, .. } => run_sim(&node, &sim_bin, flags),
+            Kind::Upload { rows } => run_upload(&nodes.nodes[0], *rows),
+            Kind::Sim { flags, .. } => run_sim(&nodes, &sim_bin, flags),
         };
-        node.stop();
+        nodes.stop();
         let mut report = report.with_context(|| scenario.title.to_string())?;
         report["ran_at"] = json!(chrono_like_now());
         let (figure, verdict) = judge(&scenario, &report);
@@ -538,7 +701,8 @@ fn main() -> Result<()> {
     let mut section = String::new();
     section.push_str("<!-- bench:begin (written by `bench`; edit outside the markers) -->\n");
     section.push_str(&format!(
-        "Written {} on {}, release build, `surrealkv://` store, `robot-sim` in its own process.\n\n",
+        "Written {} on {}, release build, `surrealkv://` store unless the scenario says \
+         otherwise, `robot-sim` in its own process.\n\n",
         chrono_like_now(),
         machine()
     ));
