@@ -148,6 +148,11 @@ pub struct SessionState {
     /// Reaches the store's transitions, to hand standby items back (kept from the first
     /// WebSocket; a session that never had one holds no standby).
     dispatcher: Option<Dispatcher>,
+    /// Standby items found in the store when the WebSocket connected: an earlier connection
+    /// (on this node or another) may have shown them to the robot, which may be working on
+    /// them, so they are never handed back; they are pushed when the window has room, or stay
+    /// the robot's until it is lost.
+    maybe_shown: HashSet<i64>,
 }
 
 impl std::fmt::Debug for SessionState {
@@ -272,9 +277,10 @@ impl SessionState {
         let Some(dispatcher) = self.dispatcher.clone() else {
             return;
         };
+        let maybe_shown = &self.maybe_shown;
         let (back, keep): (Vec<LeasedItem>, Vec<LeasedItem>) = std::mem::take(&mut self.mailbox)
             .into_iter()
-            .partition(pick);
+            .partition(|item| pick(item) && !maybe_shown.contains(&item.id));
         self.mailbox = keep;
         if back.is_empty() {
             return;
@@ -345,6 +351,7 @@ impl Actor for RobotSession {
             window: args.capacity,
             args,
             mailbox: Vec::new(),
+            maybe_shown: HashSet::new(),
             synced_at: None,
             handed: HashMap::new(),
             waiters: VecDeque::new(),
@@ -481,6 +488,7 @@ impl Actor for RobotSession {
                     .count();
                 let room = state.window.saturating_sub(started);
                 let waiting = held.split_off((started + room).min(held.len()));
+                state.maybe_shown = waiting.iter().map(|item| item.id).collect();
                 state.mailbox = waiting;
                 let mut resent = held;
                 let given = state.take_new(&mut resent, usize::MAX);
