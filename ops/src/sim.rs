@@ -762,8 +762,8 @@ async fn ws_robot(
             json!({ "type": "ready", "ref": "ready" }).to_string(),
         ));
         let mut freed: VecDeque<Instant> = VecDeque::new();
-        // Reports (completed, failed) sent and not acknowledged yet, by ref: the frame and how
-        // often it was sent again.
+        // Frames about items (started, completed, failed) sent and not acknowledged yet, by
+        // ref: the frame and how often it was sent again. Each is idempotent on the node.
         let mut reports: HashMap<String, (String, u32)> = HashMap::new();
         let mut pulse = tokio::time::interval(args.pulse_every);
         pulse.tick().await;
@@ -865,10 +865,8 @@ async fn ws_robot(
                             frame["item_id"] = json!(id);
                             frame["lease_id"] = lease.clone();
                             let text = frame.to_string();
-                            if kind != "started" {
-                                let reference = frame["ref"].as_str().unwrap_or_default();
-                                reports.insert(reference.to_string(), (text.clone(), 0));
-                            }
+                            let reference = frame["ref"].as_str().unwrap_or_default();
+                            reports.insert(reference.to_string(), (text.clone(), 0));
                             out.send(Message::text(text))
                         };
                         if item["status"] != "STARTED"

@@ -148,7 +148,9 @@ impl Cluster {
             .args(["--pulse-timeout", &humantime(PULSE_TIMEOUT)])
             .args(["--sweep-period", &humantime(SWEEP)])
             .args(["--dead-after", &humantime(DEAD_AFTER)])
-            .args(["--lease-ttl", "10s"])
+            // Long enough that items a robot started just before a store outage are not
+            // expired while its retried reports wait for the store (production: 5 min).
+            .args(["--lease-ttl", "30s"])
             .env("ORCH_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("ORCH_JWT_SECRET", JWT_SECRET)
             .env("ORCH_LOG", "info")
