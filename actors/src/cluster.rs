@@ -16,15 +16,15 @@
 //! was frozen past `dead_after` finds its heartbeat refused, ends every session it held (their
 //! robots were released or have reconnected elsewhere) and joins again as a new incarnation.
 
+use crate::cluster_view::ClusterView;
 use crate::domain::{Clock, Millis};
+use crate::robot_registry::PulseBoard;
 use crate::robot_registry::RobotRegistryMsg;
 use crate::store::{EventKind, NodeBeat, Store};
-use crate::supervisor::{SharedParts, SupervisorMsg};
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message};
 use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -38,57 +38,6 @@ const EVENT_KEPT: Millis = 600_000;
 /// The singleton job that expires leases, releases robots of dead nodes, removes stale uploads
 /// and prunes throughput counters.
 pub const HOUSEKEEPING: &str = "housekeeping";
-
-/// What this node knows of the cluster, shared with the actors that act on it.
-#[derive(Debug)]
-pub struct ClusterView {
-    node_id: String,
-    incarnation: AtomicI64,
-    leads: AtomicBool,
-    /// Nodes alive at the last heartbeat (this one included).
-    alive: RwLock<Vec<String>>,
-}
-
-impl ClusterView {
-    /// A view of a node that has not joined yet: alone, and not leading until the store says so.
-    pub fn new(node_id: &str) -> Self {
-        ClusterView {
-            node_id: node_id.to_string(),
-            incarnation: AtomicI64::new(0),
-            leads: AtomicBool::new(false),
-            alive: RwLock::new(vec![node_id.to_string()]),
-        }
-    }
-
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
-    /// This node's current incarnation (0 before it joined).
-    pub fn incarnation(&self) -> i64 {
-        self.incarnation.load(Ordering::Acquire)
-    }
-
-    /// Whether this node holds the housekeeping role.
-    pub fn leads(&self) -> bool {
-        self.leads.load(Ordering::Acquire)
-    }
-
-    /// Ids of the nodes alive at the last heartbeat, this one included.
-    pub fn alive(&self) -> Vec<String> {
-        self.alive
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn set_alive(&self, mut alive: Vec<String>) {
-        if !alive.contains(&self.node_id) {
-            alive.push(self.node_id.clone());
-        }
-        *self.alive.write().unwrap_or_else(PoisonError::into_inner) = alive;
-    }
-}
 
 /// Messages of the [`Member`].
 #[derive(Debug)]
@@ -111,10 +60,24 @@ pub struct MemberArgs {
     /// A node without a heartbeat for this long is dead.
     pub dead_after: Duration,
     pub clock: Clock,
-    /// The dispatch actors, for the count of robots with a session here.
-    pub parts: SharedParts,
-    /// Told to fence (end every session and restart dispatch) when this node was declared dead.
-    pub supervisor: ActorRef<SupervisorMsg>,
+    /// Reaches this node's dispatch (given by the supervisor).
+    pub dispatch: DispatchHooks,
+}
+
+/// What the member needs of this node's dispatch, as functions the supervisor provides, so
+/// that membership does not depend on how dispatch is supervised.
+#[derive(Clone)]
+pub struct DispatchHooks {
+    /// The registry and pulse board running now, if dispatch is up.
+    pub current: Arc<dyn Fn() -> Option<(ActorRef<RobotRegistryMsg>, PulseBoard)> + Send + Sync>,
+    /// Ends every session and restarts dispatch from the store (this node was declared dead).
+    pub fence: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for DispatchHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DispatchHooks")
+    }
 }
 
 /// The membership actor.
@@ -153,7 +116,7 @@ impl MemberState {
             .store
             .join_cluster(view.node_id(), &self.args.http, now)
             .await?;
-        view.incarnation.store(incarnation, Ordering::Release);
+        view.set_incarnation(incarnation);
         info!(node = view.node_id(), incarnation, "joined the cluster");
         Ok(())
     }
@@ -170,13 +133,8 @@ impl MemberState {
 
     async fn tick(&mut self) -> Result<(), ActorProcessingErr> {
         let now = self.args.clock.now();
-        let robots = self
-            .args
-            .parts
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(0, |p| p.pulses.connected() as i64);
+        let robots =
+            (self.args.dispatch.current)().map_or(0, |(_, pulses)| pulses.connected() as i64);
         let beat = NodeBeat {
             now,
             robots,
@@ -196,8 +154,8 @@ impl MemberState {
                 "this node was declared dead by the cluster; fencing: ending its sessions \
                  and joining again"
             );
-            view.leads.store(false, Ordering::Release);
-            self.args.supervisor.send_message(SupervisorMsg::Fence)?;
+            view.set_leads(false);
+            (self.args.dispatch.fence)();
             self.join().await?;
         }
         // The heartbeat waits while a `ws://` store reconnects: read the time again.
@@ -222,7 +180,7 @@ impl MemberState {
                 dead_after,
             )
             .await?;
-        if leads != view.leads.swap(leads, Ordering::AcqRel) {
+        if leads != view.set_leads(leads) {
             info!(node = view.node_id(), leads, "housekeeping role changed");
         }
         if leads && !in_grace {
@@ -257,12 +215,7 @@ impl MemberState {
         let store = &self.args.store;
         let me = self.args.view.node_id().to_string();
         let events = store.events_since(self.events_from - EVENT_OVERLAP).await?;
-        let parts = self
-            .args
-            .parts
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let current = (self.args.dispatch.current)();
         for event in events {
             self.events_from = self.events_from.max(event.at);
             if event.node == me || self.seen.contains_key(&event.id) {
@@ -270,16 +223,16 @@ impl MemberState {
             }
             self.seen.insert(event.id.clone(), event.at);
             store.forget_robot_token(event.robot);
-            let Some(parts) = &parts else { continue };
-            if parts.pulses.session(event.robot).is_none() {
+            let Some((registry, pulses)) = &current else {
+                continue;
+            };
+            if pulses.session(event.robot).is_none() {
                 continue;
             }
             match event.kind {
                 EventKind::RobotChanged => {
                     if let Some(robot) = store.robot(event.robot).await? {
-                        parts
-                            .registry
-                            .send_message(RobotRegistryMsg::RobotChanged { robot })?;
+                        registry.send_message(RobotRegistryMsg::RobotChanged { robot })?;
                     }
                 }
                 EventKind::RobotRevoked => {
@@ -288,12 +241,10 @@ impl MemberState {
                         node = event.node,
                         "robot revoked on another node"
                     );
-                    parts
-                        .registry
-                        .send_message(RobotRegistryMsg::RobotRevoked {
-                            robot_id: event.robot,
-                            before: Some(event.at),
-                        })?;
+                    registry.send_message(RobotRegistryMsg::RobotRevoked {
+                        robot_id: event.robot,
+                        before: Some(event.at),
+                    })?;
                 }
             }
         }

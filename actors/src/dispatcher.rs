@@ -2,7 +2,7 @@
 //! director, and turns robot requests into store transitions plus the messages that keep the
 //! actors' view of load and pending work current. Cheap to clone.
 
-use crate::cluster::ClusterView;
+use crate::cluster_view::ClusterView;
 use crate::domain::{Clock, Robot, RobotStatus};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, RobotAction, TransitionError};

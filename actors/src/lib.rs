@@ -8,6 +8,7 @@
 //! ```
 
 pub mod cluster;
+pub mod cluster_view;
 pub mod csv_ingest;
 pub mod dispatcher;
 pub mod domain;

@@ -15,7 +15,8 @@
 //! `/healthz` answers 503. The [`crate::dispatcher::Dispatcher`] handle reads the current
 //! actors on every call, so it follows a restart by itself.
 
-use crate::cluster::{ClusterView, Member, MemberArgs};
+use crate::cluster::{DispatchHooks, Member, MemberArgs};
+use crate::cluster_view::ClusterView;
 use crate::dispatcher::DispatchConfig;
 use crate::recovery::PolicyDefaults;
 use crate::robot_registry::{PulseBoard, RegistryArgs, RobotRegistry, RobotRegistryMsg};
@@ -254,8 +255,24 @@ impl SupervisorState {
                 period: config.sweep_period,
                 dead_after: config.dead_after,
                 clock: config.clock.clone(),
-                parts: Arc::clone(&self.args.parts),
-                supervisor: myself.clone(),
+                dispatch: DispatchHooks {
+                    current: {
+                        let parts = Arc::clone(&self.args.parts);
+                        Arc::new(move || {
+                            parts
+                                .read()
+                                .ok()
+                                .and_then(|p| p.clone())
+                                .map(|p| (p.registry, p.pulses))
+                        })
+                    },
+                    fence: {
+                        let supervisor = myself.clone();
+                        Arc::new(move || {
+                            let _ = supervisor.send_message(SupervisorMsg::Fence);
+                        })
+                    },
+                },
             },
             myself.get_cell(),
         )

@@ -35,7 +35,7 @@ pub struct UploadSweeperArgs {
     /// A staged upload untouched for this long is abandoned.
     pub stale_after: Duration,
     /// Only the node holding the housekeeping role sweeps.
-    pub view: std::sync::Arc<crate::cluster::ClusterView>,
+    pub view: std::sync::Arc<crate::cluster_view::ClusterView>,
 }
 
 /// Running state: the arguments and the timer to cancel on stop.

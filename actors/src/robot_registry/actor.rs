@@ -122,7 +122,7 @@ pub struct RegistryArgs {
     pub recount_period: Duration,
     /// The cluster as this node sees it: only the housekeeping node expires leases and
     /// releases the robots of dead nodes.
-    pub view: std::sync::Arc<crate::cluster::ClusterView>,
+    pub view: std::sync::Arc<crate::cluster_view::ClusterView>,
 }
 
 struct Session {

@@ -423,7 +423,10 @@ impl DispatchError {
             DispatchError::Transition(TransitionError::NotYours { .. }) => "not_your_item",
             DispatchError::Transition(TransitionError::StaleLease { .. }) => "stale_lease",
             DispatchError::Transition(TransitionError::Illegal { .. }) => "illegal_transition",
-            DispatchError::Store(_) => "store_error",
+            // As the REST API answers: a write that lost a race is a conflict; anything else
+            // from the store is worth sending again once it is back.
+            DispatchError::Store(crate::error::StoreError::Conflict(_)) => "conflict",
+            DispatchError::Store(_) => "store_unavailable",
             DispatchError::Unavailable(_) => "unavailable",
         }
     }
