@@ -361,6 +361,17 @@ fn humantime(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
+/// Node `id`'s row in a `GET /api/v1/cluster` answer (null when absent).
+fn node_in(view: &Value, id: &str) -> Value {
+    view["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == id)
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn count(task: &Value, status: &str) -> i64 {
     task["counts"][status].as_i64().unwrap_or(-1)
 }
@@ -568,13 +579,7 @@ async fn a_killed_nodes_robots_move_or_are_released_and_the_work_completes() -> 
         );
         let view = cluster.cluster_view(survivor, &admin).await?;
         let victim_id = format!("n{victim}");
-        if dead_at.is_none()
-            && view["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|n| n["id"] == victim_id.as_str() && n["alive"] == false)
-        {
+        if dead_at.is_none() && node_in(&view, &victim_id)["alive"] == false {
             dead_at = Some(killed.elapsed());
         }
         if takeover_at.is_none()
@@ -639,13 +644,7 @@ async fn a_frozen_node_declared_dead_fences_itself_and_rejoins() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let view = cluster.cluster_view(1, &admin).await?;
-        let n3 = view["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["id"] == "n3")
-            .cloned()
-            .unwrap_or_default();
+        let n3 = node_in(&view, "n3");
         if n3["alive"] == false {
             break;
         }
@@ -657,13 +656,7 @@ async fn a_frozen_node_declared_dead_fences_itself_and_rejoins() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let view = cluster.cluster_view(1, &admin).await?;
-        let n3 = view["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["id"] == "n3")
-            .cloned()
-            .unwrap_or_default();
+        let n3 = node_in(&view, "n3");
         if n3["alive"] == true && n3["incarnation"] == 2 {
             break;
         }
