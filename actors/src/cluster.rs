@@ -8,19 +8,22 @@
 //!      ├── leader only: declare nodes silent > dead_after dead ──► ClusterView.alive
 //!      └── read event rows other nodes wrote (robot changed, token rotated, robot deleted)
 //!            ──► forget the cached token, tell the registry (its session ends or adapts)
+//!   Hints (hints.rs) from other nodes make the member read events at once, not at its tick.
 //!   RobotRegistry sweep reads ClusterView: leader expires leases and releases robots of
 //!   dead nodes; UploadSweeper works only on the leader.
 //! ```
 //!
-//! The store decides everything here; nothing depends on messages between nodes. A node that
+//! The store decides everything here; nothing depends on messages between nodes (hints only
+//! make a node look sooner). A node that
 //! was frozen past `dead_after` finds its heartbeat refused, ends every session it held (their
 //! robots were released or have reconnected elsewhere) and joins again as a new incarnation.
 
 use crate::cluster_view::ClusterView;
 use crate::domain::{Clock, Millis};
+use crate::hints::Hints;
 use crate::robot_registry::PulseBoard;
 use crate::robot_registry::RobotRegistryMsg;
-use crate::store::{EventKind, NodeBeat, Store};
+use crate::store::{EventKind, NodeBeat, NodeRow, Store};
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message};
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -44,6 +47,8 @@ pub const HOUSEKEEPING: &str = "housekeeping";
 pub enum MemberMsg {
     /// Timer: heartbeat, housekeeping role, dead nodes.
     Tick,
+    /// Another node hinted at new event rows: read them now rather than at the next tick.
+    ReadEvents,
 }
 
 impl Message for MemberMsg {}
@@ -62,6 +67,9 @@ pub struct MemberArgs {
     pub clock: Clock,
     /// Reaches this node's dispatch (given by the supervisor).
     pub dispatch: DispatchHooks,
+    /// The hint transport: its address goes in this node's row, and every tick dials the
+    /// alive nodes it is not connected to.
+    pub hints: Hints,
 }
 
 /// What the member needs of this node's dispatch, as functions the supervisor provides, so
@@ -114,7 +122,12 @@ impl MemberState {
         let incarnation = self
             .args
             .store
-            .join_cluster(view.node_id(), &self.args.http, now)
+            .join_cluster(
+                view.node_id(),
+                &self.args.http,
+                self.args.hints.advertise(),
+                now,
+            )
             .await?;
         view.set_incarnation(incarnation);
         info!(node = view.node_id(), incarnation, "joined the cluster");
@@ -195,14 +208,22 @@ impl MemberState {
             }
             store.prune_events(now - EVENT_KEPT).await?;
         }
-        let alive = store
+        let alive: Vec<NodeRow> = store
             .nodes()
             .await?
             .into_iter()
             .filter(|n| !n.dead && (in_grace || n.heartbeat_at >= now - dead_after))
-            .map(|n| n.id)
             .collect();
-        view.set_alive(alive);
+        view.set_alive(alive.iter().map(|n| n.id.clone()).collect());
+        self.args
+            .hints
+            .mesh(
+                alive
+                    .into_iter()
+                    .filter_map(|n| Some((n.id, n.cluster?)))
+                    .collect(),
+            )
+            .await;
         self.read_events().await?;
         Ok(())
     }
@@ -222,7 +243,9 @@ impl MemberState {
                 continue;
             }
             self.seen.insert(event.id.clone(), event.at);
-            store.forget_robot_token(event.robot);
+            if event.kind != EventKind::ItemsReleased {
+                store.forget_robot_token(event.robot);
+            }
             let Some((registry, pulses)) = &current else {
                 continue;
             };
@@ -244,6 +267,13 @@ impl MemberState {
                     registry.send_message(RobotRegistryMsg::RobotRevoked {
                         robot_id: event.robot,
                         before: Some(event.at),
+                    })?;
+                }
+                EventKind::ItemsReleased => {
+                    registry.send_message(RobotRegistryMsg::ItemsReleased {
+                        robot_id: event.robot,
+                        item_ids: event.items,
+                        before: event.at,
                     })?;
                 }
             }
@@ -303,6 +333,11 @@ impl Actor for Member {
                 // stays away past the dead-node time, the others fence this node.
                 if let Err(err) = state.tick().await {
                     warn!(error = %err, "cluster heartbeat failed; trying again");
+                }
+            }
+            MemberMsg::ReadEvents => {
+                if let Err(err) = state.read_events().await {
+                    warn!(error = %err, "reading the cluster's events failed; the next tick tries again");
                 }
             }
         }

@@ -3,8 +3,10 @@
 //! actors' view of load and pending work current. Cheap to clone.
 
 use crate::cluster_view::ClusterView;
-use crate::domain::{Clock, Robot, RobotStatus};
+use crate::domain::{Clock, Robot, RobotStatus, Task};
 use crate::error::StoreError;
+use crate::hints::{Hint, Hints};
+use crate::ingest::{IngestError, StagedUpload};
 use crate::lifecycle::{ItemState, RobotAction, TransitionError};
 use crate::limits::{PayloadError, PayloadLimits};
 use crate::recovery::{self, PolicyDefaults};
@@ -52,6 +54,8 @@ pub struct DispatchConfig {
     pub stale_upload_after: Duration,
     /// Where dispatch reads the time (leases, pulses, backoff).
     pub clock: Clock,
+    /// How this node hints other nodes of a cluster ([`Hints::alone`] for none).
+    pub hints: Hints,
 }
 
 /// Why a dispatch request failed.
@@ -321,7 +325,8 @@ impl Dispatcher {
             ))?
     }
 
-    /// A task was uploaded or reopened: start dispatching it.
+    /// A task was uploaded or reopened: start dispatching it, here and (by a hint) on the
+    /// other nodes, whose directors would find it within a second anyway.
     pub fn task_ready(&self, task_id: i64) {
         // While dispatch restarts, the new director finds the task in the store.
         if let Ok(parts) = self.parts() {
@@ -329,6 +334,19 @@ impl Dispatcher {
                 .director
                 .send_message(TaskDirectorMsg::Activate { task_id });
         }
+        self.config.hints.send(Hint::TaskReady { task_id });
+    }
+
+    /// Commits a staged upload as a task of `process_id` and starts dispatching it on every
+    /// node.
+    pub async fn commit_upload(
+        &self,
+        staged: StagedUpload,
+        process_id: i64,
+    ) -> Result<Task, IngestError> {
+        let task = staged.commit(&self.store, process_id).await?;
+        self.task_ready(task.id);
+        Ok(task)
     }
 
     /// Cancels a task: dispatch stops and unstarted items go back to PENDING. `false` when the
@@ -349,11 +367,26 @@ impl Dispatcher {
                 .registry
                 .send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count });
         }
+        let mut elsewhere = Vec::new();
         for (robot_id, item_ids) in released.revoked {
+            if parts.pulses.session(robot_id).is_none() {
+                elsewhere.push((robot_id, item_ids));
+                continue;
+            }
             let _ = parts
                 .registry
                 .send_message(RobotRegistryMsg::Revoke { robot_id, item_ids });
         }
+        // Robots with a session on another node: that node takes the items from them.
+        crate::hints::tell_items_released(
+            &self.store,
+            &self.config.hints,
+            &self.config.node_id,
+            &elsewhere,
+            self.config.clock.now(),
+        )
+        .await;
+        self.config.hints.send(Hint::TaskCancelled { task_id });
         Ok(true)
     }
 
@@ -369,21 +402,53 @@ impl Dispatcher {
         Ok(n)
     }
 
-    /// A robot's settings changed (status, capacity, processes), already written to the
-    /// store: this node's registry hears it now, the other nodes of a cluster at their next
-    /// sweep (through an event row).
-    pub async fn robot_changed(&self, robot: &Robot) {
+    /// Changes a robot's settings (status, capacity, processes, name): written to the store,
+    /// then this node's registry hears it now and the other nodes of a cluster through an event
+    /// row (and a hint). `None` when the robot does not exist.
+    pub async fn update_robot(
+        &self,
+        robot_id: i64,
+        patch: &RobotPatch,
+    ) -> Result<Option<Robot>, DispatchError> {
+        let Some(robot) = self.store.update_robot(robot_id, patch).await? else {
+            return Ok(None);
+        };
         if let Ok(parts) = self.parts() {
             let _ = parts.registry.send_message(RobotRegistryMsg::RobotChanged {
                 robot: robot.clone(),
             });
         }
         self.publish(EventKind::RobotChanged, robot.id).await;
+        Ok(Some(robot))
+    }
+
+    /// Deletes a robot: its session ends wherever it is and what it held goes back. `false`
+    /// when it did not exist.
+    pub async fn delete_robot(&self, robot_id: i64) -> Result<bool, DispatchError> {
+        if !self.store.delete_robot(robot_id).await? {
+            return Ok(false);
+        }
+        self.robot_revoked(robot_id).await;
+        Ok(true)
+    }
+
+    /// Gives a robot a new token (its hash): the old one stops working on every node, the
+    /// robot's session ends and what it held goes back. `None` when it does not exist.
+    pub async fn replace_robot_token(
+        &self,
+        robot_id: i64,
+        token_hash: &str,
+    ) -> Result<Option<Robot>, DispatchError> {
+        let Some(robot) = self.store.replace_robot_token(robot_id, token_hash).await? else {
+            return Ok(None);
+        };
+        self.robot_revoked(robot_id).await;
+        Ok(Some(robot))
     }
 
     /// A robot was deleted or its token rotated (already written): its session here ends and
-    /// its items go back; other nodes end theirs at their next sweep.
-    pub async fn robot_revoked(&self, robot_id: i64) {
+    /// its items go back; other nodes end theirs when they read the event row.
+    async fn robot_revoked(&self, robot_id: i64) {
         if let Ok(parts) = self.parts() {
             let _ = parts.registry.send_message(RobotRegistryMsg::RobotRevoked {
                 robot_id,
@@ -399,11 +464,13 @@ impl Dispatcher {
         let at = self.config.clock.now();
         if let Err(err) = self
             .store
-            .publish_event(kind, robot_id, &self.config.node_id, at)
+            .publish_event(kind, robot_id, &[], &self.config.node_id, at)
             .await
         {
             tracing::warn!(error = %err, robot_id, ?kind, "could not tell the other nodes");
+            return;
         }
+        self.config.hints.send(Hint::Events);
     }
 
     /// Loads of robots connected to this node.

@@ -14,6 +14,7 @@ pub mod dispatcher;
 pub mod domain;
 pub mod error;
 pub mod gather;
+pub mod hints;
 pub mod ingest;
 pub mod lifecycle;
 pub mod limits;

@@ -15,9 +15,10 @@
 //! `/healthz` answers 503. The [`crate::dispatcher::Dispatcher`] handle reads the current
 //! actors on every call, so it follows a restart by itself.
 
-use crate::cluster::{DispatchHooks, Member, MemberArgs};
+use crate::cluster::{DispatchHooks, Member, MemberArgs, MemberMsg};
 use crate::cluster_view::ClusterView;
 use crate::dispatcher::DispatchConfig;
+use crate::hints::{Hint, HintSink};
 use crate::recovery::PolicyDefaults;
 use crate::robot_registry::{PulseBoard, RegistryArgs, RobotRegistry, RobotRegistryMsg};
 use crate::store::Store;
@@ -115,6 +116,8 @@ pub struct SupervisorState {
     dispatch: Vec<(ActorId, &'static str)>,
     sweeper: Option<ActorRef<UploadSweeperMsg>>,
     member: Option<ActorRef<crate::cluster::MemberMsg>>,
+    /// The member running now, for hints received from other nodes.
+    member_slot: Arc<RwLock<Option<ActorRef<MemberMsg>>>>,
     backoff: Duration,
     up_since: Instant,
     stopping: bool,
@@ -147,6 +150,7 @@ pub async fn start_parts(
             ws_standby: config.ws_standby,
             recount_period: config.recount_period,
             view: Arc::clone(view),
+            hints: config.hints.clone(),
         },
         supervisor.clone(),
     )
@@ -255,6 +259,7 @@ impl SupervisorState {
                 period: config.sweep_period,
                 dead_after: config.dead_after,
                 clock: config.clock.clone(),
+                hints: config.hints.clone(),
                 dispatch: DispatchHooks {
                     current: {
                         let parts = Arc::clone(&self.args.parts);
@@ -278,7 +283,13 @@ impl SupervisorState {
         )
         .await;
         match started {
-            Ok((member, _)) => self.member = Some(member),
+            Ok((member, _)) => {
+                *self
+                    .member_slot
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(member.clone());
+                self.member = Some(member);
+            }
             Err(err) => {
                 warn!(error = %err, "cluster member did not start; trying again");
                 myself.send_after(self.backoff, || SupervisorMsg::RestartMember);
@@ -296,6 +307,39 @@ impl SupervisorState {
     }
 }
 
+/// Where hints from other nodes go: the director for tasks, the member for event rows. Each
+/// names something in the store, so handling one twice (or after the store poll found it) does
+/// nothing more.
+fn hint_sink(parts: &SharedParts, member: &Arc<RwLock<Option<ActorRef<MemberMsg>>>>) -> HintSink {
+    let parts = Arc::clone(parts);
+    let member = Arc::clone(member);
+    Arc::new(move |hint| {
+        let director = parts
+            .read()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.director.clone()));
+        let read_events = || {
+            if let Some(member) = member.read().ok().and_then(|m| m.clone()) {
+                let _ = member.send_message(MemberMsg::ReadEvents);
+            }
+        };
+        match hint {
+            Hint::TaskReady { task_id } => {
+                if let Some(director) = director {
+                    let _ = director.send_message(TaskDirectorMsg::Activate { task_id });
+                }
+            }
+            Hint::TaskCancelled { task_id } => {
+                if let Some(director) = director {
+                    let _ = director.send_message(TaskDirectorMsg::Cancelled { task_id });
+                }
+                read_events();
+            }
+            Hint::Events => read_events(),
+        }
+    })
+}
+
 impl Actor for DispatchSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
@@ -311,10 +355,16 @@ impl Actor for DispatchSupervisor {
             dispatch: Vec::new(),
             sweeper: None,
             member: None,
+            member_slot: Arc::default(),
             backoff: FIRST_BACKOFF,
             up_since: Instant::now(),
             stopping: false,
         };
+        state
+            .args
+            .config
+            .hints
+            .set_sink(hint_sink(&state.args.parts, &state.member_slot));
         // The member joins first, so the registry's first sweep knows the cluster.
         state.start_member(&myself).await;
         let parts = start_parts(

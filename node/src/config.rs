@@ -156,6 +156,18 @@ pub struct ServeArgs {
     /// and its housekeeping role moves; at least three sweep periods [default: 5s].
     #[arg(long, env = "ORCH_DEAD_AFTER")]
     pub dead_after: Option<String>,
+    /// Address this node listens on for hints from the other nodes of a cluster, e.g.
+    /// 0.0.0.0:7100; needs --cluster-cookie [default: none, no hints].
+    #[arg(long, env = "ORCH_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// host:port the other nodes dial to reach this node's cluster listener
+    /// [default: --cluster-listen, unless it is a wildcard address].
+    #[arg(long, env = "ORCH_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
+    /// Shared secret of the cluster's nodes (at least 16 characters); only nodes with the same
+    /// cookie exchange hints.
+    #[arg(long, env = "ORCH_CLUSTER_COOKIE", hide_env_values = true)]
+    pub cluster_cookie: Option<String>,
     /// A staged upload untouched this long was abandoned by a dead node [default: 10m].
     #[arg(long, env = "ORCH_STALE_UPLOAD_AFTER")]
     pub stale_upload_after: Option<String>,
@@ -206,9 +218,32 @@ pub struct NodeConfig {
     /// The HTTP address advertised in the cluster (None: `http://<bound address>`).
     pub advertise: Option<String>,
     pub dead_after: Duration,
+    /// Where this node exchanges hints with the other nodes (None: it does not).
+    pub cluster: Option<ClusterConfig>,
     pub admin_password: Option<String>,
     pub log: String,
 }
+
+/// The cluster listener of a node that exchanges hints with the others.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub listen: SocketAddr,
+    /// `host:port` the other nodes dial.
+    pub advertise: String,
+    pub cookie: String,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest cluster cookie accepted.
+pub const MIN_CLUSTER_COOKIE_CHARS: usize = 16;
 
 impl NodeConfig {
     /// A node on an in-memory store and a free loopback port, for tests.
@@ -234,6 +269,7 @@ impl NodeConfig {
             node_id: "test-node".into(),
             advertise: None,
             dead_after: Duration::from_secs(1),
+            cluster: None,
             admin_password: Some("admin-password".into()),
             log: "warn".into(),
         }
@@ -394,6 +430,11 @@ impl ServeArgs {
                 url => url,
             },
             dead_after,
+            cluster: cluster_config(
+                merged.cluster_listen,
+                merged.cluster_advertise,
+                merged.cluster_cookie,
+            )?,
             admin_password: match merged.admin_password.filter(|s| !s.is_empty()) {
                 Some(password) if password.chars().count() < MIN_ADMIN_PASSWORD_CHARS => {
                     return Err(ConfigError::Invalid {
@@ -448,10 +489,87 @@ impl ServeArgs {
             node_id: self.node_id.or(lower.node_id),
             advertise: self.advertise.or(lower.advertise),
             dead_after: self.dead_after.or(lower.dead_after),
+            cluster_listen: self.cluster_listen.or(lower.cluster_listen),
+            cluster_advertise: self.cluster_advertise.or(lower.cluster_advertise),
+            cluster_cookie: self.cluster_cookie.or(lower.cluster_cookie),
             admin_password: self.admin_password.or(lower.admin_password),
             log: self.log.or(lower.log),
         }
     }
+}
+
+/// The cluster listener from its three settings: all or nothing (the cookie is what turns hints
+/// on), with a cookie long enough to be a secret and an address the other nodes can dial.
+fn cluster_config(
+    listen: Option<String>,
+    advertise: Option<String>,
+    cookie: Option<String>,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let listen = listen.filter(|s| !s.is_empty());
+    let advertise = advertise.filter(|s| !s.is_empty());
+    let Some(cookie) = cookie.filter(|s| !s.is_empty()) else {
+        if listen.is_some() || advertise.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "cluster_cookie",
+                message: "is needed with cluster_listen or cluster_advertise".into(),
+            });
+        }
+        return Ok(None);
+    };
+    if cookie.chars().count() < MIN_CLUSTER_COOKIE_CHARS {
+        return Err(ConfigError::Invalid {
+            setting: "cluster_cookie",
+            message: format!(
+                "is {} characters; use at least {MIN_CLUSTER_COOKIE_CHARS}",
+                cookie.chars().count()
+            ),
+        });
+    }
+    let Some(listen_text) = listen else {
+        return Err(ConfigError::Invalid {
+            setting: "cluster_listen",
+            message: "is needed with cluster_cookie, e.g. 0.0.0.0:7100".into(),
+        });
+    };
+    let listen: SocketAddr = listen_text.parse().map_err(|e| ConfigError::Invalid {
+        setting: "cluster_listen",
+        message: format!("'{listen_text}' is not an address: {e}"),
+    })?;
+    if listen.port() == 0 {
+        return Err(ConfigError::Invalid {
+            setting: "cluster_listen",
+            message: "needs a fixed port: the other nodes dial it".into(),
+        });
+    }
+    let advertise = match advertise {
+        Some(addr) => {
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(ConfigError::Invalid {
+                    setting: "cluster_advertise",
+                    message: format!("'{addr}' is not host:port"),
+                });
+            }
+            addr
+        }
+        None if listen.ip().is_unspecified() => {
+            return Err(ConfigError::Invalid {
+                setting: "cluster_advertise",
+                message: format!(
+                    "is needed when cluster_listen is the wildcard {listen}: the address \
+                     other nodes dial"
+                ),
+            });
+        }
+        None => listen.to_string(),
+    };
+    Ok(Some(ClusterConfig {
+        listen,
+        advertise,
+        cookie,
+    }))
 }
 
 fn rand_suffix() -> u32 {
@@ -636,5 +754,70 @@ mod tests {
         }
         .resolve();
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn cluster_hints_need_a_cookie_a_fixed_port_and_a_dialable_address() {
+        let resolve = |listen: Option<&str>, advertise: Option<&str>, cookie: Option<&str>| {
+            ServeArgs {
+                cluster_listen: listen.map(str::to_string),
+                cluster_advertise: advertise.map(str::to_string),
+                cluster_cookie: cookie.map(str::to_string),
+                ..ServeArgs::default()
+            }
+            .resolve()
+            .map(|c| c.cluster)
+        };
+        let cookie = Some("a cookie of 24 characters");
+        assert!(resolve(None, None, None).expect("alone").is_none());
+        let refused = [
+            (
+                Some("127.0.0.1:7100"),
+                None,
+                None,
+                "cluster_cookie: is needed",
+            ),
+            (
+                Some("127.0.0.1:7100"),
+                None,
+                Some("short"),
+                "cluster_cookie: is 5",
+            ),
+            (None, None, cookie, "cluster_listen: is needed"),
+            (
+                Some("127.0.0.1:0"),
+                None,
+                cookie,
+                "cluster_listen: needs a fixed port",
+            ),
+            (
+                Some("0.0.0.0:7100"),
+                None,
+                cookie,
+                "cluster_advertise: is needed",
+            ),
+            (
+                Some("0.0.0.0:7100"),
+                Some("n1"),
+                cookie,
+                "cluster_advertise: 'n1'",
+            ),
+        ];
+        for (listen, advertise, cookie, expected) in refused {
+            let err = resolve(listen, advertise, cookie).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{err}");
+        }
+        let on = resolve(Some("0.0.0.0:7100"), Some("n1:7100"), cookie)
+            .expect("valid")
+            .expect("on");
+        assert_eq!((on.listen.port(), on.advertise.as_str()), (7100, "n1:7100"));
+        assert!(
+            !format!("{on:?}").contains("24 characters"),
+            "cookie in Debug"
+        );
+        let local = resolve(Some("127.0.0.1:7101"), None, cookie)
+            .expect("valid")
+            .expect("on");
+        assert_eq!(local.advertise, "127.0.0.1:7101");
     }
 }

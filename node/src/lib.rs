@@ -14,6 +14,7 @@ pub use config::{Cli, Command, ConfigError, NodeConfig, ServeArgs};
 
 use orchestrator_actors::dispatcher::{DispatchConfig, Dispatcher};
 use orchestrator_actors::domain::{Clock, Role};
+use orchestrator_actors::hints::{HintConfig, Hints};
 use orchestrator_actors::security::{hash_password, random_password, random_secret};
 use orchestrator_actors::store::NewUser;
 use orchestrator_actors::{Store, StoreError};
@@ -74,6 +75,25 @@ impl Node {
             addr: config.listen,
             source,
         })?;
+        let hints = match &config.cluster {
+            Some(cluster) => Hints::start(HintConfig {
+                node_id: config.node_id.clone(),
+                listen: cluster.listen,
+                advertise: cluster.advertise.clone(),
+                cookie: cluster.cookie.clone(),
+            })
+            .await
+            .map_err(|e| NodeError::Actor(e.to_string()))?,
+            None => {
+                if config.store.url.starts_with("ws") {
+                    info!(
+                        "no cluster cookie: this node exchanges no hints with other nodes on \
+                         the store; it learns of their changes by polling (within a second)"
+                    );
+                }
+                Hints::alone()
+            }
+        };
         let dispatcher = Dispatcher::start(
             store.clone(),
             DispatchConfig {
@@ -93,6 +113,7 @@ impl Node {
                 payload_limits: config.payload_limits,
                 stale_upload_after: config.stale_upload_after,
                 clock: Clock::system(),
+                hints: hints.clone(),
             },
         )
         .await
@@ -157,6 +178,7 @@ impl Node {
         self.dispatcher.close_robot_connections().await;
         let _ = (&mut self.server).await;
         self.dispatcher.shutdown().await;
+        self.dispatcher.config().hints.stop();
         self.store.close().await;
         info!("node stopped");
     }

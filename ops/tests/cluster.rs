@@ -62,8 +62,32 @@ impl Drop for Proc {
     }
 }
 
+/// Timers of the nodes, and whether they exchange hints.
+#[derive(Clone)]
+struct Timers {
+    sweep: Duration,
+    dead_after: Duration,
+    /// Cluster listener ports (one per node) when the nodes exchange hints.
+    hint_ports: Option<Vec<u16>>,
+    /// How often loads are recounted from the store (None: the node's default). Tests that
+    /// assert loads set it out of reach, so the backstop cannot hide a missed update.
+    recount: Option<Duration>,
+}
+
+impl Timers {
+    fn fast() -> Timers {
+        Timers {
+            sweep: SWEEP,
+            dead_after: DEAD_AFTER,
+            hint_ports: None,
+            recount: None,
+        }
+    }
+}
+
 /// The SurrealDB server and the nodes on it.
 struct Cluster {
+    timers: Timers,
     dir: tempfile::TempDir,
     db: String,
     surreal_port: u16,
@@ -76,10 +100,15 @@ struct Cluster {
 impl Cluster {
     /// Starts the server, then `count` nodes at the same moment.
     async fn start(count: usize) -> Result<Cluster> {
+        Cluster::start_with(count, Timers::fast()).await
+    }
+
+    async fn start_with(count: usize, timers: Timers) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let http = Client::builder().timeout(Duration::from_secs(30)).build()?;
         let mut cluster = Cluster {
+            timers,
             dir,
             db: format!("ws://127.0.0.1:{port}"),
             surreal_port: port,
@@ -142,12 +171,21 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("n{n}.log")))?;
-        let child = Command::new(node_binary()?)
-            .args(["serve", "--db", &self.db, "--listen", &listen])
+        let mut command = Command::new(node_binary()?);
+        command.args(["serve", "--db", &self.db, "--listen", &listen]);
+        if let Some(recount) = self.timers.recount {
+            command.args(["--recount-period", &humantime(recount)]);
+        }
+        if let Some(ports) = &self.timers.hint_ports {
+            command
+                .args(["--cluster-listen", &format!("127.0.0.1:{}", ports[n - 1])])
+                .env("ORCH_CLUSTER_COOKIE", "cluster-test-cookie-of-the-suite");
+        }
+        let child = command
             .args(["--node-id", &format!("n{n}")])
             .args(["--pulse-timeout", &humantime(PULSE_TIMEOUT)])
-            .args(["--sweep-period", &humantime(SWEEP)])
-            .args(["--dead-after", &humantime(DEAD_AFTER)])
+            .args(["--sweep-period", &humantime(self.timers.sweep)])
+            .args(["--dead-after", &humantime(self.timers.dead_after)])
             // Long enough that items a robot started just before a store outage are not
             // expired while its retried reports wait for the store (production: 5 min).
             .args(["--lease-ttl", "30s"])
@@ -418,7 +456,11 @@ async fn three_nodes_started_together_on_an_empty_database_all_come_up() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_cancelled_on_one_node_gets_no_new_lease_on_any_node() -> Result<()> {
     let _turn = TURN.lock().await;
-    let cluster = Cluster::start(3).await?;
+    let timers = Timers {
+        recount: Some(Duration::from_secs(3_600)),
+        ..Timers::fast()
+    };
+    let cluster = Cluster::start_with(3, timers).await?;
     let admin = cluster.login(1).await?;
     let work = cluster.work(&admin, "cancel", 4, 2_000).await?;
     // Robots on nodes 2 and 3 lease and finish items in a loop until told to stop.
@@ -488,7 +530,42 @@ async fn a_task_cancelled_on_one_node_gets_no_new_lease_on_any_node() -> Result<
         "no item left PENDING after the cancel: {at_cancel} then {after}"
     );
     assert_eq!(count(&after, "assigned"), 0, "{after}");
+    // Nodes 2 and 3 stopped counting the items node 1 released (no hints here: the event rows
+    // they read each sweep told them; the recount backstop is out of reach in this test).
+    for n in [2, 3] {
+        wait_loads_zero(&cluster, n, &admin, &work.ids, Duration::from_secs(2)).await?;
+    }
     Ok(())
+}
+
+/// Waits until node `n` shows a load of 0 for every robot of `ids`; returns how long it took.
+async fn wait_loads_zero(
+    cluster: &Cluster,
+    n: usize,
+    admin: &str,
+    ids: &[i64],
+    within: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let robots = cluster
+            .json(n, Method::GET, "/api/v1/robots", admin, None)
+            .await?;
+        let loaded: Vec<&Value> = robots
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| ids.iter().any(|id| r["id"] == *id) && r["load"] != 0)
+            .collect();
+        if loaded.is_empty() {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < within,
+            "n{n} still counts items after {within:?}: {loaded:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,6 +750,113 @@ async fn a_frozen_node_declared_dead_fences_itself_and_rejoins() -> Result<()> {
         cluster.log(3)
     );
     cluster.wait_healthy(3).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_a_cookie_hint_each_other_before_their_store_poll() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let _turn = TURN.lock().await;
+    // Sweeps, and the event poll with them, every 5 s: what a node does within a second of a
+    // change made on another node, it did because a hint told it.
+    let ports = vec![free_port()?, free_port()?];
+    let timers = Timers {
+        sweep: Duration::from_secs(5),
+        dead_after: Duration::from_secs(15),
+        hint_ports: Some(ports.clone()),
+        recount: Some(Duration::from_secs(3_600)),
+    };
+    let cluster = Cluster::start_with(2, timers).await?;
+    let admin = cluster.login(1).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (v1, v2) = (
+            cluster.cluster_view(1, &admin).await?,
+            cluster.cluster_view(2, &admin).await?,
+        );
+        if v1["hints"]["peers"] == json!(["n2"]) && v2["hints"]["peers"] == json!(["n1"]) {
+            assert_eq!(v1["hints"]["enabled"], true, "{v1}");
+            assert_eq!(
+                node_in(&v1, "n2")["cluster"],
+                format!("127.0.0.1:{}", ports[1]),
+                "{v1}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "nodes never connected: {v1} {v2}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let work = cluster.work(&admin, "hints", 2, 40).await?;
+    // Robot 0 polls node 2 over REST, robot 1 holds a WebSocket there.
+    cluster.activate(2, &work.tokens[0]).await?;
+    let claimed = cluster.claim(2, &work.tokens[0], 5).await?;
+    ensure!(claimed.len() == 5, "claimed {claimed:?}");
+    let mut request = format!(
+        "{}/api/v1/robot/ws",
+        cluster.urls[1].replacen("http", "ws", 1)
+    )
+    .into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", work.tokens[1].parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    socket
+        .send(Message::text(
+            json!({ "type": "ready", "ref": "r" }).to_string(),
+        ))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline.into(), socket.next())
+            .await
+            .context("no items pushed")?
+            .context("socket ended")??;
+        if frame.to_text().is_ok_and(|t| t.contains("\"items\"")) {
+            break;
+        }
+    }
+    // Cancel on node 1: node 2 stops counting the released items at once.
+    cluster
+        .json(
+            1,
+            Method::POST,
+            &format!("/api/v1/tasks/{}/cancel", work.task),
+            &admin,
+            None,
+        )
+        .await?;
+    let took = wait_loads_zero(&cluster, 2, &admin, &work.ids, Duration::from_secs(1)).await?;
+    eprintln!("cancel on node 1: node 2's robots at load 0 after {took:?}");
+    // Rotate robot 1's token on node 1: node 2 closes its socket at once.
+    cluster
+        .json(
+            1,
+            Method::POST,
+            &format!("/api/v1/robots/{}/token", work.ids[1]),
+            &admin,
+            None,
+        )
+        .await?;
+    let rotated = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Err(_) => bail!("node 2 kept the socket open 10 s after the rotation"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    let closed_after = rotated.elapsed();
+    eprintln!("token rotated on node 1: node 2 closed the socket after {closed_after:?}");
+    assert!(
+        closed_after < Duration::from_secs(1),
+        "closed after {closed_after:?}"
+    );
+    let v2 = cluster.cluster_view(2, &admin).await?;
+    assert!(v2["hints"]["received"].as_u64() >= Some(3), "{v2}");
     Ok(())
 }
 

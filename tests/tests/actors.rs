@@ -90,6 +90,7 @@ impl Rig {
                 payload_limits: Default::default(),
                 stale_upload_after: Duration::from_secs(600),
                 clock: Clock::from_fn(move || reading.load(Ordering::SeqCst)),
+                hints: Default::default(),
             },
         )
         .await?;
@@ -102,18 +103,17 @@ impl Rig {
         })
     }
 
-    /// Sets the robot's status in the store and tells dispatch, as the user API does.
+    /// Sets the robot's status through dispatch, as the user API does.
     async fn set_status(&self, status: RobotStatus) -> Result<Robot> {
         let patch = RobotPatch {
             status: Some(status),
             ..RobotPatch::default()
         };
         let robot = self
-            .store
+            .dispatcher
             .update_robot(self.robot.id, &patch)
             .await?
             .expect("robot");
-        self.dispatcher.robot_changed(&robot).await;
         Ok(robot)
     }
 

@@ -437,6 +437,24 @@ pub struct ClusterView {
     /// A node without a heartbeat for this long is declared dead.
     pub dead_after_ms: i64,
     pub nodes: Vec<NodeView>,
+    /// The answering node's hints to the other nodes (over the cluster listener).
+    pub hints: HintsView,
+}
+
+/// The answering node's end of the hints between nodes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HintsView {
+    /// Whether this node has a cluster listener (a cookie); without it, the store alone
+    /// carries changes between nodes, within a second.
+    pub enabled: bool,
+    /// Nodes connected now, by id.
+    pub peers: Vec<String>,
+    /// Hints handed to a connected peer since start.
+    pub sent: u64,
+    /// Hints received from peers since start.
+    pub received: u64,
+    /// Hints that reached no connection to an alive peer (that node polled the store instead).
+    pub lost: u64,
 }
 
 /// One node of the cluster.
@@ -445,6 +463,8 @@ pub struct NodeView {
     pub id: String,
     /// The HTTP address the node advertises.
     pub http: String,
+    /// Where the node takes hints from the others (`host:port`), or null without a cookie.
+    pub cluster: Option<String>,
     /// Grows each time the node joins again under the same id (a restart, or a rejoin after
     /// it was declared dead).
     pub incarnation: i64,
@@ -463,6 +483,7 @@ pub fn cluster(
     dead_after: Duration,
     nodes: &[orchestrator_actors::store::NodeRow],
     singletons: &[orchestrator_actors::store::SingletonRow],
+    hints: orchestrator_actors::hints::HintStats,
     now: i64,
 ) -> ClusterView {
     let dead_after_ms = dead_after.as_millis() as i64;
@@ -478,6 +499,7 @@ pub fn cluster(
             .map(|n| NodeView {
                 id: n.id.clone(),
                 http: n.http.clone(),
+                cluster: n.cluster.clone(),
                 incarnation: n.incarnation,
                 started_at: rfc3339(n.started_at),
                 heartbeat_at: rfc3339(n.heartbeat_at),
@@ -486,5 +508,12 @@ pub fn cluster(
                 leased_per_minute: n.leased_per_minute,
             })
             .collect(),
+        hints: HintsView {
+            enabled: hints.advertise.is_some(),
+            peers: hints.peers,
+            sent: hints.sent,
+            received: hints.received,
+            lost: hints.lost,
+        },
     }
 }

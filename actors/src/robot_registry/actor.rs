@@ -68,6 +68,14 @@ pub enum RobotRegistryMsg {
     Ready { robot: Robot, window: Option<i64> },
     /// Items were taken from a robot by someone else (a task was cancelled): tell its session.
     Revoke { robot_id: i64, item_ids: Vec<i64> },
+    /// Another node released these items of a robot with a session here (a cancel, an expired
+    /// lease): they leave its load and its session. A session started at `before` or later
+    /// counted its load from the store after the release and is left alone.
+    ItemsReleased {
+        robot_id: i64,
+        item_ids: Vec<i64>,
+        before: Millis,
+    },
     /// A task has `pending` items ready in its queue (Leases it has not handled yet will take
     /// some of them).
     TaskDemand {
@@ -123,6 +131,8 @@ pub struct RegistryArgs {
     /// The cluster as this node sees it: only the housekeeping node expires leases and
     /// releases the robots of dead nodes.
     pub view: std::sync::Arc<crate::cluster_view::ClusterView>,
+    /// Tells the other nodes of releases that touch robots whose session they hold.
+    pub hints: crate::hints::Hints,
 }
 
 struct Session {
@@ -228,9 +238,25 @@ impl RegistryState {
         }
     }
 
-    /// Applies a release: items leave flight, PENDING ones go back to their tasks.
-    fn absorb(&mut self, released: Released) {
+    /// Applies a release: items leave flight, PENDING ones go back to their tasks, and the
+    /// nodes holding the sessions of robots that have none here are told (an event row, then a
+    /// hint).
+    async fn absorb(&mut self, released: Released) {
         self.tell_revoked(&released.revoked);
+        let elsewhere: Vec<(i64, Vec<i64>)> = released
+            .revoked
+            .iter()
+            .filter(|(robot_id, _)| !self.sessions.contains_key(robot_id))
+            .map(|(robot_id, items)| (*robot_id, items.clone()))
+            .collect();
+        crate::hints::tell_items_released(
+            &self.args.store,
+            &self.args.hints,
+            &self.args.node_id,
+            &elsewhere,
+            self.args.clock.now(),
+        )
+        .await;
         for (robot_id, n) in released.left_flight {
             self.board.left(robot_id, n);
         }
@@ -459,7 +485,7 @@ async fn handle_message(
                 )
                 .await?;
                 info!(robot_id = robot.id, "robot drained");
-                state.absorb(released);
+                state.absorb(released).await;
             }
             state.schedule_dispatch(&myself);
         }
@@ -481,7 +507,7 @@ async fn handle_message(
                 state.args.clock.now(),
             )
             .await?;
-            state.absorb(released);
+            state.absorb(released).await;
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::Ready { robot, window } => {
@@ -495,6 +521,22 @@ async fn handle_message(
         }
         RobotRegistryMsg::Revoke { robot_id, item_ids } => {
             state.tell_revoked(&BTreeMap::from([(robot_id, item_ids)]));
+        }
+        RobotRegistryMsg::ItemsReleased {
+            robot_id,
+            item_ids,
+            before,
+        } => {
+            if state
+                .sessions
+                .get(&robot_id)
+                .is_none_or(|s| s.started_at >= before)
+            {
+                return Ok(());
+            }
+            state.board.left(robot_id, item_ids.len() as i64);
+            state.tell_revoked(&BTreeMap::from([(robot_id, item_ids)]));
+            state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::ItemsLeftFlight { robot_id, count } => {
             state.board.left(robot_id, count);
@@ -744,7 +786,7 @@ async fn housekeeping(
             "leases expired"
         );
     }
-    state.absorb(expired);
+    state.absorb(expired).await;
     Ok(())
 }
 
@@ -769,6 +811,6 @@ async fn release_lost(
     let released =
         recovery::release_robot(&state.args.store, robot_id, false, state.args.defaults, now)
             .await?;
-    state.absorb(released);
+    state.absorb(released).await;
     Ok(true)
 }

@@ -11,8 +11,8 @@ use crate::error::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-const NODE_FIELDS: &str = "record::id(id) AS id, http, incarnation, started_at, heartbeat_at, \
-                           dead, robots, leased_per_minute";
+const NODE_FIELDS: &str = "record::id(id) AS id, http, cluster, incarnation, started_at, \
+                           heartbeat_at, dead, robots, leased_per_minute";
 
 /// A node's membership row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,9 @@ pub struct NodeRow {
     pub id: String,
     /// Where the node serves HTTP, as it advertises it.
     pub http: String,
+    /// Where the node takes hints from the other nodes (`host:port`), if it does.
+    #[serde(default)]
+    pub cluster: Option<String>,
     /// Starts at 1 and grows each time the node (re)joins under the same id.
     pub incarnation: i64,
     pub started_at: Millis,
@@ -48,6 +51,9 @@ pub enum EventKind {
     RobotChanged,
     /// A robot was deleted or its token rotated: its sessions end.
     RobotRevoked,
+    /// Another node released some of the robot's items (a cancel, an expired lease): the node
+    /// holding its session stops counting them and takes them back from the robot.
+    ItemsReleased,
 }
 
 /// An event row.
@@ -59,6 +65,9 @@ pub struct EventRow {
     pub node: String,
     pub kind: EventKind,
     pub robot: i64,
+    /// The items, for [`EventKind::ItemsReleased`].
+    #[serde(default)]
+    pub items: Vec<i64>,
 }
 
 /// Who runs a singleton job, until when.
@@ -77,12 +86,13 @@ impl Store {
         &self,
         node_id: &str,
         http: &str,
+        cluster: Option<&str>,
         now: Millis,
     ) -> Result<i64, StoreError> {
-        let sql = "UPSERT type::record('node', $id) SET http = $http, \
+        let sql = "UPSERT type::record('node', $id) SET http = $http, cluster = $cluster ?? NONE, \
                    incarnation = (incarnation ?? 0) + 1, started_at = $now, heartbeat_at = $now, \
                    dead = false, robots = 0, leased_per_minute = 0 RETURN VALUE incarnation;";
-        let vars = json!({ "id": node_id, "http": http, "now": now });
+        let vars = json!({ "id": node_id, "http": http, "cluster": cluster, "now": now });
         self.retry_conflicts(|| async {
             self.row::<i64>(sql, vars.clone(), 0)
                 .await?
@@ -178,24 +188,48 @@ impl Store {
         &self,
         kind: EventKind,
         robot: i64,
+        items: &[i64],
         node: &str,
         at: Millis,
     ) -> Result<(), StoreError> {
-        let vars = json!({ "kind": kind, "robot": robot, "node": node, "at": at });
+        let vars = json!({ "kind": kind, "robot": robot, "items": items, "node": node, "at": at });
         self.retry_conflicts(|| {
             self.exec(
-                "CREATE event SET at = $at, node = $node, kind = $kind, robot = $robot \
-                 RETURN NONE;",
+                "CREATE event SET at = $at, node = $node, kind = $kind, robot = $robot, \
+                 items = $items RETURN NONE;",
                 vars.clone(),
             )
         })
         .await
     }
 
+    /// One [`EventKind::ItemsReleased`] row per robot, in one write.
+    pub async fn publish_items_released(
+        &self,
+        node: &str,
+        released: &[(i64, Vec<i64>)],
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Value> = released
+            .iter()
+            .map(|(robot, items)| {
+                json!({ "at": at, "node": node, "kind": EventKind::ItemsReleased,
+                        "robot": robot, "items": items })
+            })
+            .collect();
+        let vars = json!({ "rows": rows });
+        self.retry_conflicts(|| self.exec("INSERT INTO event $rows RETURN NONE;", vars.clone()))
+            .await
+    }
+
     /// Events written at `since` or later, oldest first.
     pub async fn events_since(&self, since: Millis) -> Result<Vec<EventRow>, StoreError> {
         self.rows(
-            "SELECT <string> record::id(id) AS id, at, node, kind, robot FROM event \
+            "SELECT <string> record::id(id) AS id, at, node, kind, robot, items ?? [] AS items \
+             FROM event \
              WHERE at >= $since ORDER BY at LIMIT 10000;",
             json!({ "since": since }),
             0,
@@ -302,8 +336,10 @@ mod tests {
     #[tokio::test]
     async fn a_node_declared_dead_cannot_renew_until_it_rejoins() -> Result<(), StoreError> {
         let store = store().await;
-        let a = store.join_cluster("a", "http://a", 1_000).await?;
-        let b = store.join_cluster("b", "http://b", 1_000).await?;
+        let a = store
+            .join_cluster("a", "http://a", Some("a:7100"), 1_000)
+            .await?;
+        let b = store.join_cluster("b", "http://b", None, 1_000).await?;
         assert_eq!((a, b), (1, 1));
         let beat = |now| NodeBeat {
             now,
@@ -314,7 +350,7 @@ mod tests {
         // b is silent; a (not itself) declares it dead at cutoff 1,500.
         assert_eq!(store.declare_dead_nodes("a", 1_500).await?, vec!["b"]);
         assert!(!store.node_heartbeat("b", b, beat(2_100)).await?);
-        let b2 = store.join_cluster("b", "http://b", 2_200).await?;
+        let b2 = store.join_cluster("b", "http://b", None, 2_200).await?;
         assert_eq!(b2, 2);
         assert!(
             !store.node_heartbeat("b", b, beat(2_300)).await?,
@@ -323,6 +359,8 @@ mod tests {
         assert!(store.node_heartbeat("b", b2, beat(2_300)).await?);
         let rows = store.nodes().await?;
         assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].cluster.as_deref(), Some("a:7100"));
+        assert_eq!(rows[1].cluster, None);
         assert_eq!(rows[0].robots, 2);
         assert_eq!(rows[0].leased_per_minute, 7);
         assert!(!rows[1].dead);
@@ -335,10 +373,10 @@ mod tests {
     async fn events_are_read_back_from_a_time_on_and_pruned() -> Result<(), StoreError> {
         let store = store().await;
         store
-            .publish_event(EventKind::RobotChanged, 7, "a", 1_000)
+            .publish_event(EventKind::RobotChanged, 7, &[], "a", 1_000)
             .await?;
         store
-            .publish_event(EventKind::RobotRevoked, 8, "b", 2_000)
+            .publish_event(EventKind::ItemsReleased, 8, &[3, 4], "b", 2_000)
             .await?;
         let all = store.events_since(0).await?;
         assert_eq!(all.len(), 2);
@@ -349,7 +387,9 @@ mod tests {
         assert_ne!(all[0].id, all[1].id);
         let later = store.events_since(1_500).await?;
         assert_eq!(later.len(), 1);
-        assert_eq!(later[0].kind, EventKind::RobotRevoked);
+        assert_eq!(later[0].kind, EventKind::ItemsReleased);
+        assert_eq!(later[0].items, vec![3, 4]);
+        assert!(all[0].items.is_empty());
         store.prune_events(1_500).await?;
         assert_eq!(store.events_since(0).await?, later);
         Ok(())

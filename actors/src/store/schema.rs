@@ -4,7 +4,7 @@
 //! live in `counter:<table>`; settings in `setting:<name>`; the schema version in `setting:schema`.
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The first version that stores items in chunks; older ones kept a row per item.
 pub const CHUNKED_ITEMS_SINCE: i64 = 3;
@@ -144,4 +144,11 @@ DEFINE FIELD IF NOT EXISTS node ON event TYPE string;
 DEFINE FIELD IF NOT EXISTS kind ON event TYPE string ASSERT $value IN ['robot_changed', 'robot_revoked'];
 DEFINE FIELD IF NOT EXISTS robot ON event TYPE int;
 DEFINE INDEX IF NOT EXISTS event_at ON event FIELDS at;
+
+-- Version 7: a node's cluster address (hints, hints.rs), when it has one; `items_released` events
+-- tell the node holding a robot's session which of its items another node released (a cancel,
+-- an expired lease), so its planned load and pushed items follow.
+DEFINE FIELD IF NOT EXISTS cluster ON node TYPE option<string>;
+DEFINE FIELD OVERWRITE kind ON event TYPE string ASSERT $value IN ['robot_changed', 'robot_revoked', 'items_released'];
+DEFINE FIELD IF NOT EXISTS items ON event TYPE option<array<int>>;
 "#;

@@ -187,6 +187,7 @@ fn docs_page() -> String {
     MinuteView,
     ClusterView,
     NodeView,
+    HintsView,
     PulseBody,
     PulseView,
     LeasedItemView,

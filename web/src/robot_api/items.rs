@@ -86,11 +86,10 @@ async fn pulse(
                 ..RobotPatch::default()
             };
             robot = state
-                .store
+                .dispatcher
                 .update_robot(robot.id, &patch)
                 .await?
                 .ok_or_else(|| ApiError::unauthorized("the robot no longer exists"))?;
-            state.dispatcher.robot_changed(&robot).await;
         }
     }
     let interval = state.config.pulse_timeout / 3;

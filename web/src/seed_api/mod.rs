@@ -181,12 +181,11 @@ async fn patch_robots(robot: Robot, params: Params, state: AppState) -> Result<R
         status: Some(status),
         ..RobotPatch::default()
     };
-    let updated = state
-        .store
+    state
+        .dispatcher
         .update_robot(robot.id, &patch)
         .await?
         .ok_or_else(|| Detail(StatusCode::NOT_FOUND, "robot not found".into()))?;
-    state.dispatcher.robot_changed(&updated).await;
     Ok(empty_ok())
 }
 

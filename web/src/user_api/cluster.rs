@@ -34,6 +34,7 @@ async fn cluster(state: &AppState, user: &AuthUser) -> Result<ClusterView, ApiEr
         config.dead_after,
         &nodes,
         &singletons,
+        config.hints.stats(),
         now_millis(),
     ))
 }

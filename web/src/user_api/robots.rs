@@ -105,10 +105,9 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             respond(
                 async {
                     user.require_admin()?;
-                    if !state.store.delete_robot(id).await? {
+                    if !state.dispatcher.delete_robot(id).await? {
                         return Err(not_found(id));
                     }
-                    state.dispatcher.robot_revoked(id).await;
                     Ok(StatusCode::NO_CONTENT)
                 }
                 .await,
@@ -123,13 +122,12 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                 async {
                     user.require_admin()?;
                     let token = new_robot_token();
+                    // The old token stops working now; what the robot held goes back.
                     let robot = state
-                        .store
+                        .dispatcher
                         .replace_robot_token(id, &hash_robot_token(&token))
                         .await?
                         .ok_or_else(|| not_found(id))?;
-                    // The old token stops working now; what the robot held goes back.
-                    state.dispatcher.robot_revoked(id).await;
                     let mut body = views::robot(&robot, state.config.pulse_timeout);
                     body.token = Some(token);
                     Ok::<_, ApiError>(warp::reply::json(&body))
@@ -254,11 +252,10 @@ async fn patch(
         disabled_by_admin: status.map(|s| s == RobotStatus::Inactive),
     };
     let robot = state
-        .store
+        .dispatcher
         .update_robot(id, &patch)
         .await?
         .ok_or_else(|| not_found(id))?;
-    state.dispatcher.robot_changed(&robot).await;
     Ok(warp::reply::json(&views::robot(
         &robot,
         state.config.pulse_timeout,

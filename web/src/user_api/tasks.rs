@@ -226,11 +226,10 @@ where
             let process_id = q.process_id.ok_or(IngestError::MissingProcess)?;
             ingest::check_process(&state.store, process_id).await?;
             let staged = ingest::stage_csv(&state.store, body, &options).await?;
-            staged.commit(&state.store, process_id).await?
+            state.dispatcher.commit_upload(staged, process_id).await?
         }
         Some(boundary) => upload_multipart(&state, &user, q, options, body, boundary).await?,
     };
-    state.dispatcher.task_ready(task.id);
     Ok(warp::reply::with_status(
         warp::reply::json(&views::task(&task)),
         StatusCode::CREATED,
@@ -318,7 +317,7 @@ where
         staged.discard(&state.store).await;
         return Err(IngestError::MissingProcess.into());
     };
-    Ok(staged.commit(&state.store, process_id).await?)
+    Ok(state.dispatcher.commit_upload(staged, process_id).await?)
 }
 
 async fn small_field(field: &mut multer::Field<'_>) -> Result<String, ApiError> {
