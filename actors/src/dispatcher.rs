@@ -98,6 +98,7 @@ impl Dispatcher {
     /// Starts the supervisor, which starts the registry, batcher, director and upload sweeper,
     /// rebuilding task queues from the store.
     pub async fn start(store: Store, config: DispatchConfig) -> Result<Dispatcher, DispatchError> {
+        store.set_shard(&config.node_id);
         let parts: SharedParts = Arc::default();
         let health = Arc::new(DispatchHealth::default());
         let view = Arc::new(ClusterView::new(&config.node_id));

@@ -179,6 +179,7 @@ pub async fn start_parts(
             batcher: batcher.clone(),
             default_lease_ttl: config.lease_ttl,
             clock: config.clock.clone(),
+            view: Arc::clone(view),
         },
         supervisor,
     )

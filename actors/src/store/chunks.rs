@@ -593,7 +593,8 @@ impl Store {
                 .filter(|pair| !known.contains(pair))
                 .collect()
         };
-        let (sql, vars) = write_statements(&chunks, tasks, &new_workers, finished, now)?;
+        let (sql, vars) =
+            write_statements(&self.shard(), &chunks, tasks, &new_workers, finished, now)?;
         let outcome = self.db.run(&sql, Value::Object(vars)).await;
         let ns: Vec<i64> = chunks.iter().map(|c| c.n).collect();
         let mut response = match outcome {
@@ -644,6 +645,16 @@ impl Store {
     }
 }
 
+/// SurrealQL for the items of task `id` pending or in flight: its row's counts (`row`, the
+/// variable or expression holding `counts`) plus every node's shard.
+pub(crate) fn open_items(row: &str, id: i64) -> String {
+    format!(
+        "({row}.counts.pending + {row}.counts.assigned + {row}.counts.started + \
+         math::sum((SELECT VALUE counts.pending + counts.assigned + counts.started \
+           FROM task_count WHERE task = {id})))"
+    )
+}
+
 /// The transaction [`Store::write_chunks`] runs, and its parameters.
 ///
 /// Ids, versions, counter deltas and times are integers written into the text; only the chunks'
@@ -654,6 +665,7 @@ impl Store {
 /// Written as loops over parameter arrays, the same batches cost more: with 20 seed-API robots a
 /// batch (about 10 changes) took 2.51 ms on average, now 1.91 ms (BENCHMARKS.md).
 fn write_statements(
+    shard: &str,
     chunks: &[Chunk],
     tasks: &BTreeMap<i64, TaskDelta>,
     new_workers: &[(i64, i64)],
@@ -664,6 +676,7 @@ fn write_statements(
     let mut sql = String::with_capacity(200 + 120 * chunks.len() + 400 * tasks.len());
     let mut vars = Map::new();
     sql.push_str("BEGIN; ");
+    vars.insert("shard".into(), Value::String(shard.to_string()));
     let mut hits = Vec::with_capacity(chunks.len());
     for (i, chunk) in chunks.iter().enumerate() {
         vars.insert(
@@ -695,67 +708,72 @@ fn write_statements(
     }
     for (i, (id, d)) in tasks.iter().enumerate() {
         let c = &d.counts;
-        let mut sets: Vec<String> = [
+        // Counters go to this node's shard of the task (`task_count:[task, node]`), which only
+        // this node writes, under its chunk lock: nodes sharing a task never write one row.
+        let fields = [
             ("pending", c.pending),
             ("assigned", c.assigned),
             ("started", c.started),
             ("completed", c.completed),
             ("failed", c.failed),
             ("abandoned", c.abandoned),
-        ]
-        .into_iter()
-        .filter(|(_, delta)| *delta != 0)
-        .map(|(field, delta)| format!("counts.{field} += {delta}"))
-        .collect();
-        if d.start {
-            sets.push(format!("started_at = started_at ?? {now}"));
-        }
-        if d.reopen {
-            // A finished task (not a cancelled one) runs again; this also starts a CREATED one.
-            sets.push("ended_at = IF status != 'CANCELLED' THEN NONE ELSE ended_at END".into());
-            sets.push("status = IF status != 'CANCELLED' THEN 'STARTED' ELSE status END".into());
-        } else if d.start {
-            sets.push("status = IF status = 'CREATED' THEN 'STARTED' ELSE status END".into());
-        }
-        if sets.is_empty() {
-            continue;
+        ];
+        if fields.iter().any(|(_, delta)| *delta != 0) {
+            let counts: Vec<String> = fields
+                .iter()
+                .map(|(field, delta)| format!("{field}: (counts.{field} ?? 0) + {delta}"))
+                .collect();
+            let _ = write!(
+                sql,
+                "UPSERT type::record('task_count', [{id}, $shard]) SET task = {id}, \
+                 counts = {{ {} }} RETURN NONE; ",
+                counts.join(", ")
+            );
         }
         let ends = c.completed > 0 || c.failed > 0 || c.abandoned > 0;
-        // Leasing reads the task's status in the same transaction: a task cancelled on another
-        // node since its items were planned gets no new lease.
-        let guard = if d.start {
-            format!("IF $t{i}.status = 'CANCELLED' {{ THROW '{TASK_CANCELLED}' }}; ")
-        } else {
-            String::new()
-        };
-        if !ends && d.start {
+        if d.reopen {
+            // A finished task (not a cancelled one) runs again; this also starts a CREATED one.
             let _ = write!(
                 sql,
-                "LET $t{i} = (UPDATE task:{id} SET {} RETURN status)[0]; {guard}",
-                sets.join(", ")
+                "UPDATE task:{id} SET started_at = started_at ?? {now}, \
+                 ended_at = IF status != 'CANCELLED' THEN NONE ELSE ended_at END, \
+                 status = IF status != 'CANCELLED' THEN 'STARTED' ELSE status END RETURN NONE; "
             );
             continue;
         }
-        if !ends {
-            let _ = write!(
-                sql,
-                "UPDATE task:{id} SET {} RETURN NONE; ",
-                sets.join(", ")
-            );
+        if !d.start && !ends {
             continue;
         }
-        // Items ended: a task left with nothing pending or in flight is COMPLETED. The check
-        // reads what the update returned instead of the row.
+        // The task's row is read, and written only when its status changes (first lease,
+        // completion). Leasing reads the status in the same transaction: a task cancelled on
+        // another node since its items were planned gets no new lease.
         let _ = write!(
             sql,
-            "LET $t{i} = (UPDATE task:{id} SET {} RETURN status, counts)[0]; {guard}\
-             IF $t{i}.status IN ['CREATED', 'STARTED'] \
-               AND $t{i}.counts.pending + $t{i}.counts.assigned + $t{i}.counts.started = 0 {{ \
-               UPDATE task:{id} SET status = 'COMPLETED', ended_at = {now} \
-                 WHERE status IN ['CREATED', 'STARTED'] RETURN NONE; \
-             }}; ",
-            sets.join(", ")
+            "LET $t{i} = (SELECT status, counts FROM ONLY task:{id}); "
         );
+        if d.start {
+            let _ = write!(
+                sql,
+                "IF $t{i}.status = 'CANCELLED' {{ THROW '{TASK_CANCELLED}' }}; \
+                 IF $t{i}.status = 'CREATED' {{ UPDATE task:{id} SET status = 'STARTED', \
+                   started_at = started_at ?? {now} RETURN NONE; }}; "
+            );
+        }
+        if ends {
+            // Items ended: a task left with nothing pending or in flight, counting every
+            // node's shard (this batch's included), is COMPLETED. Two nodes ending the last items
+            // at once may each miss the other's; the task directors complete such a task
+            // within a second (`Store::complete_finished_tasks`).
+            let _ = write!(
+                sql,
+                "IF $t{i}.status IN ['CREATED', 'STARTED'] \
+                   AND {OPEN_ITEMS} = 0 {{ \
+                   UPDATE task:{id} SET status = 'COMPLETED', ended_at = {now} \
+                     WHERE status IN ['CREATED', 'STARTED'] RETURN NONE; \
+                 }}; ",
+                OPEN_ITEMS = open_items(&format!("$t{i}"), *id),
+            );
+        }
     }
     for (task, robot) in new_workers {
         let _ = write!(sql, "UPSERT worked:[{task}, {robot}] RETURN NONE; ");
@@ -763,7 +781,8 @@ fn write_statements(
     if finished.0 + finished.1 > 0 {
         let _ = write!(
             sql,
-            "UPSERT throughput:{minute} SET completed = (completed ?? 0) + {completed}, \
+            "UPSERT type::record('throughput', [{minute}, $shard]) SET minute = {minute}, \
+               completed = (completed ?? 0) + {completed}, \
                failed = (failed ?? 0) + {failed} RETURN NONE; ",
             minute = super::minute_of(now),
             completed = finished.0,
@@ -838,7 +857,8 @@ mod tests {
             started: 2,
             ..ItemCounts::default()
         });
-        let (sql, vars) = write_statements(&chunks, &starts, &[], (0, 0), 1_000).expect("sql");
+        let (sql, vars) =
+            write_statements("n1", &chunks, &starts, &[], (0, 0), 1_000).expect("sql");
         assert!(
             sql.contains("UPDATE chunk:2 CONTENT $c0 WHERE version = 0"),
             "{sql}"
@@ -853,17 +873,15 @@ mod tests {
         );
         assert!(
             sql.contains(
-                "UPDATE task:7 SET counts.assigned += -2, counts.started += 2 RETURN NONE"
+                "UPSERT type::record('task_count', [7, $shard]) SET task = 7, counts = { \
+                 pending: (counts.pending ?? 0) + 0, assigned: (counts.assigned ?? 0) + -2, \
+                 started: (counts.started ?? 0) + 2,"
             ),
             "{sql}"
         );
-        for absent in [
-            "counts.pending",
-            "COMPLETED",
-            "throughput",
-            "status",
-            "worked",
-        ] {
+        assert_eq!(vars["shard"], "n1");
+        // Items moving within flight touch no task row: only this node's shard.
+        for absent in ["task:7", "COMPLETED", "throughput", "status", "worked"] {
             assert!(!sql.contains(absent), "{absent} in {sql}");
         }
         assert_eq!(
@@ -881,12 +899,19 @@ mod tests {
             ..ItemCounts::default()
         });
         let (sql, _) =
-            write_statements(&chunks[..1], &ends, &[(7, 3)], (1, 0), 120_000).expect("sql");
+            write_statements("n1", &chunks[..1], &ends, &[(7, 3)], (1, 0), 120_000).expect("sql");
         assert!(
             sql.contains("SET status = 'COMPLETED', ended_at = 120000"),
             "{sql}"
         );
-        assert!(sql.contains("UPSERT throughput:2 SET"), "{sql}");
+        assert!(
+            sql.contains("FROM task_count WHERE task = 7"),
+            "completion counts every shard: {sql}"
+        );
+        assert!(
+            sql.contains("UPSERT type::record('throughput', [2, $shard]) SET"),
+            "{sql}"
+        );
         assert!(sql.contains("UPSERT worked:[7, 3] RETURN NONE"), "{sql}");
     }
 

@@ -589,6 +589,22 @@ impl Store {
             .await
     }
 
+    /// Marks task `id` COMPLETED if, counting every node's shard, nothing of it is pending or in
+    /// flight; `true` if it did. The write that ends a task's last items does this itself; two
+    /// nodes ending the last items at once may each miss the other's, and the task directors
+    /// call this for them.
+    pub async fn complete_if_finished(&self, id: i64, now: Millis) -> Result<bool, StoreError> {
+        let open = super::chunks::open_items("$this", id);
+        let sql = format!(
+            "UPDATE task:{id} SET status = 'COMPLETED', ended_at = {now} \
+             WHERE status IN ['CREATED', 'STARTED'] AND {open} = 0 RETURN VALUE 1;"
+        );
+        let hit: Vec<Value> = self
+            .retry_conflicts(|| self.rows(&sql, json!({}), 0))
+            .await?;
+        Ok(!hit.is_empty())
+    }
+
     /// Marks a task CANCELLED; its ASSIGNED items go back to PENDING (not dispatched again).
     pub async fn cancel_task(&self, task_id: i64, now: Millis) -> Result<bool, StoreError> {
         let sql = "UPDATE type::record('task', $id) SET status = 'CANCELLED', ended_at = $now \

@@ -135,6 +135,8 @@ pub struct Store {
     tokens: Arc<robots::TokenCache>,
     /// Items this node leased since it started (the cluster view's items leased per minute).
     leased: Arc<std::sync::atomic::AtomicU64>,
+    /// This node's shard of the hot counters (task counts, throughput): its node id.
+    shard: Arc<std::sync::RwLock<Arc<str>>>,
 }
 
 /// The two ways the store reaches SurrealDB. The embedded engine is built here rather than by
@@ -256,6 +258,7 @@ impl Store {
             chunks: Arc::default(),
             tokens: Arc::default(),
             leased: Arc::default(),
+            shard: Arc::new(std::sync::RwLock::new(Arc::from("local"))),
         };
         // Idempotent, and run by every node of a cluster at start: a lost race is run again.
         store.retry_conflicts(|| store.apply_schema()).await?;
@@ -450,6 +453,24 @@ impl Store {
         {
             tracing::warn!(error = %err, "store did not close cleanly");
         }
+    }
+
+    /// Names this node's shard of the hot counters (its node id): every node of a cluster
+    /// writes its own task-count and throughput rows, which reads sum.
+    pub fn set_shard(&self, node_id: &str) {
+        *self
+            .shard
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(node_id);
+    }
+
+    pub(crate) fn shard(&self) -> Arc<str> {
+        Arc::clone(
+            &self
+                .shard
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Items this node leased since it started.

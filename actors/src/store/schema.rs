@@ -4,7 +4,7 @@
 //! live in `counter:<table>`; settings in `setting:<name>`; the schema version in `setting:schema`.
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The first version that stores items in chunks; older ones kept a row per item.
 pub const CHUNKED_ITEMS_SINCE: i64 = 3;
@@ -151,4 +151,21 @@ DEFINE INDEX IF NOT EXISTS event_at ON event FIELDS at;
 DEFINE FIELD IF NOT EXISTS cluster ON node TYPE option<string>;
 DEFINE FIELD OVERWRITE kind ON event TYPE string ASSERT $value IN ['robot_changed', 'robot_revoked', 'items_released'];
 DEFINE FIELD IF NOT EXISTS items ON event TYPE option<array<int>>;
+
+-- Version 8: hot counters sharded per node, so nodes sharing a task never write one row.
+-- `task_count:[task, node]` holds the changes of a task's counts one node made (the task row keeps
+-- the counts its upload set); readers add them up. `throughput:[minute, node]` replaces
+-- `throughput:<minute>`, with the minute as a field (rows from before the upgrade lack it: the
+-- chart skips them and the prune removes them).
+DEFINE TABLE IF NOT EXISTS task_count SCHEMAFULL;
+DEFINE FIELD IF NOT EXISTS task ON task_count TYPE int;
+DEFINE FIELD IF NOT EXISTS counts ON task_count TYPE object;
+DEFINE FIELD IF NOT EXISTS counts.pending ON task_count TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.assigned ON task_count TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.started ON task_count TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.completed ON task_count TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.failed ON task_count TYPE int;
+DEFINE FIELD IF NOT EXISTS counts.abandoned ON task_count TYPE int;
+DEFINE INDEX IF NOT EXISTS task_count_task ON task_count FIELDS task;
+DEFINE FIELD IF NOT EXISTS minute ON throughput TYPE option<int>;
 "#;

@@ -11,6 +11,7 @@ use super::chunks::{CHUNK_ITEMS, Chunk, chunk_of};
 use super::items::full_item;
 use crate::domain::{Item, ItemCounts, ItemStatus, Millis, Task, TaskStatus, now_millis};
 use crate::error::StoreError;
+use crate::lifecycle::add_counts;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -18,9 +19,36 @@ use serde_json::{Map, Value, json};
 /// the engine's memtable.
 const DELETE_BATCH: i64 = 64;
 
-const TASK_FIELDS: &str = "record::id(id) AS id, process AS process_id, owner AS owner_id, status, \
-                           priority, item_count, counts, columns, filename, created_at, \
-                           started_at, ended_at";
+/// A task row's fields, its counts as its upload set them.
+const TASK_ROW_FIELDS: &str = "record::id(id) AS id, process AS process_id, owner AS owner_id, \
+                               status, priority, item_count, counts, columns, filename, \
+                               created_at, started_at, ended_at";
+
+/// A task row's fields and the count changes every node made to it (its shards, schema 8), which
+/// [`TaskRow`] adds up.
+const TASK_FIELDS: &str = "record::id(id) AS id, process AS process_id, owner AS owner_id, \
+                           status, priority, item_count, counts, columns, filename, created_at, \
+                           started_at, ended_at, (SELECT VALUE counts FROM task_count \
+                           WHERE task = record::id($parent.id)) AS shards";
+
+/// A task as read with [`TASK_FIELDS`]: its row and its shards of counts.
+#[derive(Debug, Deserialize)]
+struct TaskRow {
+    #[serde(flatten)]
+    task: Task,
+    #[serde(default)]
+    shards: Vec<ItemCounts>,
+}
+
+impl From<TaskRow> for Task {
+    fn from(row: TaskRow) -> Task {
+        let mut task = row.task;
+        for shard in &row.shards {
+            add_counts(&mut task.counts, shard);
+        }
+        task
+    }
+}
 
 /// Which tasks to list.
 #[derive(Debug, Clone, Default)]
@@ -142,7 +170,7 @@ impl Store {
             "UPDATE type::record('task', $id) SET status = 'CREATED', process = $process, \
              item_count = $count, counts.pending = $count, id_ranges = $ranges, \
              created_at = $now, touched_at = $now WHERE status = 'UPLOADING' \
-             RETURN {TASK_FIELDS};"
+             RETURN {TASK_ROW_FIELDS};"
         );
         let vars = json!({ "id": task_id, "process": process_id, "count": item_count,
                            "ranges": ranges, "now": now_millis() });
@@ -202,13 +230,21 @@ impl Store {
         let sql = format!(
             "SELECT {TASK_FIELDS} FROM type::record('task', $id) WHERE status != 'UPLOADING';"
         );
-        self.row(&sql, json!({ "id": id }), 0).await
+        Ok(self
+            .row::<TaskRow>(&sql, json!({ "id": id }), 0)
+            .await?
+            .map(Task::from))
     }
 
     /// Tasks matching a fixed SurrealQL condition, by id.
     pub(crate) async fn list_tasks_where(&self, cond: &str) -> Result<Vec<Task>, StoreError> {
         let sql = format!("SELECT {TASK_FIELDS} FROM task WHERE {cond} ORDER BY id;");
-        self.rows(&sql, json!({}), 0).await
+        Ok(self
+            .rows::<TaskRow>(&sql, json!({}), 0)
+            .await?
+            .into_iter()
+            .map(Task::from)
+            .collect())
     }
 
     /// Visible tasks matching `filter`, newest first, with the total count that matches.
@@ -236,7 +272,7 @@ impl Store {
         let counts: Vec<Value> = response.take(1)?;
         let tasks = rows
             .into_iter()
-            .map(serde_json::from_value)
+            .map(|row| serde_json::from_value::<TaskRow>(row).map(Task::from))
             .collect::<Result<Vec<Task>, _>>()?;
         let total = counts
             .into_iter()
@@ -359,6 +395,12 @@ impl Store {
                      math::sum(counts.started) AS started, math::sum(counts.completed) AS completed, \
                      math::sum(counts.failed) AS failed, math::sum(counts.abandoned) AS abandoned \
                    FROM task WHERE status != 'UPLOADING' AND ($owner = NONE OR owner = $owner) \
+                   GROUP ALL; \
+                   SELECT math::sum(counts.pending) AS pending, math::sum(counts.assigned) AS assigned, \
+                     math::sum(counts.started) AS started, math::sum(counts.completed) AS completed, \
+                     math::sum(counts.failed) AS failed, math::sum(counts.abandoned) AS abandoned \
+                   FROM task_count WHERE $owner = NONE OR task INSIDE \
+                     (SELECT VALUE record::id(id) FROM task WHERE owner = $owner) \
                    GROUP ALL;";
         let mut response = self
             .db
@@ -368,6 +410,7 @@ impl Store {
         let robots: Vec<Value> = response.take(0)?;
         let by_status: Vec<Value> = response.take(1)?;
         let items: Vec<Value> = response.take(2)?;
+        let shards: Vec<Value> = response.take(3)?;
         let robots = robots.into_iter().next().unwrap_or_default();
         let mut stats = Stats {
             robots_total: robots["total"].as_i64().unwrap_or(0),
@@ -390,8 +433,8 @@ impl Store {
                 stats.tasks_by_status.insert(status.into(), json!(n));
             }
         }
-        if let Some(row) = items.into_iter().next() {
-            stats.items = serde_json::from_value(row)?;
+        for row in items.into_iter().chain(shards) {
+            add_counts(&mut stats.items, &serde_json::from_value(row)?);
         }
         Ok(stats)
     }

@@ -1,6 +1,7 @@
-//! `throughput:<epoch minute>` rows: how many items robots finished in each minute, written in
-//! the same transaction as the transitions themselves (one row per batch, not per item), read by
-//! the dashboard's "items per minute over the last hour" chart.
+//! `throughput:[<epoch minute>, <node>]` rows: how many items robots finished in each minute on
+//! each node, written in the same transaction as the transitions themselves (one row per node
+//! and minute, so nodes never write the same row), summed per minute for the dashboard's "items
+//! per minute over the last hour" chart.
 
 use super::Store;
 use crate::domain::Millis;
@@ -25,21 +26,17 @@ pub fn minute_of(at: Millis) -> i64 {
 impl Store {
     /// Every minute from `first` to `last` inclusive, oldest first; minutes with no row count 0.
     pub async fn throughput(&self, first: i64, last: i64) -> Result<Vec<MinuteCount>, StoreError> {
-        let minutes: Vec<i64> = (first..=last).collect();
-        // Integer bounds are formatted in: record-id ranges cannot take parameters.
+        // At most an hour of minutes per node is kept: the table is small.
         let rows: Vec<MinuteCount> = self
             .rows(
-                &format!(
-                    "SELECT record::id(id) AS minute, completed, failed \
-                     FROM throughput:{first}..={last};"
-                ),
-                json!({}),
+                "SELECT minute, math::sum(completed) AS completed, math::sum(failed) AS failed \
+                 FROM throughput WHERE minute >= $first AND minute <= $last GROUP BY minute;",
+                json!({ "first": first, "last": last }),
                 0,
             )
             .await?;
-        Ok(minutes
-            .iter()
-            .map(|&minute| {
+        Ok((first..=last)
+            .map(|minute| {
                 rows.iter()
                     .find(|r| r.minute == minute)
                     .copied()
@@ -53,8 +50,11 @@ impl Store {
 
     /// Deletes minutes before `first`; the chart never looks further back than an hour.
     pub async fn prune_throughput(&self, first: i64) -> Result<(), StoreError> {
-        // Integer bounds are formatted in: record-id ranges cannot take parameters.
-        self.exec(&format!("DELETE throughput:..{first};"), json!({}))
-            .await
+        // Rows written before schema 8 have no minute: they go too.
+        self.exec(
+            "DELETE throughput WHERE minute = NONE OR minute < $first;",
+            json!({ "first": first }),
+        )
+        .await
     }
 }

@@ -42,6 +42,8 @@ pub struct TaskDirectorArgs {
     pub batcher: ActorRef<crate::transition_batcher::BatcherMsg>,
     pub default_lease_ttl: Duration,
     pub clock: crate::domain::Clock,
+    /// The nodes alive: each starts on its own stripe of a task's ids.
+    pub view: std::sync::Arc<crate::cluster_view::ClusterView>,
 }
 
 /// Running state: the live task actors, by task id and by actor.
@@ -83,6 +85,7 @@ impl DirectorState {
             registry: self.args.registry.clone(),
             batcher: self.args.batcher.clone(),
             clock: self.args.clock.clone(),
+            stripe: stripe_of(&self.args.view),
         };
         let supervisor: ActorCell = myself.get_cell();
         match Actor::spawn_linked(None, TaskActor, args, supervisor).await {
@@ -111,6 +114,17 @@ impl DirectorState {
         });
         Some(task_id)
     }
+}
+
+/// This node's stripe: its place among the nodes alive, by id.
+fn stripe_of(view: &crate::cluster_view::ClusterView) -> (usize, usize) {
+    let mut alive = view.alive();
+    alive.sort();
+    let part = alive
+        .iter()
+        .position(|id| id == view.node_id())
+        .unwrap_or(0);
+    (part, alive.len().max(1))
 }
 
 impl Actor for TaskDirector {
@@ -198,6 +212,19 @@ async fn handle_message(
         TaskDirectorMsg::Reconcile => {
             let tasks = state.args.store.dispatchable_tasks().await?;
             for task in &tasks {
+                let c = &task.counts;
+                if c.pending + c.assigned + c.started == 0
+                    && state
+                        .args
+                        .store
+                        .complete_if_finished(task.id, state.args.clock.now())
+                        .await?
+                {
+                    info!(
+                        task_id = task.id,
+                        "task completed (its last items ended on two nodes at once)"
+                    );
+                }
                 if task.counts.pending > 0 && !state.tasks.contains_key(&task.id) {
                     state.ensure(&myself, task.id).await?;
                 }

@@ -11,9 +11,10 @@ pub const SCAN_WINDOW: i64 = 2_000;
 /// The pending queue of one task.
 #[derive(Debug, Clone, Default)]
 pub struct PendingQueue {
+    /// Id ranges in scan order (a striped queue starts in the middle and wraps around).
     ranges: Vec<(i64, i64)>,
-    /// Next id to scan; `None` once every range was scanned.
-    cursor: Option<i64>,
+    /// Index into `ranges` and next id to scan; `None` once every range was scanned.
+    cursor: Option<(usize, i64)>,
     ready: VecDeque<i64>,
     queued: HashSet<i64>,
     /// (not_before, id) of items in backoff.
@@ -23,9 +24,39 @@ pub struct PendingQueue {
 impl PendingQueue {
     /// A queue over the task's id ranges, scanning from the first id.
     pub fn new(ranges: Vec<(i64, i64)>) -> Self {
-        let cursor = ranges.first().map(|(start, _)| *start);
+        PendingQueue::striped(ranges, 0, 1, 1)
+    }
+
+    /// A queue that scans stripe `part` of `parts` first (the ids from `part / parts` of the
+    /// way in, at a multiple of `align`), then the rest, wrapping around: nodes of a cluster
+    /// sharing a task start on different chunks, so their writes meet only at the task's tail.
+    pub fn striped(ranges: Vec<(i64, i64)>, part: usize, parts: usize, align: i64) -> Self {
+        let total: i64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
+        let parts = parts.max(1) as i64;
+        let mut skip = total * (part as i64 % parts) / parts;
+        // The stripe's first range, the ranges after it, then the ones before it.
+        let (mut from, mut after, mut before) = (Vec::new(), Vec::new(), Vec::new());
+        for &(start, end) in &ranges {
+            let len = end - start + 1;
+            if !from.is_empty() {
+                after.push((start, end));
+            } else if skip >= len {
+                before.push((start, end));
+                skip -= len;
+            } else {
+                let align = align.max(1);
+                let split = ((start + skip) / align * align).max(start);
+                if split > start {
+                    before.push((start, split - 1));
+                }
+                from.push((split, end));
+            }
+        }
+        let ranges_in_order: Vec<(i64, i64)> =
+            from.into_iter().chain(after).chain(before).collect();
+        let cursor = ranges_in_order.first().map(|(start, _)| (0, *start));
         PendingQueue {
-            ranges,
+            ranges: ranges_in_order,
             cursor,
             ..Default::default()
         }
@@ -33,19 +64,23 @@ impl PendingQueue {
 
     /// The next id window `[from, to]` to scan, if any remains.
     pub fn next_window(&self) -> Option<(i64, i64)> {
-        let cursor = self.cursor?;
-        let (_, end) = self.ranges.iter().find(|(_, end)| cursor <= *end)?;
-        Some((cursor, (cursor + SCAN_WINDOW - 1).min(*end)))
+        let (index, next) = self.cursor?;
+        let (_, end) = self.ranges.get(index)?;
+        Some((next, (next + SCAN_WINDOW - 1).min(*end)))
     }
 
     /// Records the scan of window `[_, to]` and what it found.
     pub fn scanned(&mut self, to: i64, found: &[PendingItem], now: Millis) {
-        let next = to + 1;
-        self.cursor = self
-            .ranges
-            .iter()
-            .find(|(start, end)| next <= *end || next <= *start)
-            .map(|(start, _)| next.max(*start));
+        self.cursor = self.cursor.and_then(|(index, _)| {
+            let (_, end) = self.ranges.get(index)?;
+            if to < *end {
+                Some((index, to + 1))
+            } else {
+                self.ranges
+                    .get(index + 1)
+                    .map(|(start, _)| (index + 1, *start))
+            }
+        });
         self.push(found, now);
     }
 
@@ -122,6 +157,40 @@ mod tests {
         assert_eq!(q.next_window(), None);
         assert_eq!(q.take(10), [1, 2, 9_005]);
         assert!(q.is_exhausted());
+    }
+
+    #[test]
+    fn a_stripe_starts_part_of_the_way_in_and_wraps_around_once() {
+        let ranges = vec![(0, 1_023), (2_048, 3_071)];
+        let scan_all = |mut q: PendingQueue| {
+            let mut windows = Vec::new();
+            while let Some((from, to)) = q.next_window() {
+                windows.push((from, to));
+                q.scanned(to, &[], 0);
+            }
+            windows
+        };
+        assert_eq!(
+            scan_all(PendingQueue::striped(ranges.clone(), 0, 2, 256)),
+            [(0, 1_023), (2_048, 3_071)]
+        );
+        assert_eq!(
+            scan_all(PendingQueue::striped(ranges.clone(), 1, 2, 256)),
+            [(2_048, 3_071), (0, 1_023)]
+        );
+        // A third of 2,048 ids is 682: the stripe starts at the chunk holding the 682nd id.
+        assert_eq!(
+            scan_all(PendingQueue::striped(ranges.clone(), 1, 3, 256)),
+            [(512, 1_023), (2_048, 3_071), (0, 511)]
+        );
+        let windows = scan_all(PendingQueue::striped(ranges, 2, 3, 256));
+        assert_eq!(windows, [(2_304, 3_071), (0, 1_023), (2_048, 2_303)]);
+        let scanned: i64 = windows.iter().map(|(a, b)| b - a + 1).sum();
+        assert_eq!(scanned, 2_048, "every id once");
+        assert_eq!(
+            scan_all(PendingQueue::striped(vec![], 1, 3, 256)),
+            Vec::<(i64, i64)>::new()
+        );
     }
 
     #[test]

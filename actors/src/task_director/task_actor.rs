@@ -68,6 +68,8 @@ pub struct TaskArgs {
     /// Writes leases (with robot actions, in one group commit).
     pub batcher: ActorRef<BatcherMsg>,
     pub clock: Clock,
+    /// (this node's index, nodes alive): which stripe of the task's ids to lease from first.
+    pub stripe: (usize, usize),
 }
 
 /// Running state.
@@ -207,10 +209,16 @@ impl Actor for TaskActor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let ranges = args.store.task_id_ranges(args.task_id).await?;
+        let state_stripe = args.stripe;
         let timer = myself.send_interval(Duration::from_millis(250), || TaskMsg::Tick);
         let mut state = TaskState {
             args,
-            queue: PendingQueue::new(ranges),
+            queue: PendingQueue::striped(
+                ranges,
+                state_stripe.0,
+                state_stripe.1,
+                crate::store::CHUNK_ITEMS,
+            ),
             timer,
             gathered: Vec::new(),
             gathered_leases: Vec::new(),
