@@ -399,6 +399,13 @@ async fn journey(
     wait_text(c, "#processes-table tbody", |t| t.contains("Invoices")).await?;
     c.goto(&t.url("/users")).await?;
     wait_text(c, "#users-table tbody", |t| t.contains("admin")).await?;
+    // The cluster page lists the nodes sharing the store: here the one test node.
+    c.goto(&t.url("/cluster")).await?;
+    wait_text(c, "#nodes-table tbody", |t| {
+        t.contains("(this node)") && t.contains("ALIVE")
+    })
+    .await?;
+    wait_text(c, "#hints-summary", |t| t.contains("Hints: off")).await?;
     c.goto(&t.url("/docs")).await?;
     // Routes, and the schemas derived from the Rust types.
     wait_text(c, "#spec", |t| {

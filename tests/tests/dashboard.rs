@@ -28,6 +28,7 @@ const PAGES: &[(&str, bool)] = &[
     ("/robots", false),
     ("/processes", true),
     ("/users", true),
+    ("/cluster", true),
 ];
 
 #[tokio::test]

@@ -133,6 +133,7 @@ pub const ROUTES: &[Route] = &[
     Route { response: "html", ..route("get", "/robots", "browser", Auth::Browser, "Robots page") },
     Route { response: "html", ..route("get", "/processes", "browser", Auth::Browser, "Processes page (admins)") },
     Route { response: "html", ..route("get", "/users", "browser", Auth::Browser, "Users page (admins)") },
+    Route { response: "html", ..route("get", "/cluster", "browser", Auth::Browser, "Cluster page: the nodes sharing the store (admins)") },
     route("get", "/events", "browser", Auth::Browser, "Server-sent events: a tick with stats, throughput and running tasks every 2 s"),
     Route { response: "html", ..route("get", "/docs", "browser", Auth::Public, "This documentation") },
     route("get", "/openapi.json", "browser", Auth::Public, "The OpenAPI description"),

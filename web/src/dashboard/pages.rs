@@ -70,13 +70,21 @@ const USERS: Page = Page {
     main: include_str!("assets/users.html"),
 };
 
+const CLUSTER: Page = Page {
+    id: "cluster",
+    title: "Cluster",
+    access: Access::Admin,
+    main: include_str!("assets/cluster.html"),
+};
+
 /// The navigation, in order: (href, label, page id, admins only).
-const NAV: [(&str, &str, &str, bool); 6] = [
+const NAV: [(&str, &str, &str, bool); 7] = [
     ("/", "Dashboard", "dashboard", false),
     ("/tasks", "Tasks", "tasks", false),
     ("/robots", "Robots", "robots", false),
     ("/processes", "Processes", "processes", true),
     ("/users", "Users", "users", true),
+    ("/cluster", "Cluster", "cluster", true),
     ("/docs", "API docs", "docs", false),
 ];
 
@@ -113,8 +121,12 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .map(page(PROCESSES));
     let users = warp::path!("users")
         .and(warp::get())
-        .and(session(state))
+        .and(session(state.clone()))
         .map(page(USERS));
+    let cluster = warp::path!("cluster")
+        .and(warp::get())
+        .and(session(state))
+        .map(page(CLUSTER));
     dashboard
         .or(tasks)
         .unify()
@@ -127,6 +139,8 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(processes)
         .unify()
         .or(users)
+        .unify()
+        .or(cluster)
         .unify()
         .boxed()
 }

@@ -652,9 +652,35 @@
     load().catch((err) => showError('user-error', err));
   }
 
+  // ---- Cluster ----------------------------------------------------------------------------------
+
+  function clusterPage() {
+    async function load() {
+      const view = await api('GET', '/api/v1/cluster');
+      const alive = view.nodes.filter((n) => n.alive).length;
+      $('cluster-summary').textContent = `${alive} of ${view.nodes.length} nodes alive; ` +
+        `housekeeping on ${view.housekeeping || 'no node'}; this page is served by ${view.this_node}; ` +
+        `a node without a heartbeat for ${view.dead_after_ms / 1000} s is dead.`;
+      $('nodes-table').tBodies[0].replaceChildren(...view.nodes.map((n) => h('tr', {},
+        h('td', {}, n.id === view.this_node ? `${n.id} (this node)` : n.id),
+        h('td', {}, n.http), h('td', {}, n.cluster || '—'),
+        h('td', { class: 'num' }, n.incarnation), h('td', {}, ago(n.heartbeat_at)),
+        h('td', {}, badge(n.alive ? 'ALIVE' : 'DEAD')),
+        h('td', { class: 'num' }, n.robots), h('td', { class: 'num' }, n.leased_per_minute))));
+      const hints = view.hints;
+      $('hints-summary').textContent = hints.enabled
+        ? `Hints: connected to ${hints.peers.length ? hints.peers.join(', ') : 'no other node'}; ` +
+          `${hints.sent} sent, ${hints.received} received, ${hints.lost} lost (the store carries every change anyway).`
+        : 'Hints: off on this node (no cluster cookie); nodes learn of each other\'s changes from the store.';
+      showError('cluster-error', null);
+    }
+    onTick(() => load().catch((err) => showError('cluster-error', err)));
+    load().catch((err) => showError('cluster-error', err));
+  }
+
   const pages = {
     dashboard: dashboardPage, tasks: tasksPage, 'new-task': newTaskPage, task: taskPage,
-    robots: robotsPage, processes: processesPage, users: usersPage,
+    robots: robotsPage, processes: processesPage, users: usersPage, cluster: clusterPage,
   };
   if (pages[page]) {
     pages[page]();
