@@ -41,7 +41,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a node: HTTP surfaces, dispatch, and the store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Ask a node's /healthz; exit 0 when it answers 200, 1 otherwise (a container health check).
+    Health(HealthArgs),
+}
+
+/// Flags of `orchestrator health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The node's base address.
+    #[arg(long, env = "ORCH_HEALTH_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Flags of `orchestrator serve`; each also reads an `ORCH_*` variable and a TOML key.

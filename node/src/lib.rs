@@ -9,6 +9,7 @@
 //! ```
 
 pub mod config;
+pub mod health;
 
 pub use config::{Cli, Command, ConfigError, NodeConfig, ServeArgs};
 

@@ -1,7 +1,7 @@
 //! The `orchestrator` binary: parse flags, set up logging, start a node, wait for a signal.
 
 use clap::Parser;
-use orchestrator_node::{Cli, Command, Node};
+use orchestrator_node::{Cli, Command, Node, health};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of glibc malloc. The embedded store frees and reallocates memtables, cached
@@ -27,6 +27,17 @@ async fn main() -> anyhow::Result<()> {
             let node = Node::start(config).await?;
             node.run_until_signal().await;
         }
+        Command::Health(args) => match health::probe(&args.url, args.timeout).await {
+            Ok((200, body)) => println!("{}", body.trim()),
+            Ok((status, body)) => {
+                eprintln!("{} answered {status}: {}", args.url, body.trim());
+                std::process::exit(1);
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                std::process::exit(1);
+            }
+        },
     }
     Ok(())
 }

@@ -61,6 +61,21 @@ fn serve_prints_the_generated_admin_password_and_stops_on_sigterm() -> anyhow::R
         assert_eq!(login.status(), 200);
         anyhow::Ok(())
     })?;
+    // The health subcommand (a container's health check) agrees: 0 for this node, 1 for none.
+    let probe = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["health", "--url", url, "--timeout", "2s"])
+            .output()
+    };
+    let up = probe(&format!("http://{addr}"))?;
+    assert!(up.status.success(), "{up:?}");
+    assert!(
+        String::from_utf8_lossy(&up.stdout).contains("\"ok\""),
+        "{up:?}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let down = probe(&format!("http://{closed}"))?;
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
 
     // Clients that hold connections open: headers never finished, a body a byte short. They
     // must not keep the node from stopping.
