@@ -740,6 +740,10 @@ async fn ws_robot(
     // Items pushed and not finished; kept when the robot moves to another node, which pushes
     // the robot's leases again.
     let mut held: HashSet<i64> = HashSet::new();
+    // Frames about items (started, completed, failed) sent and not acknowledged yet, by ref: the
+    // frame and how often it was sent again. Each is idempotent on the node, and they outlive a
+    // connection: a node may die after writing a report and before acknowledging it.
+    let mut reports: HashMap<String, (String, u32)> = HashMap::new();
     loop {
         let url = format!("{}/api/v1/robot/ws", node.base()).replacen("http", "ws", 1);
         let socket = match connect_ws(&url, &robot).await {
@@ -762,9 +766,18 @@ async fn ws_robot(
             json!({ "type": "ready", "ref": "ready" }).to_string(),
         ));
         let mut freed: VecDeque<Instant> = VecDeque::new();
-        // Frames about items (started, completed, failed) sent and not acknowledged yet, by
-        // ref: the frame and how often it was sent again. Each is idempotent on the node.
-        let mut reports: HashMap<String, (String, u32)> = HashMap::new();
+        // Reports the node that went away never acknowledged: send them again here. A report
+        // that landed there is answered as the first time; one that did not lands now. A
+        // `started` is dropped when the item's outcome is pending too (it may have landed).
+        let outcomes: HashSet<String> = reports
+            .keys()
+            .filter(|r| r.starts_with('c') || r.starts_with('f'))
+            .map(|r| r[1..].to_string())
+            .collect();
+        reports.retain(|r, _| !(r.starts_with('s') && outcomes.contains(&r[1..])));
+        for (text, _) in reports.values() {
+            let _ = out.send(Message::text(text.clone()));
+        }
         let mut pulse = tokio::time::interval(args.pulse_every);
         pulse.tick().await;
         let ended = loop {
@@ -833,7 +846,19 @@ async fn ws_robot(
                 }
                 Some("items") => {
                     let now = Instant::now();
-                    let items = frame["items"].as_array().cloned().unwrap_or_default();
+                    // An item whose outcome was reported and not acknowledged yet (sent again
+                    // above) is not worked twice.
+                    let items: Vec<Value> = frame["items"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|item| {
+                            let id = item["id"].as_i64().unwrap_or_default();
+                            !reports.contains_key(&format!("c{id}"))
+                                && !reports.contains_key(&format!("f{id}"))
+                        })
+                        .collect();
                     for item in &items {
                         let id = item["id"].as_i64().unwrap_or_default();
                         if held.insert(id) {
@@ -939,6 +964,8 @@ async fn ws_robot(
                 for id in held.drain() {
                     fleet.dropped(index, id);
                 }
+                // A crashed robot remembers nothing it sent either.
+                reports.clear();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             // Its node failed: reconnect to the next one, which resumes its leases.
