@@ -730,7 +730,13 @@ fn write_statements(
                 counts.join(", ")
             );
         }
-        let ends = c.completed > 0 || c.failed > 0 || c.abandoned > 0;
+        // Items ended: the task may be finished, unless a chunk of it written here still holds
+        // items pending or in flight (the common case, checked without a query).
+        let ends = (c.completed > 0 || c.failed > 0 || c.abandoned > 0)
+            && !chunks.iter().filter(|k| k.task == *id).any(|k| {
+                let k = k.counts();
+                k.pending + k.assigned + k.started > 0
+            });
         if d.reopen {
             // A finished task (not a cancelled one) runs again; this also starts a CREATED one.
             let _ = write!(
@@ -898,8 +904,18 @@ mod tests {
             completed: 1,
             ..ItemCounts::default()
         });
+        // A chunk written here still holds open items: the task cannot be finished, no check.
         let (sql, _) =
-            write_statements("n1", &chunks[..1], &ends, &[(7, 3)], (1, 0), 120_000).expect("sql");
+            write_statements("n1", &chunks[..1], &ends, &[], (1, 0), 120_000).expect("sql");
+        assert!(!sql.contains("COMPLETED"), "{sql}");
+        assert!(!sql.contains("task:7"), "{sql}");
+        // Its last open item ended: the completion check runs.
+        let mut done = Chunk::new(7, 512, 1, 0);
+        let mut state = done.state(512).expect("held");
+        state.status = ItemStatus::Completed;
+        assert!(done.put(&state));
+        let (sql, _) =
+            write_statements("n1", &[done], &ends, &[(7, 3)], (1, 0), 120_000).expect("sql");
         assert!(
             sql.contains("SET status = 'COMPLETED', ended_at = 120000"),
             "{sql}"
