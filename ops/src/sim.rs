@@ -744,6 +744,9 @@ async fn ws_robot(
     // frame and how often it was sent again. Each is idempotent on the node, and they outlive a
     // connection: a node may die after writing a report and before acknowledging it.
     let mut reports: HashMap<String, (String, u32)> = HashMap::new();
+    // Items whose completion was acknowledged: a node may push one again when it read the
+    // robot's leases before a completion sent again after a move had landed.
+    let mut finished: HashSet<i64> = HashSet::new();
     loop {
         let url = format!("{}/api/v1/robot/ws", node.base()).replacen("http", "ws", 1);
         let socket = match connect_ws(&url, &robot).await {
@@ -811,6 +814,7 @@ async fn ws_robot(
                     let reference = frame["ref"].as_str().unwrap_or_default();
                     reports.remove(reference);
                     if let Some(id) = reference.strip_prefix('c').and_then(|r| r.parse().ok()) {
+                        finished.insert(id);
                         fleet.completed(index, id);
                     }
                 }
@@ -847,7 +851,7 @@ async fn ws_robot(
                 Some("items") => {
                     let now = Instant::now();
                     // An item whose outcome was reported and not acknowledged yet (sent again
-                    // above) is not worked twice.
+                    // above), or whose completion was acknowledged, is not worked twice.
                     let items: Vec<Value> = frame["items"]
                         .as_array()
                         .cloned()
@@ -855,7 +859,8 @@ async fn ws_robot(
                         .into_iter()
                         .filter(|item| {
                             let id = item["id"].as_i64().unwrap_or_default();
-                            !reports.contains_key(&format!("c{id}"))
+                            !finished.contains(&id)
+                                && !reports.contains_key(&format!("c{id}"))
                                 && !reports.contains_key(&format!("f{id}"))
                         })
                         .collect();
