@@ -538,6 +538,57 @@ async fn a_task_cancelled_on_one_node_gets_no_new_lease_on_any_node() -> Result<
     Ok(())
 }
 
+/// A WebSocket to a node's robot channel.
+type RobotSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects the robot with `token` to node `n` over WebSocket, says it is ready, and returns
+/// once it has been pushed items.
+async fn ws_robot_working(cluster: &Cluster, n: usize, token: &str) -> Result<RobotSocket> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut request = format!(
+        "{}/api/v1/robot/ws",
+        cluster.urls[n - 1].replacen("http", "ws", 1)
+    )
+    .into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", token.parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    socket
+        .send(Message::text(
+            json!({ "type": "ready", "ref": "r" }).to_string(),
+        ))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline.into(), socket.next())
+            .await
+            .context("no items pushed")?
+            .context("socket ended")??;
+        if frame.to_text().is_ok_and(|t| t.contains("\"items\"")) {
+            return Ok(socket);
+        }
+    }
+}
+
+/// How long until the node closes `socket`; an error if it stays open past `limit`.
+async fn closed_within(socket: &mut RobotSocket, limit: Duration) -> Result<Duration> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(limit, socket.next()).await {
+            Err(_) => bail!("the node kept the socket open {limit:?}"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
+                return Ok(started.elapsed());
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
 /// Waits until node `n` shows a load of 0 for every robot of `ids`; returns how long it took.
 async fn wait_loads_zero(
     cluster: &Cluster,
@@ -766,8 +817,6 @@ async fn a_frozen_node_declared_dead_fences_itself_and_rejoins() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_a_cookie_hint_each_other_before_their_store_poll() -> Result<()> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
     let _turn = TURN.lock().await;
     // Sweeps, and the event poll with them, every 5 s: what a node does within a second of a
     // change made on another node, it did because a hint told it.
@@ -806,30 +855,7 @@ async fn nodes_with_a_cookie_hint_each_other_before_their_store_poll() -> Result
     cluster.activate(2, &work.tokens[0]).await?;
     let claimed = cluster.claim(2, &work.tokens[0], 5).await?;
     ensure!(claimed.len() == 5, "claimed {claimed:?}");
-    let mut request = format!(
-        "{}/api/v1/robot/ws",
-        cluster.urls[1].replacen("http", "ws", 1)
-    )
-    .into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", work.tokens[1].parse()?);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-    socket
-        .send(Message::text(
-            json!({ "type": "ready", "ref": "r" }).to_string(),
-        ))
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let frame = tokio::time::timeout_at(deadline.into(), socket.next())
-            .await
-            .context("no items pushed")?
-            .context("socket ended")??;
-        if frame.to_text().is_ok_and(|t| t.contains("\"items\"")) {
-            break;
-        }
-    }
+    let mut socket = ws_robot_working(&cluster, 2, &work.tokens[1]).await?;
     // Cancel on node 1: node 2 stops counting the released items at once.
     cluster
         .json(
@@ -852,15 +878,7 @@ async fn nodes_with_a_cookie_hint_each_other_before_their_store_poll() -> Result
             None,
         )
         .await?;
-    let rotated = Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-            Err(_) => bail!("node 2 kept the socket open 10 s after the rotation"),
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-    let closed_after = rotated.elapsed();
+    let closed_after = closed_within(&mut socket, Duration::from_secs(10)).await?;
     eprintln!("token rotated on node 1: node 2 closed the socket after {closed_after:?}");
     assert!(
         closed_after < Duration::from_secs(1),
@@ -873,8 +891,6 @@ async fn nodes_with_a_cookie_hint_each_other_before_their_store_poll() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_rotated_on_one_node_closes_the_robots_socket_on_another() -> Result<()> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
     let _turn = TURN.lock().await;
     let cluster = Cluster::start(2).await?;
     let admin = cluster.login(1).await?;
@@ -887,31 +903,8 @@ async fn a_token_rotated_on_one_node_closes_the_robots_socket_on_another() -> Re
         .and_then(|robots| robots.iter().find(|r| r["name"] == "rotate-0"))
         .and_then(|r| r["id"].as_i64())
         .context("robot id")?;
-    let mut request = format!(
-        "{}/api/v1/robot/ws",
-        cluster.urls[1].replacen("http", "ws", 1)
-    )
-    .into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", token.parse()?);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-    socket
-        .send(Message::text(
-            json!({ "type": "ready", "ref": "r" }).to_string(),
-        ))
-        .await?;
     // The robot works on node 2: it is pushed its items.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let frame = tokio::time::timeout_at(deadline.into(), socket.next())
-            .await
-            .context("no items pushed")?
-            .context("socket ended")??;
-        if frame.to_text().is_ok_and(|t| t.contains("\"items\"")) {
-            break;
-        }
-    }
+    let mut socket = ws_robot_working(&cluster, 2, token).await?;
     cluster
         .json(
             1,
@@ -921,15 +914,7 @@ async fn a_token_rotated_on_one_node_closes_the_robots_socket_on_another() -> Re
             None,
         )
         .await?;
-    let rotated = Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
-            Err(_) => bail!("node 2 kept the socket open 5 s after the rotation"),
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-    let closed_after = rotated.elapsed();
+    let closed_after = closed_within(&mut socket, Duration::from_secs(5)).await?;
     eprintln!("token rotated on node 1: node 2 closed the socket after {closed_after:?}");
     assert!(
         closed_after < Duration::from_secs(1),
