@@ -49,7 +49,16 @@ impl From<serde_json::Error> for StoreError {
 /// Logs an internal failure under a fresh request id and returns what a client may be told:
 /// the id to quote, never the store's own text.
 pub fn conceal(err: &dyn std::fmt::Display) -> String {
-    let request_id = format!("{:016x}", rand::random::<u64>());
+    conceal_as(None, err)
+}
+
+/// [`conceal`] under the id of the request being served (the one its other log lines and its
+/// `x-request-id` header carry), or a fresh one.
+pub fn conceal_as(request_id: Option<&str>, err: &dyn std::fmt::Display) -> String {
+    let request_id = match request_id {
+        Some(id) => id.to_string(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    };
     tracing::error!(%request_id, error = %err, "internal failure");
     format!("the store could not complete the request (request id {request_id})")
 }

@@ -89,6 +89,8 @@ impl StagedUpload {
         {
             Ok(Some(task)) => {
                 info!(task_id = task.id, items = task.item_count, "task uploaded");
+                metrics::counter!("orchestrator_upload_rows_total")
+                    .increment(task.item_count.max(0) as u64);
                 Ok(task)
             }
             Ok(None) => Err(StoreError::Malformed(format!(

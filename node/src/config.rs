@@ -187,9 +187,33 @@ pub struct ServeArgs {
     /// Password of the bootstrap `admin` user, used only when the store has no users.
     #[arg(long, env = "ORCH_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
-    /// Log filter, e.g. info or orchestrator=debug [default: info].
+    /// Log filter, e.g. info or orchestrator_actors=debug [default: the node's own events at
+    /// info, every crate's warnings].
     #[arg(long, env = "ORCH_LOG")]
     pub log: Option<String>,
+    /// Log lines as `text` or `json` (one object per line, for log shippers) [default: text].
+    #[arg(long, env = "ORCH_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// One INFO line per HTTP request (client, method, path, status, time, request id)
+    /// [default: off].
+    #[arg(long, env = "ORCH_ACCESS_LOG", num_args = 0..=1, default_missing_value = "true")]
+    pub access_log: Option<bool>,
+    /// Address serving `GET /metrics` (Prometheus text) without sign-in, e.g. 127.0.0.1:9100;
+    /// keep it on a private network [default: none, no metrics endpoint].
+    #[arg(long, env = "ORCH_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+/// The log filter when none is set: the node's own events at INFO, every warning, and no
+/// start-up internals or per-request lines from dependencies.
+pub const DEFAULT_LOG: &str = "warn,orchestrator=info,orchestrator_node=info,\
+                               orchestrator_actors=info,orchestrator_web=info";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The JWT secret of test nodes (long enough to pass the start-up check).
@@ -235,6 +259,11 @@ pub struct NodeConfig {
     pub cluster: Option<ClusterConfig>,
     pub admin_password: Option<String>,
     pub log: String,
+    pub log_format: LogFormat,
+    /// One log line per HTTP request.
+    pub access_log: bool,
+    /// Where `GET /metrics` is served (None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The cluster listener of a node that exchanges hints with the others.
@@ -285,6 +314,9 @@ impl NodeConfig {
             cluster: None,
             admin_password: Some("admin-password".into()),
             log: "warn".into(),
+            log_format: LogFormat::Text,
+            access_log: false,
+            metrics_listen: None,
         }
     }
 }
@@ -461,7 +493,28 @@ impl ServeArgs {
                 }
                 password => password,
             },
-            log: merged.log.unwrap_or_else(|| "info".into()),
+            log: merged
+                .log
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| DEFAULT_LOG.into()),
+            log_format: match merged.log_format.as_deref().unwrap_or("text") {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        setting: "log_format",
+                        message: format!("'{other}' is not text or json"),
+                    });
+                }
+            },
+            access_log: merged.access_log.unwrap_or(false),
+            metrics_listen: match merged.metrics_listen.filter(|s| !s.is_empty()) {
+                Some(text) => Some(text.parse().map_err(|e| ConfigError::Invalid {
+                    setting: "metrics_listen",
+                    message: format!("'{text}' is not an address: {e}"),
+                })?),
+                None => None,
+            },
         })
     }
 
@@ -507,6 +560,9 @@ impl ServeArgs {
             cluster_cookie: self.cluster_cookie.or(lower.cluster_cookie),
             admin_password: self.admin_password.or(lower.admin_password),
             log: self.log.or(lower.log),
+            log_format: self.log_format.or(lower.log_format),
+            access_log: self.access_log.or(lower.access_log),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
         }
     }
 }

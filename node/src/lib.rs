@@ -48,6 +48,8 @@ pub enum NodeError {
 #[derive(Debug)]
 pub struct Node {
     addr: SocketAddr,
+    /// The metrics listener's address and server.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
     store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
@@ -134,19 +136,29 @@ impl Node {
                 pulse_timeout: config.pulse_timeout,
             },
         });
+        if orchestrator_web::metrics::install().is_none() {
+            warn!("another metrics recorder is installed in this process; /metrics stays empty");
+        }
         let (shutdown, stop) = oneshot::channel::<()>();
+        let stop = futures_util::FutureExt::shared(async move {
+            let _ = stop.await;
+        });
+        let metrics = match config.metrics_listen {
+            Some(at) => Some(serve_metrics(at, state.clone(), stop.clone())?),
+            None => None,
+        };
         let routes = orchestrator_web::routes(state);
         let server = tokio::spawn(orchestrator_web::server::serve(
             listener,
             routes,
             config.server_limits,
-            async move {
-                let _ = stop.await;
-            },
+            config.access_log,
+            stop,
         ));
         info!(%addr, store = %config.store.url, node = %config.node_id, "node ready");
         Ok(Node {
             addr,
+            metrics,
             store,
             shutdown: Some(shutdown),
             server,
@@ -157,6 +169,11 @@ impl Node {
     /// The address the HTTP server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address `GET /metrics` is served on, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The node's dispatch handle.
@@ -178,6 +195,9 @@ impl Node {
         }
         self.dispatcher.close_robot_connections().await;
         let _ = (&mut self.server).await;
+        if let Some((_, metrics)) = self.metrics.take() {
+            let _ = metrics.await;
+        }
         self.dispatcher.shutdown().await;
         self.dispatcher.config().hints.stop();
         self.store.close().await;
@@ -258,6 +278,31 @@ async fn create_first_admin(store: &Store, password: Option<&str>) -> Result<(),
         Err(err) => return Err(err),
     }
     Ok(())
+}
+
+/// Serves `GET /metrics` alone on `at` until `stop`, with a small connection cap: scrapers,
+/// not robots, connect there.
+fn serve_metrics(
+    at: SocketAddr,
+    state: AppState,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
+    use warp::Filter;
+    let bind = |source| NodeError::Bind { addr: at, source };
+    let listener = listen(at).map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let routes = orchestrator_web::metrics::routes(state)
+        .recover(orchestrator_web::error::handle_rejection)
+        .unify();
+    let limits = orchestrator_web::server::ServerLimits {
+        max_connections: 64,
+        ..Default::default()
+    };
+    let server = tokio::spawn(orchestrator_web::server::serve(
+        listener, routes, limits, false, stop,
+    ));
+    info!(%addr, "metrics served at /metrics");
+    Ok((addr, server))
 }
 
 /// Connections the kernel may queue before the node accepts them (capped by

@@ -1,7 +1,8 @@
 //! The `orchestrator` binary: parse flags, set up logging, start a node, wait for a signal.
 
 use clap::Parser;
-use orchestrator_node::{Cli, Command, Node, health};
+use orchestrator_node::config::{DEFAULT_LOG, LogFormat};
+use orchestrator_node::{Cli, Command, Node, NodeConfig, health};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of glibc malloc. The embedded store frees and reallocates memtables, cached
@@ -18,12 +19,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.resolve()?;
-            tracing_subscriber::fmt()
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-                .with_env_filter(
-                    EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .init();
+            init_logging(&config);
             let node = Node::start(config).await?;
             node.run_until_signal().await;
         }
@@ -40,4 +36,28 @@ async fn main() -> anyhow::Result<()> {
         },
     }
     Ok(())
+}
+
+/// Log lines to stdout as text (coloured on a terminal) or as one JSON object per line; a
+/// request's lines carry its `request_id` (the span `request`), in text and in JSON alike.
+fn init_logging(config: &NodeConfig) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|err| {
+        eprintln!(
+            "log filter '{}' is not valid ({err}); using the default",
+            config.log
+        );
+        EnvFilter::new(DEFAULT_LOG)
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }

@@ -152,3 +152,112 @@ fn the_example_config_file_is_valid() -> anyhow::Result<()> {
     assert_eq!(config.store.url, "surrealkv:///var/lib/orchestrator/data");
     Ok(())
 }
+
+/// A node as a log shipper sees it: `--log-format json --access-log` on the embedded store.
+/// Every line is one JSON object; the access line and the error body name the same request id;
+/// nothing below WARN comes from a dependency (the storage engine's start-up internals, warp's
+/// per-request lines); `/metrics` answers on its own address.
+#[test]
+fn json_logs_name_each_request_and_dependencies_stay_quiet() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--access-log", "--metrics-listen", "127.0.0.1:0", "--db"])
+        .arg(format!("surrealkv://{}", dir.path().join("db").display()))
+        .env("ORCH_ADMIN_PASSWORD", "a-long-admin-password")
+        .env_remove("ORCH_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let next = |within: Duration| -> anyhow::Result<Option<serde_json::Value>> {
+        match rx.recv_timeout(within) {
+            Ok(line) => {
+                let value: serde_json::Value = serde_json::from_str(&line)
+                    .map_err(|e| anyhow::anyhow!("not a JSON line ({e}): {line}"))?;
+                Ok(Some(value))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    };
+    let (mut addr, mut metrics) = (None, None);
+    while addr.is_none() || metrics.is_none() {
+        let line = next(Duration::from_secs(60))?.ok_or_else(|| anyhow::anyhow!("no start"))?;
+        match line["message"].as_str() {
+            Some("node ready") => addr = line["addr"].as_str().map(str::to_string),
+            Some("metrics served at /metrics") => {
+                metrics = line["addr"].as_str().map(str::to_string);
+            }
+            _ => {}
+        }
+        lines.push(line);
+    }
+    let (addr, metrics) = (addr.unwrap_or_default(), metrics.unwrap_or_default());
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (body, page) = runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let resp = http
+            .get(format!("http://{addr}/api/v1/tasks"))
+            .header("x-request-id", "cli-req-42")
+            .send()
+            .await?;
+        assert_eq!(resp.status(), 401);
+        let body: serde_json::Value = resp.json().await?;
+        let page = http
+            .get(format!("http://{metrics}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        anyhow::Ok((body, page))
+    })?;
+    assert_eq!(body["error"]["request_id"], "cli-req-42", "{body}");
+    assert!(
+        page.contains(r#"orchestrator_http_responses_total{class="4xx"} "#),
+        "{page}"
+    );
+    let mut access = None;
+    while access.is_none() {
+        let line =
+            next(Duration::from_secs(10))?.ok_or_else(|| anyhow::anyhow!("no access line"))?;
+        if line["target"] == "orchestrator::access" && line["span"]["request_id"] == "cli-req-42" {
+            access = Some(line.clone());
+        }
+        lines.push(line);
+    }
+    let access = access.unwrap_or_default();
+    assert_eq!(access["status"], 401, "{access}");
+    assert_eq!(access["path"], "/api/v1/tasks", "{access}");
+    assert_eq!(access["method"], "GET", "{access}");
+    while let Some(line) = next(Duration::from_millis(300))? {
+        lines.push(line);
+    }
+    for line in &lines {
+        let target = line["target"].as_str().unwrap_or_default();
+        let quiet = matches!(line["level"].as_str(), Some("WARN" | "ERROR"));
+        assert!(
+            quiet || target.starts_with("orchestrator"),
+            "a dependency's line at {}: {line}",
+            line["level"]
+        );
+    }
+    assert!(
+        lines.len() < 15,
+        "start-up and one request stay short: {} lines",
+        lines.len()
+    );
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}

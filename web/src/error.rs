@@ -67,6 +67,7 @@ impl ApiError {
             error: crate::views::ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                request_id: crate::request_id::current(),
             },
         };
         let mut response =
@@ -80,6 +81,11 @@ impl ApiError {
     }
 }
 
+/// What a client may be told of an internal failure (logged in full under the request's id).
+pub fn conceal(err: &dyn std::fmt::Display) -> String {
+    orchestrator_actors::error::conceal_as(crate::request_id::current().as_deref(), err)
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
@@ -87,7 +93,7 @@ impl From<StoreError> for ApiError {
             other => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
-                orchestrator_actors::error::conceal(&other),
+                conceal(&other),
             ),
         }
     }

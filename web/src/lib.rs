@@ -15,7 +15,9 @@ pub mod body;
 pub mod dashboard;
 pub mod error;
 pub mod login_guard;
+pub mod metrics;
 pub mod query;
+pub mod request_id;
 pub mod robot_api;
 pub mod seed_api;
 pub mod server;
@@ -72,7 +74,8 @@ pub fn health(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Every route of the node, with errors rendered as JSON and each request traced.
+/// Every route of the node, with errors rendered as JSON (the server runs each in its
+/// request-id span: `server::serve`).
 pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
@@ -88,7 +91,6 @@ pub fn routes(
         .recover(error::handle_rejection)
         .unify()
         .map(harden)
-        .with(warp::trace::request())
 }
 
 /// Headers every response carries: no content-type sniffing; JSON is never cached (it is

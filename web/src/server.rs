@@ -10,7 +10,9 @@
 //!                 ▼
 //!   hyper http1: request head within `idle_timeout` of opening or of the last response
 //!                 ▼
-//!   warp filters (+ ClientAddr extension)        body deadlines: see `crate::body`
+//!   span `request{request_id}` ──► warp filters (+ ClientAddr)   body deadlines: `crate::body`
+//!                 ▼
+//!   response + `x-request-id`; one access-log line when switched on
 //! ```
 //!
 //! Stopping: the listener closes at once, connections finish the request they are serving and
@@ -67,11 +69,13 @@ pub fn client_addr()
 }
 
 /// Serves `filter` on `listener` within `limits` until `stop` resolves; then stops as the
-/// module says. Returns once every connection is closed or the grace ran out.
+/// module says. Returns once every connection is closed or the grace ran out. With
+/// `access_log`, each request ends with one INFO line (target `orchestrator::access`).
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
     limits: ServerLimits,
+    access_log: bool,
     stop: impl Future<Output = ()> + Send,
 ) where
     F: Filter + Clone + Send + Sync + 'static,
@@ -102,10 +106,12 @@ pub async fn serve<F>(
         };
         let io = hyper_util::rt::TokioIo::new(Bounded::new(stream, limits.io_timeout, permit));
         let service = warp::service(filter.clone());
-        let service = hyper::service::service_fn(move |mut request| {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(ClientAddr(addr));
             let mut service = service.clone();
-            tower_service::Service::call(&mut service, request)
+            traced(request, addr, access_log, move |request| {
+                tower_service::Service::call(&mut service, request)
+            })
         });
         let mut builder =
             hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -140,6 +146,49 @@ pub async fn serve<F>(
         );
     }
     connections.shutdown().await;
+}
+
+/// Serves one request in its request-id span and scope; adds the id to the response, counts
+/// the response, and writes the access-log line.
+fn traced<B, RB, Fut, E>(
+    request: hyper::Request<B>,
+    client: SocketAddr,
+    access_log: bool,
+    call: impl FnOnce(hyper::Request<B>) -> Fut,
+) -> impl Future<Output = Result<warp::http::Response<RB>, E>>
+where
+    Fut: Future<Output = Result<warp::http::Response<RB>, E>>,
+{
+    let id = crate::request_id::pick(request.headers().get(crate::request_id::HEADER));
+    let span = tracing::info_span!("request", request_id = %id);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let header = warp::http::HeaderValue::from_str(&id);
+    // Called inside the span and scope: warp starts matching filters in `call` already.
+    let served = async move {
+        let mut response = call(request).await?;
+        if let Ok(value) = header {
+            response
+                .headers_mut()
+                .insert(crate::request_id::HEADER, value);
+        }
+        let status = response.status().as_u16();
+        crate::metrics::response(status);
+        if access_log {
+            info!(
+                target: "orchestrator::access",
+                %client,
+                %method,
+                %path,
+                status,
+                millis = started.elapsed().as_secs_f64() * 1e3,
+                "request"
+            );
+        }
+        Ok(response)
+    };
+    tracing::Instrument::instrument(crate::request_id::scope(id, served), span)
 }
 
 /// Answers a connection over the cap with a 503 and closes it.

@@ -418,6 +418,10 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people; store errors are never passed through.
     pub message: String,
+    /// The request's id (also in the `x-request-id` header): the node's log lines about the
+    /// request carry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Errors of the seed-compatible API, as the prototype's Django REST Framework wrote them.

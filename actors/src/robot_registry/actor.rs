@@ -781,6 +781,8 @@ async fn housekeeping(
     }
     let expired = recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;
     if !expired.left_flight.is_empty() {
+        metrics::counter!("orchestrator_lease_expiries_total")
+            .increment(expired.left_flight.values().sum::<i64>().max(0) as u64);
         warn!(
             items = expired.left_flight.values().sum::<i64>(),
             "leases expired"

@@ -86,6 +86,18 @@ pub struct PendingItem {
 }
 
 /// Sorted, distinct chunk numbers of `ids`.
+/// Metrics of one committed write: transitions by the status reached, items leased, the
+/// batch's size and how long it took (retries included).
+fn record_write(changes: &[(ItemState, ItemState)], leased: usize, started: std::time::Instant) {
+    for (_, new) in changes {
+        metrics::counter!("orchestrator_transitions_total", "to" => new.status.as_str())
+            .increment(1);
+    }
+    metrics::counter!("orchestrator_items_leased_total").increment(leased as u64);
+    metrics::histogram!("orchestrator_batch_size").record((changes.len() + leased) as f64);
+    metrics::histogram!("orchestrator_batch_write_seconds").record(started.elapsed().as_secs_f64());
+}
+
 fn chunks_of(ids: impl IntoIterator<Item = i64>) -> Vec<i64> {
     let mut ns: Vec<i64> = ids.into_iter().map(chunk_of).collect();
     ns.sort_unstable();
@@ -451,6 +463,7 @@ impl Store {
             finished(ItemStatus::Completed),
             finished(ItemStatus::Failed),
         );
+        let started = std::time::Instant::now();
         let leasing = chunks_of(lease_ids().copied());
         let ns = chunks_of(
             changes
@@ -517,8 +530,10 @@ impl Store {
                 let count: usize = leased.iter().flatten().map(Vec::len).sum();
                 self.leased
                     .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+                record_write(changes, count, started);
                 return Ok(Some(leased));
             }
+            metrics::counter!("orchestrator_store_conflicts_total", "op" => "batch").increment(1);
             if lease_ids().next().is_some() {
                 let ids: Vec<i64> = leases.iter().map(|(t, _)| *t).collect();
                 cancelled = self.cancelled_tasks(&ids).await?;

@@ -365,6 +365,8 @@ impl Store {
                 Err(err) if err.is_retryable() && attempt < CONFLICT_RETRIES => {
                     attempt += 1;
                     debug!(attempt, error = %err, "retrying after a write conflict");
+                    metrics::counter!("orchestrator_store_conflicts_total", "op" => "retry")
+                        .increment(1);
                     tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
                 }
                 other => return other,

@@ -76,7 +76,7 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 message_page(
                                     "Sign-out failed",
-                                    &orchestrator_actors::error::conceal(&err),
+                                    &crate::error::conceal(&err),
                                 ),
                             );
                         }

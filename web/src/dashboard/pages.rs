@@ -156,10 +156,7 @@ async fn task_page(id: i64, session: Option<Session>, state: &AppState) -> Respo
         Err(err) => {
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
-                message_page(
-                    "Store unavailable",
-                    &orchestrator_actors::error::conceal(&err),
-                ),
+                message_page("Store unavailable", &crate::error::conceal(&err)),
             );
         }
     };

@@ -131,6 +131,9 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
         let _ = sink.send(close(CloseCode::Error, reason)).await;
         return;
     }
+    let _connected = crate::metrics::websocket_open();
+    let frames_out = metrics::counter!("orchestrator_ws_frames_total", "direction" => "out");
+    let frames_in = metrics::counter!("orchestrator_ws_frames_total", "direction" => "in");
     let writer = tokio::spawn(async move {
         // Frames queued together (acks and the next items) are written, then flushed once.
         'socket: while let Some(first) = outbound.recv().await {
@@ -152,6 +155,7 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
                 if sink.feed(message).await.is_err() {
                     break 'socket;
                 }
+                frames_out.increment(1);
                 if !last {
                     next = outbound.try_recv().ok();
                 }
@@ -163,6 +167,7 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
         let _ = sink.close().await;
     });
     while let Some(message) = stream.next().await {
+        frames_in.increment(1);
         let inbound = match message {
             Ok(Message::Close(_)) => break,
             Ok(Message::Text(text)) => Inbound::Text(text.as_str().to_owned()),
