@@ -8,13 +8,16 @@
 #
 #   ops/images/build.sh              # cargo build --release, then both images
 #   SKIP_BUILD=1 ops/images/build.sh # use the release binaries already built
+#   BIN_DIR=DIR TAG=T ops/images/build.sh
+#                                    # binaries from DIR (no build), tagged T only; the
+#                                    # container tests use their debug binaries this way
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-target="${CARGO_TARGET_DIR:-target}/release"
-if [ -z "${SKIP_BUILD:-}" ]; then
+target="${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
+if [ -z "${SKIP_BUILD:-}" ] && [ -z "${BIN_DIR:-}" ]; then
   cargo build --release -p orchestrator-node -p orchestrator-ops --bin orchestrator --bin surreal
 fi
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+version="${TAG:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}"
 uid=10001
 
 # rootfs BINARY NAME DIR: the binary as /bin/NAME, its libraries, certificates, users, /data.
@@ -45,7 +48,7 @@ import() {
   tar -C "$dir" --numeric-owner --owner=0 --group=0 --exclude=./data -cf "$dir.tar" .
   tar -C "$dir" --numeric-owner --owner="$uid" --group="$uid" -rf "$dir.tar" ./data
   docker import "${changes[@]}" "$dir.tar" "$tag:$version" >/dev/null
-  docker tag "$tag:$version" "$tag:latest"
+  [ -n "${TAG:-}" ] || docker tag "$tag:$version" "$tag:latest"
   echo "$tag:$version ($(docker image inspect --format '{{.Size}}' "$tag:$version" | awk '{ printf "%.0f MB", $1 / 1000000 }'))"
 }
 

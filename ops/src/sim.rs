@@ -92,6 +92,12 @@ pub struct SimArgs {
     /// Cap on completions per second across the fleet (0 = as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// A node that sends a robot nothing for this long (no frame or ping on a WebSocket, no
+    /// answer to a request) counts as failed: the robot moves to the next node. Catches frozen
+    /// and cut-off nodes, whose connections stay open; set it above the node's ping period (a
+    /// third of its pulse timeout) and the claim wait (1 s) [default: off].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub node_silence: Option<Duration>,
 }
 
 /// The one JSON line `robot-sim` prints.
@@ -107,7 +113,10 @@ pub struct Report {
     pub next_item_p50_ms: Option<f64>,
     pub next_item_p99_ms: Option<f64>,
     pub errors: u64,
+    /// Items seen at two robots at once, or completed twice (see `double_completions`).
     pub duplicates: u64,
+    /// Completions the nodes accepted twice for one item: never right.
+    pub double_completions: u64,
     /// Items failed (business or application), crashes simulated, robots connected at the end.
     pub items_failed: u64,
     pub crashes: u64,
@@ -124,6 +133,7 @@ struct Fleet {
     /// Items whose completion was accepted.
     completed: Mutex<HashSet<i64>>,
     duplicates: AtomicU64,
+    double_completions: AtomicU64,
     errors: AtomicU64,
     completions: AtomicU64,
     failures: AtomicU64,
@@ -148,7 +158,10 @@ impl Fleet {
     }
 
     fn error(&self, what: impl std::fmt::Display) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        // The first few in full on stderr (the report keeps the count and the last one).
+        if self.errors.fetch_add(1, Ordering::Relaxed) < 10 {
+            eprintln!("robot-sim: error: {what}");
+        }
         let mut last = self
             .last_error
             .lock()
@@ -224,6 +237,7 @@ impl Fleet {
             .insert(item)
         {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.double_completions.fetch_add(1, Ordering::Relaxed);
         }
         self.completions.fetch_add(1, Ordering::Relaxed);
     }
@@ -302,10 +316,12 @@ struct Node {
     http: Client,
     /// Moves to another node, fleet-wide.
     moves: Arc<AtomicU64>,
+    /// `--node-silence`: a request unanswered this long moves the robot on.
+    silence: Option<Duration>,
 }
 
 impl Node {
-    fn new(base_urls: &str, http: Client) -> Result<Node> {
+    fn new(base_urls: &str, http: Client, silence: Option<Duration>) -> Result<Node> {
         let bases: Vec<String> = base_urls
             .split(',')
             .map(|b| b.trim().trim_end_matches('/').to_string())
@@ -317,6 +333,7 @@ impl Node {
             at: Arc::default(),
             http,
             moves: Arc::default(),
+            silence,
         })
     }
 
@@ -360,10 +377,18 @@ impl Node {
             if let Some(body) = &body {
                 request = request.json(body);
             }
+            if let Some(silence) = self.silence {
+                request = request.timeout(silence);
+            }
             match request.send().await {
                 Ok(resp) => return Ok((resp.status(), resp.text().await?)),
-                // The node is gone (refused, reset): the next one serves the same store.
-                Err(err) if !err.is_timeout() && attempt < self.bases.len() && self.fail_over() => {
+                // The node is gone (refused, reset), or silent past `--node-silence`: the next
+                // one serves the same store (what was sent is idempotent there).
+                Err(err)
+                    if (!err.is_timeout() || self.silence.is_some())
+                        && attempt < self.bases.len()
+                        && self.fail_over() =>
+                {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -401,6 +426,7 @@ pub async fn run(args: SimArgs) -> Result<Report> {
             .timeout(Duration::from_secs(120))
             .pool_max_idle_per_host(usize::MAX)
             .build()?,
+        args.node_silence,
     )?;
     let fleet = Arc::new(Fleet::default());
     let setup = match (&args.items, &args.tokens_file) {
@@ -628,6 +654,7 @@ async fn drive(
         next_item_p99_ms: round(percentile(&next, 99.0)),
         errors: fleet.errors.load(Ordering::Relaxed),
         duplicates: fleet.duplicates.load(Ordering::Relaxed),
+        double_completions: fleet.double_completions.load(Ordering::Relaxed),
         items_failed: fleet.failures.load(Ordering::Relaxed),
         crashes: fleet.crashes.load(Ordering::Relaxed),
         connected,
@@ -749,7 +776,16 @@ async fn ws_robot(
     let mut finished: HashSet<i64> = HashSet::new();
     loop {
         let url = format!("{}/api/v1/robot/ws", node.base()).replacen("http", "ws", 1);
-        let socket = match connect_ws(&url, &robot).await {
+        let connecting = connect_ws(&url, &robot);
+        let connected = match node.silence {
+            Some(silence) => tokio::time::timeout(silence, connecting)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("{url} did not answer within {silence:?}"))
+                }),
+            None => connecting.await,
+        };
+        let socket = match connected {
             Ok(socket) => socket,
             Err(_) if node.fail_over() => continue,
             Err(err) => return Err(err),
@@ -777,12 +813,20 @@ async fn ws_robot(
             .filter(|r| r.starts_with('c') || r.starts_with('f'))
             .map(|r| r[1..].to_string())
             .collect();
-        reports.retain(|r, _| !(r.starts_with('s') && outcomes.contains(&r[1..])));
+        // Nor is one whose completion was acknowledged (its own ack was lost).
+        reports.retain(|r, _| {
+            !(r.starts_with('s')
+                && (outcomes.contains(&r[1..])
+                    || r[1..].parse().is_ok_and(|id: i64| finished.contains(&id))))
+        });
         for (text, _) in reports.values() {
             let _ = out.send(Message::text(text.clone()));
         }
         let mut pulse = tokio::time::interval(args.pulse_every);
         pulse.tick().await;
+        // Far away without --node-silence.
+        let silence = node.silence.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        let mut heard = tokio::time::Instant::now();
         let ended = loop {
             let message = tokio::select! {
                 message = stream.next() => message,
@@ -790,7 +834,11 @@ async fn ws_robot(
                     let _ = out.send(Message::text(json!({ "type": "pulse" }).to_string()));
                     continue;
                 }
+                () = tokio::time::sleep_until(heard + silence) => {
+                    break Ended::Lost(format!("the node was silent for {silence:?}"));
+                }
             };
+            heard = tokio::time::Instant::now();
             let message = match message {
                 Some(Ok(message)) => message,
                 Some(Err(err)) => break Ended::Lost(format!("the connection failed: {err}")),
