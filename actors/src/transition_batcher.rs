@@ -300,6 +300,14 @@ impl BatcherState {
             };
             let plan = request.plan(old, policy, now);
             let outcome = match plan {
+                // Refused on the node's cached copy of an item no request of this batch
+                // writes: another node may have moved it on since (a robot that changed node
+                // reports with the lease it was given there). Decided again alone, on a fresh
+                // read, before the robot hears a refusal.
+                Err(_) if !written.contains(&request.item_id) => {
+                    unplanned.push(request);
+                    continue;
+                }
                 Err(err) => Err(err.into()),
                 Ok(Plan::Unchanged) => Ok(old.clone()),
                 Ok(Plan::Write(new)) => {

@@ -180,7 +180,8 @@ impl Store {
     }
 
     /// The state of several items (missing ids are left out), from the node's cache where it
-    /// has them: writes check each item's state as stored, so a stale copy only costs a retry.
+    /// has them: writes check each item's state as stored, and the batcher decides a refusal
+    /// again on a fresh read, so a stale copy only costs a retry.
     pub async fn item_states(&self, ids: &[i64]) -> Result<Vec<ItemState>, StoreError> {
         let ns = chunks_of(ids.iter().copied());
         let mut cached = self.chunk_lock().await;
