@@ -91,7 +91,7 @@ fn describe() {
     );
     describe_gauge!(
         "orchestrator_robots_connected",
-        "Robots with a session on this node, by transport"
+        "Robot sessions on this node: websocket (a socket open) or rest (none open)"
     );
     describe_gauge!(
         "orchestrator_items",
