@@ -196,7 +196,13 @@ pub struct ServeArgs {
     pub log_format: Option<String>,
     /// One INFO line per HTTP request (client, method, path, status, time, request id)
     /// [default: off].
-    #[arg(long, env = "ORCH_ACCESS_LOG", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        long,
+        env = "ORCH_ACCESS_LOG",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub access_log: Option<bool>,
     /// Address serving `GET /metrics` (Prometheus text) without sign-in, e.g. 127.0.0.1:9100;
     /// keep it on a private network [default: none, no metrics endpoint].
@@ -770,6 +776,63 @@ mod tests {
         assert_eq!(config.pulse_timeout, Duration::from_millis(500));
         assert_eq!(config.store.url, "mem://");
         assert_eq!(config.jwt_ttl, Duration::from_secs(12 * 3600));
+    }
+
+    #[test]
+    fn logging_and_metrics_settings_parse_from_flags_env_and_file() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "orchestrator",
+            "serve",
+            "--db",
+            "mem://",
+            "--access-log",
+            "--log-format",
+            "json",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+        ])
+        .expect("flags");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve");
+        };
+        let config = args.resolve().expect("valid");
+        assert!(config.access_log);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.metrics_listen, "127.0.0.1:9100".parse().ok());
+        assert_eq!(config.log, DEFAULT_LOG);
+        // Operators write 1/0, yes/no, on/off in environment files.
+        for (text, expected) in [("1", true), ("on", true), ("no", false), ("false", false)] {
+            let cli = Cli::try_parse_from(["orchestrator", "serve", "--access-log", text])
+                .expect("boolish");
+            let Command::Serve(args) = cli.command else {
+                panic!("serve");
+            };
+            assert_eq!(args.access_log, Some(expected), "{text}");
+        }
+        // TOML, and refusals naming the setting.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "db = \"mem://\"\naccess_log = true\nlog_format = \"xml\"\n",
+        )
+        .expect("write");
+        let err = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("log_format: "), "{err}");
+        let err = ServeArgs {
+            db: Some("mem://".into()),
+            metrics_listen: Some("anywhere".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("metrics_listen: "), "{err}");
     }
 
     #[test]
