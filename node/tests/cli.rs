@@ -8,32 +8,21 @@ use std::time::Duration;
 
 #[test]
 fn serve_prints_the_generated_admin_password_and_stops_on_sigterm() -> anyhow::Result<()> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args([
-            "serve",
-            "--db",
-            "mem://",
-            "--listen",
-            "127.0.0.1:0",
-            "--pulse-timeout",
-            "3s",
-        ])
-        .env_remove("ORCH_ADMIN_PASSWORD")
-        .env("ORCH_JWT_TTL", "5m")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = spawn_with_lines(
+        Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args([
+                "serve",
+                "--db",
+                "mem://",
+                "--listen",
+                "127.0.0.1:0",
+                "--pulse-timeout",
+                "3s",
+            ])
+            .env_remove("ORCH_ADMIN_PASSWORD")
+            .env("ORCH_JWT_TTL", "5m")
+            .env("NO_COLOR", "1"),
+    )?;
     let mut password = None;
     let mut addr = None;
     while addr.is_none() {
@@ -125,6 +114,27 @@ fn invalid_settings_are_refused_before_start() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts `command` with its stdout read line by line on a thread of its own (stderr dropped).
+fn spawn_with_lines(
+    command: &mut Command,
+) -> anyhow::Result<(std::process::Child, mpsc::Receiver<String>)> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok((child, rx))
+}
+
 /// The value after `key` in a tracing log line, up to white space.
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(key)? + key.len();
@@ -160,25 +170,14 @@ fn the_example_config_file_is_valid() -> anyhow::Result<()> {
 #[test]
 fn json_logs_name_each_request_and_dependencies_stay_quiet() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--access-log", "--metrics-listen", "127.0.0.1:0", "--db"])
-        .arg(format!("surrealkv://{}", dir.path().join("db").display()))
-        .env("ORCH_ADMIN_PASSWORD", "a-long-admin-password")
-        .env_remove("ORCH_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = spawn_with_lines(
+        Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--access-log", "--metrics-listen", "127.0.0.1:0", "--db"])
+            .arg(format!("surrealkv://{}", dir.path().join("db").display()))
+            .env("ORCH_ADMIN_PASSWORD", "a-long-admin-password")
+            .env_remove("ORCH_LOG"),
+    )?;
     let mut lines: Vec<serde_json::Value> = Vec::new();
     let next = |within: Duration| -> anyhow::Result<Option<serde_json::Value>> {
         match rx.recv_timeout(within) {

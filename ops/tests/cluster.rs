@@ -6,6 +6,8 @@
 //! The node binary is looked for next to `surreal` (both are built by `cargo test
 //! --workspace`). The tests take turns: each runs four servers and a fleet on a 2-core host.
 
+mod support;
+
 use anyhow::{Context, Result, bail, ensure};
 use reqwest::{Client, Method};
 use serde_json::{Value, json};
@@ -943,34 +945,26 @@ fn fleet(
     robots: usize,
     items: usize,
 ) -> tokio::task::JoinHandle<Result<Value>> {
-    let bases = cluster.urls.join(",");
-    let (api, robots, items) = (api.to_string(), robots.to_string(), items.to_string());
-    tokio::spawn(async move {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_robot-sim"))
-            .args(["--base-url", &bases, "--admin-password", ADMIN_PASSWORD])
-            .args(["--api", &api, "--robots", &robots, "--capacity", "3"])
-            .args([
-                "--items",
-                &items,
-                "--duration",
-                "150s",
-                "--pulse-every",
-                "500ms",
-            ])
-            .output()
-            .await?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        // Exit 2: the run finished but saw an item at two robots (judged by the caller).
-        ensure!(
-            output.status.success() || output.status.code() == Some(2),
-            "robot-sim failed: {stdout} {stderr}"
-        );
-        eprint!("{stderr}");
-        Ok(serde_json::from_str(
-            stdout.lines().last().unwrap_or_default(),
-        )?)
-    })
+    let args = [
+        "--base-url",
+        &cluster.urls.join(","),
+        "--admin-password",
+        ADMIN_PASSWORD,
+        "--api",
+        api,
+        "--robots",
+        &robots.to_string(),
+        "--capacity",
+        "3",
+        "--items",
+        &items.to_string(),
+        "--duration",
+        "150s",
+        "--pulse-every",
+        "500ms",
+    ];
+    let run = support::robot_sim(args.map(String::from).to_vec());
+    tokio::spawn(async move { Ok(run.await?.0) })
 }
 
 /// Waits until the cluster's items completed reach `at_least` (stats through node `n`).
