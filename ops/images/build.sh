@@ -2,20 +2,21 @@
 # Builds the two local images of a cluster without any registry or BuildKit:
 #   orchestrator-rpa:<version>        the node (`orchestrator`), port 8000, cluster port 7100
 #   orchestrator-surrealdb:<version>  the official SurrealDB server built from this workspace
-# (each also tagged `latest`). Each root file system is the release binary, the shared libraries
-# `ldd` lists for it, CA certificates and a passwd entry for an unprivileged user (uid 10001),
-# loaded with `docker import`; data lives under the volume path /data.
+# (each also tagged `latest`). Each root file system is the binary built with the `image` profile
+# (release, optimised for size, fat LTO, no symbols: see Cargo.toml), the shared libraries `ldd`
+# lists for it, CA certificates and a passwd entry for an unprivileged user (uid 10001), loaded
+# with `docker import`; data lives under the volume path /data.
 #
-#   ops/images/build.sh              # cargo build --release, then both images
-#   SKIP_BUILD=1 ops/images/build.sh # use the release binaries already built
+#   ops/images/build.sh              # cargo build --profile image, then both images
+#   SKIP_BUILD=1 ops/images/build.sh # use the `image` binaries already built
 #   BIN_DIR=DIR TAG=T ops/images/build.sh
 #                                    # binaries from DIR (no build), tagged T only; the
 #                                    # container tests use their debug binaries this way
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-target="${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
+target="${BIN_DIR:-${CARGO_TARGET_DIR:-target}/image}"
 if [ -z "${SKIP_BUILD:-}" ] && [ -z "${BIN_DIR:-}" ]; then
-  cargo build --release -p orchestrator-node -p orchestrator-ops --bin orchestrator --bin surreal
+  cargo build --profile image -p orchestrator-node -p orchestrator-ops --bin orchestrator --bin surreal
 fi
 version="${TAG:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}"
 uid=10001
