@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Which robot API the fleet speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -123,6 +124,9 @@ pub struct Report {
     pub connected: u64,
     /// Times a robot moved to another node because its own failed.
     pub node_moves: u64,
+    /// Times a node told a robot to come back later (503 or 429 instead of the WebSocket
+    /// upgrade, or close code 1011 or 1013) and the robot did, after a growing, jittered pause.
+    pub refusals: u64,
 }
 
 /// State the whole fleet shares.
@@ -139,6 +143,7 @@ struct Fleet {
     failures: AtomicU64,
     crashes: AtomicU64,
     connected: AtomicU64,
+    refusals: AtomicU64,
     /// Upload start per task, and first-arrival per task seen before its upload answered.
     upload_started: Mutex<HashMap<i64, Instant>>,
     first_seen: Mutex<HashMap<i64, Instant>>,
@@ -659,6 +664,7 @@ async fn drive(
         crashes: fleet.crashes.load(Ordering::Relaxed),
         connected,
         node_moves: node.moves.load(Ordering::Relaxed),
+        refusals: fleet.refusals.load(Ordering::Relaxed),
     })
 }
 
@@ -774,6 +780,8 @@ async fn ws_robot(
     // Items whose completion was acknowledged: a node may push one again when it read the
     // robot's leases before a completion sent again after a move had landed.
     let mut finished: HashSet<i64> = HashSet::new();
+    // Refusals since the node last acknowledged `ready`: they lengthen the pause.
+    let mut refused_in_a_row = 0u32;
     loop {
         let url = format!("{}/api/v1/robot/ws", node.base()).replacen("http", "ws", 1);
         let connecting = connect_ws(&url, &robot);
@@ -787,6 +795,11 @@ async fn ws_robot(
         };
         let socket = match connected {
             Ok(socket) => socket,
+            Err(err) if refused_for_now(&err) => {
+                come_back_later(fleet, &mut refused_in_a_row).await;
+                node.fail_over();
+                continue;
+            }
             Err(_) if node.fail_over() => continue,
             Err(err) => return Err(err),
         };
@@ -846,6 +859,11 @@ async fn ws_robot(
             };
             let text = match message {
                 Message::Text(text) => text,
+                Message::Close(Some(frame))
+                    if matches!(frame.code, CloseCode::Error | CloseCode::Again) =>
+                {
+                    break Ended::Refused;
+                }
                 Message::Close(frame) => {
                     break Ended::Lost(format!("the node closed the connection: {frame:?}"));
                 }
@@ -854,6 +872,7 @@ async fn ws_robot(
             let frame: Value = serde_json::from_str(text.as_str())?;
             match frame["type"].as_str() {
                 Some("ack") if frame["ref"] == "ready" => {
+                    refused_in_a_row = 0;
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(()).await;
                     }
@@ -1021,11 +1040,35 @@ async fn ws_robot(
                 reports.clear();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            Ended::Refused => {
+                come_back_later(fleet, &mut refused_in_a_row).await;
+                node.fail_over();
+            }
             // Its node failed: reconnect to the next one, which resumes its leases.
             Ended::Lost(_) if node.fail_over() => {}
             Ended::Lost(why) => bail!("{why}"),
         }
     }
+}
+
+/// Whether a failed WebSocket connect was the node saying "not now" (503 or 429 instead of
+/// the upgrade) rather than refusing the robot.
+fn refused_for_now(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
+        Some(tokio_tungstenite::tungstenite::Error::Http(response))
+            if matches!(response.status().as_u16(), 429 | 503)
+    )
+}
+
+/// The pause before a refused robot comes back, as a production robot takes it: 250 ms doubled
+/// per refusal in a row up to 8 s, plus up to half again at random so a refused crowd spreads.
+async fn come_back_later(fleet: &Fleet, refused_in_a_row: &mut u32) {
+    fleet.refusals.fetch_add(1, Ordering::Relaxed);
+    let base = (250u64 << (*refused_in_a_row).min(5)).min(8_000);
+    *refused_in_a_row += 1;
+    let pause = base + rand::random_range(0..=base / 2);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
 }
 
 /// How often a robot sends a report again that the node could not write, half a second apart
@@ -1038,6 +1081,9 @@ enum Ended {
     Crashed,
     /// The node closed the connection or it failed.
     Lost(String),
+    /// The node closed the connection with "try again later" (1013) or an internal error
+    /// (1011): it could not take the robot on just now.
+    Refused,
 }
 
 /// One robot on REST v1: long-poll claims, then start and finish each item.

@@ -96,3 +96,72 @@ async fn failures_and_crashes_still_end_with_every_item_final() -> Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+/// A node that cannot take a robot on just now closes its WebSocket with 1013 (try again later)
+/// or answers 503 instead of the upgrade: the robot comes back after a pause instead of giving
+/// up, as a production robot does in a connect storm. A stand-in node refuses the first two
+/// connections (one each way), then acknowledges `ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_told_to_come_back_later_comes_back() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let node = tokio::spawn(async move {
+        let mut connections = 0;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            connections += 1;
+            if connections == 1 {
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                continue;
+            }
+            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                continue;
+            };
+            if connections == 2 {
+                let _ = ws
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Again,
+                        reason: "dispatch is unavailable: robot registry timed out".into(),
+                    })))
+                    .await;
+                continue;
+            }
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.to_text().is_ok_and(|t| t.contains("\"ready\"")) {
+                        let ack = r#"{"type":"ack","ref":"ready"}"#;
+                        let _ = ws.send(Message::text(ack)).await;
+                    }
+                }
+            });
+        }
+    });
+    let tokens = tempfile::NamedTempFile::new()?;
+    std::fs::write(tokens.path(), "7 robot-token\n")?;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_robot-sim"))
+        .args(["--base-url", &format!("http://{addr}"), "--api", "ws"])
+        .args(["--robots", "1", "--duration", "1s"])
+        .arg("--tokens-file")
+        .arg(tokens.path())
+        .output()
+        .await?;
+    node.abort();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "robot-sim failed: {stdout} {stderr}"
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().context("no output")?)?;
+    assert_eq!(report["refusals"], 2, "{report} {stderr}");
+    assert_eq!(report["connected"], 1, "{report} {stderr}");
+    assert_eq!(report["errors"], 0, "{report} {stderr}");
+    Ok(())
+}

@@ -100,6 +100,8 @@ async fn metrics_count_what_robots_did_and_what_the_store_holds() -> Result<()> 
     for histogram in [
         "orchestrator_batch_size_bucket",
         "orchestrator_batch_write_seconds_bucket",
+        r#"orchestrator_registry_message_seconds_bucket{message="connect""#,
+        r#"orchestrator_registry_message_seconds_bucket{message="dispatch""#,
     ] {
         assert!(after.contains(histogram), "{histogram} in:\n{after}");
     }

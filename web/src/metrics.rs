@@ -73,6 +73,10 @@ fn describe() {
         "orchestrator_batch_write_seconds",
         "Time to write one batch of transitions and grants"
     );
+    describe_histogram!(
+        "orchestrator_registry_message_seconds",
+        "Time the robot registry spent on one message, by message; connects and dispatch wait meanwhile"
+    );
     describe_counter!(
         "orchestrator_store_conflicts_total",
         "Store write conflicts: a batch that lost a race (op=batch), a write retried (op=retry)"

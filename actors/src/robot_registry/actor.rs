@@ -111,6 +111,36 @@ pub enum RobotRegistryMsg {
 
 impl Message for RobotRegistryMsg {}
 
+/// A registry message handled for longer than this is logged at WARN.
+const SLOW_MESSAGE: Duration = Duration::from_secs(1);
+
+impl RobotRegistryMsg {
+    /// The message's name, as the registry's metrics and slow-message warnings give it.
+    fn kind(&self) -> &'static str {
+        match self {
+            RobotRegistryMsg::AttachDirector { .. } => "attach_director",
+            RobotRegistryMsg::Connect { .. } => "connect",
+            RobotRegistryMsg::RobotChanged { .. } => "robot_changed",
+            RobotRegistryMsg::RobotRevoked { .. } => "robot_revoked",
+            RobotRegistryMsg::ItemsLeftFlight { .. } => "items_left_flight",
+            RobotRegistryMsg::ItemLeft { .. } => "item_left",
+            RobotRegistryMsg::Streaming { .. } => "streaming",
+            RobotRegistryMsg::Ready { .. } => "ready",
+            RobotRegistryMsg::Revoke { .. } => "revoke",
+            RobotRegistryMsg::ItemsReleased { .. } => "items_released",
+            RobotRegistryMsg::TaskDemand { .. } => "task_demand",
+            RobotRegistryMsg::GrantsSettled { .. } => "grants_settled",
+            RobotRegistryMsg::TaskGone { .. } => "task_gone",
+            RobotRegistryMsg::Dispatch => "dispatch",
+            RobotRegistryMsg::Sweep => "sweep",
+            RobotRegistryMsg::Recount => "recount",
+            RobotRegistryMsg::Loads { .. } => "loads",
+            RobotRegistryMsg::Fail { .. } => "fail",
+            RobotRegistryMsg::Shutdown { .. } => "shutdown",
+        }
+    }
+}
+
 /// Start-up arguments.
 #[derive(Debug, Clone)]
 pub struct RegistryArgs {
@@ -384,8 +414,21 @@ impl Actor for RobotRegistry {
         // A store error (a lost write race, a slow server) is logged and the work is picked up
         // again by the next sweep or reconcile; a panic fails the actor and the supervisor
         // restarts dispatch.
+        let kind = message.kind();
+        let began = std::time::Instant::now();
         if let Err(err) = handle_message(myself, message, state).await {
             warn!(error = %err, "robot registry: message failed; continuing");
+        }
+        // Every robot's connect and every dispatch round waits behind the message in hand.
+        let took = began.elapsed();
+        metrics::histogram!("orchestrator_registry_message_seconds", "message" => kind)
+            .record(took.as_secs_f64());
+        if took >= SLOW_MESSAGE {
+            warn!(
+                message = kind,
+                ms = took.as_millis() as u64,
+                "robot registry was busy with one message; connects and dispatch waited"
+            );
         }
         Ok(())
     }

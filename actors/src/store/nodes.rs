@@ -79,6 +79,10 @@ pub struct SingletonRow {
     pub expires_at: Millis,
 }
 
+/// A node's robots silent since `$cutoff` (see [`Store::silent_robots_of`]).
+const SILENT_ROBOTS_OF: &str =
+    "SELECT VALUE record::id(id) FROM robot WHERE node = $node AND last_pulse_at < $cutoff;";
+
 impl Store {
     /// Writes this node's row as a new incarnation (alive, heartbeat `now`); returns the
     /// incarnation.
@@ -262,37 +266,44 @@ impl Store {
         .await
     }
 
-    /// Robots held by a node not in `alive` (or by a node that is gone) whose last pulse is
-    /// older than `cutoff`: their node died with their sessions. Returns `(robot, node)`.
+    /// Robots held by a node not in `alive` whose last pulse is older than `cutoff`: their node
+    /// died with their sessions. Returns `(robot, node)`. A node holds robots only after it
+    /// joined, so every holder has a membership row: the nodes not alive are read from those
+    /// rows, and each one's silent robots through the `robot_node_pulse` index (no scan of the
+    /// robot table, which the housekeeping node ran every sweep).
     pub async fn orphaned_robots(
         &self,
         alive: &[String],
         cutoff: Millis,
     ) -> Result<Vec<(i64, String)>, StoreError> {
-        #[derive(Deserialize)]
-        struct Row {
-            id: i64,
-            node: String,
-        }
-        let sql = "SELECT record::id(id) AS id, node FROM robot WHERE node != NONE \
-                   AND node NOTINSIDE $alive AND (last_pulse_at ?? 0) < $cutoff;";
-        let rows: Vec<Row> = self
-            .rows(sql, json!({ "alive": alive, "cutoff": cutoff }), 0)
+        let gone: Vec<String> = self
+            .rows(
+                "SELECT VALUE record::id(id) FROM node WHERE record::id(id) NOTINSIDE $alive;",
+                json!({ "alive": alive }),
+                0,
+            )
             .await?;
-        Ok(rows.into_iter().map(|r| (r.id, r.node)).collect())
+        let mut orphaned = Vec::new();
+        for node in gone {
+            for robot in self.silent_robots_of(&node, cutoff).await? {
+                orphaned.push((robot, node.clone()));
+            }
+        }
+        Ok(orphaned)
     }
 
     /// Robots node `node` holds in the store that have been silent since `cutoff`: with no
     /// session on that node (it restarted under the same id, or the session ended without a
-    /// release), nobody else would mark them lost.
+    /// release), nobody else would mark them lost. A range over the `robot_node_pulse` index
+    /// (a robot holder always has a pulse: both are written together), so it reads only the
+    /// silent ones, not every robot of the node each sweep.
     pub async fn silent_robots_of(
         &self,
         node: &str,
         cutoff: Millis,
     ) -> Result<Vec<i64>, StoreError> {
         self.rows(
-            "SELECT VALUE record::id(id) FROM robot WHERE node = $node \
-             AND (last_pulse_at ?? 0) < $cutoff;",
+            SILENT_ROBOTS_OF,
             json!({ "node": node, "cutoff": cutoff }),
             0,
         )
@@ -425,6 +436,8 @@ mod tests {
     #[tokio::test]
     async fn only_robots_of_dead_nodes_silent_long_enough_are_orphans() -> Result<(), StoreError> {
         let store = store().await;
+        store.join_cluster("a", "http://a", None, 1_000).await?;
+        store.join_cluster("b", "http://b", None, 1_000).await?;
         let mut ids = Vec::new();
         for name in ["r1", "r2", "r3"] {
             let robot = store
@@ -454,6 +467,54 @@ mod tests {
                 .await?
                 .is_empty()
         );
+        Ok(())
+    }
+
+    /// Every node looks for its silent robots each sweep, and the housekeeping node for those of
+    /// dead nodes: the lookup reads only the silent ones, through the compound index, however
+    /// many robots the node holds.
+    #[tokio::test]
+    async fn a_nodes_silent_robots_are_found_without_reading_the_others() -> Result<(), StoreError>
+    {
+        let store = store().await;
+        store.join_cluster("a", "http://a", None, 1_000).await?;
+        let mut pulses = Vec::new();
+        for i in 0..200 {
+            let robot = store
+                .create_robot(&crate::store::NewRobot {
+                    name: format!("r{i}"),
+                    platform: crate::domain::Platform::Python,
+                    token_hash: format!("hash-{i}"),
+                    capacity: 1,
+                    processes: Vec::new(),
+                })
+                .await?;
+            pulses.push((robot.id, 1_000 + i));
+        }
+        store.record_pulses(&pulses, "a").await?;
+        let mut silent = store.silent_robots_of("a", 1_005).await?;
+        silent.sort_unstable();
+        let first: Vec<i64> = pulses[..5].iter().map(|(id, _)| *id).collect();
+        assert_eq!(silent, first);
+        let plan = store
+            .query_all(
+                &SILENT_ROBOTS_OF.replace(';', " EXPLAIN FULL;"),
+                json!({ "node": "a", "cutoff": 1_005 }),
+            )
+            .await?;
+        let plan = plan[0].to_string();
+        assert!(plan.contains("robot_node_pulse"), "uses the index: {plan}");
+        assert!(
+            plan.contains(r#""output_rows":5"#),
+            "reads 5 robots: {plan}"
+        );
+        assert!(
+            !plan.contains("robot_node\""),
+            "not the single-field index: {plan}"
+        );
+        // Node a is dead to a housekeeper that sees only b: the same five are orphans.
+        let orphans = store.orphaned_robots(&["b".into()], 1_005).await?;
+        assert_eq!(orphans.len(), 5);
         Ok(())
     }
 }

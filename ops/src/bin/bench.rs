@@ -357,11 +357,19 @@ impl NodeProc {
             || format!("surrealkv://{}", dir.join("db").display()),
             str::to_string,
         );
+        // The nodes' log (their stdout) is shown only when BENCH_NODE_LOG names a filter
+        // (`info`, `warn`): a run prints its figures, a failing one is run again with the log.
+        let log = std::env::var("BENCH_NODE_LOG").ok();
         let child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--db", &db, "--node-id", &format!("n{k}")])
-            .args(["--admin-password", ADMIN_PASSWORD, "--log", "warn"])
-            .stdout(Stdio::null())
+            .args(["--admin-password", ADMIN_PASSWORD])
+            .args(["--log", log.as_deref().unwrap_or("warn")])
+            .stdout(if log.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
