@@ -319,17 +319,31 @@ impl Store {
         node: &str,
         cutoff: Millis,
     ) -> Result<bool, StoreError> {
-        let sql = "UPDATE type::record('robot', $id) SET status = 'INACTIVE', node = NONE \
+        Ok(self.mark_robots_lost(&[id], node, cutoff).await? == [id])
+    }
+
+    /// [`Store::mark_robot_lost`] for many robots at once (one write per 500); returns the ids
+    /// marked.
+    pub async fn mark_robots_lost(
+        &self,
+        ids: &[i64],
+        node: &str,
+        cutoff: Millis,
+    ) -> Result<Vec<i64>, StoreError> {
+        let sql = "UPDATE $ids.map(|$i| type::record('robot', $i)) \
+                   SET status = 'INACTIVE', node = NONE \
                    WHERE (node = $node OR node = NONE) AND (last_pulse_at ?? 0) < $cutoff \
-                   RETURN VALUE 1;";
-        let vars = json!({ "id": id, "node": node, "cutoff": cutoff });
-        let lost = self
-            .retry_conflicts(|| async {
-                Ok(!self.rows::<Value>(sql, vars.clone(), 0).await?.is_empty())
-            })
-            .await?;
-        if lost {
-            self.tokens.forget_robot(id);
+                   RETURN VALUE record::id(id);";
+        let mut lost = Vec::new();
+        for batch in ids.chunks(500) {
+            let vars = json!({ "ids": batch, "node": node, "cutoff": cutoff });
+            let marked: Vec<i64> = self
+                .retry_conflicts(|| async { self.rows(sql, vars.clone(), 0).await })
+                .await?;
+            for id in &marked {
+                self.tokens.forget_robot(*id);
+            }
+            lost.extend(marked);
         }
         Ok(lost)
     }
@@ -515,6 +529,20 @@ mod tests {
         // Node a is dead to a housekeeper that sees only b: the same five are orphans.
         let orphans = store.orphaned_robots(&["b".into()], 1_005).await?;
         assert_eq!(orphans.len(), 5);
+        // Marked lost together: only those a still holds and that are silent; then a holds
+        // them no more and no sweep finds them again.
+        let all: Vec<i64> = pulses.iter().map(|(id, _)| *id).collect();
+        assert!(store.mark_robots_lost(&all, "b", 1_005).await?.is_empty());
+        let mut lost = store.mark_robots_lost(&all, "a", 1_005).await?;
+        lost.sort_unstable();
+        assert_eq!(lost, first);
+        assert!(store.silent_robots_of("a", 1_005).await?.is_empty());
+        assert!(
+            store
+                .orphaned_robots(&["b".into()], 1_005)
+                .await?
+                .is_empty()
+        );
         Ok(())
     }
 }
