@@ -302,6 +302,7 @@ pub(super) async fn read_frames(
     // The last action per item: a robot's frames about one item apply in the order sent, while
     // frames about different items run concurrently.
     let mut last_action: HashMap<i64, JoinHandle<()>> = HashMap::new();
+    let mut last_ready: Option<JoinHandle<()>> = None;
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     loop {
@@ -337,10 +338,30 @@ pub(super) async fn read_frames(
             Ok(ClientFrame::Ready {
                 capacity,
                 reference,
-            }) => match dispatcher.ready(&robot, capacity).await {
-                Ok(()) => ack_frame(reference, None),
-                Err(err) => error_frame(err.code(), &err.public_message(), reference),
-            },
+            }) => {
+                // Written in a task of its own (after the robot's earlier `ready`, under the
+                // same bound as actions), so the loop goes on reading frames, each a pulse: a
+                // robot whose `ready` waited on a busy store longer than the pulse timeout was
+                // ended as silent while it was talking.
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                    return;
+                };
+                let before = last_ready.take();
+                let (dispatcher, outbound, robot) =
+                    (dispatcher.clone(), outbound.clone(), robot.clone());
+                last_ready = Some(tokio::spawn(async move {
+                    if let Some(before) = before {
+                        let _ = before.await;
+                    }
+                    let reply = match dispatcher.ready(&robot, capacity).await {
+                        Ok(()) => ack_frame(reference, None),
+                        Err(err) => error_frame(err.code(), &err.public_message(), reference),
+                    };
+                    let _ = outbound.send(reply).await;
+                    drop(permit);
+                }));
+                continue;
+            }
             Ok(ClientFrame::Act {
                 item_id,
                 lease_id,
