@@ -12,7 +12,7 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Message, RpcReplyPort,
     SupervisionEvent,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -716,7 +716,10 @@ async fn handle_message(
             }
             // Released only if this node still holds the robot in the store: a robot that
             // moved to another node is served there.
-            let lost = release_lost(state, &silent, &me, now - timeout, now).await?;
+            let lost: HashSet<i64> = release_lost(state, &silent, &me, now - timeout, now)
+                .await?
+                .into_iter()
+                .collect();
             for robot_id in silent {
                 if lost.contains(&robot_id) {
                     warn!(robot_id, "robot went silent; releasing its items");
