@@ -945,25 +945,15 @@ fn fleet(
     robots: usize,
     items: usize,
 ) -> tokio::task::JoinHandle<Result<Value>> {
-    let args = [
-        "--base-url",
+    let args = support::fleet_args(
         &cluster.urls.join(","),
-        "--admin-password",
         ADMIN_PASSWORD,
-        "--api",
         api,
-        "--robots",
-        &robots.to_string(),
-        "--capacity",
-        "3",
-        "--items",
-        &items.to_string(),
-        "--duration",
+        robots,
+        items,
         "150s",
-        "--pulse-every",
-        "500ms",
-    ];
-    let run = support::robot_sim(args.map(String::from).to_vec());
+    );
+    let run = support::robot_sim(args);
     tokio::spawn(async move { Ok(run.await?.0) })
 }
 

@@ -384,27 +384,9 @@ fn fleet(
     robots: usize,
     items: usize,
 ) -> tokio::task::JoinHandle<Result<(Value, String)>> {
-    let args = [
-        "--base-url",
-        &stack.bases(),
-        "--admin-password",
-        ADMIN_PASSWORD,
-        "--api",
-        api,
-        "--robots",
-        &robots.to_string(),
-        "--capacity",
-        "3",
-        "--items",
-        &items.to_string(),
-        "--duration",
-        "240s",
-        "--pulse-every",
-        "500ms",
-        "--node-silence",
-        NODE_SILENCE,
-    ];
-    tokio::spawn(support::robot_sim(args.map(String::from).to_vec()))
+    let mut args = support::fleet_args(&stack.bases(), ADMIN_PASSWORD, api, robots, items, "240s");
+    args.extend(["--node-silence".to_string(), NODE_SILENCE.to_string()]);
+    tokio::spawn(support::robot_sim(args))
 }
 
 /// The mixed fleet every scenario runs: WebSocket and REST robots, one task each.

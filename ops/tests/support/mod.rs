@@ -21,3 +21,37 @@ pub async fn robot_sim(args: Vec<String>) -> Result<(Value, String)> {
     let report = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
     Ok((report, stderr.into_owned()))
 }
+
+/// Flags of a `robot-sim` fleet of `robots` robots on `api` (capacity 3, a pulse every 500 ms)
+/// spread over `bases`, uploading and working a task of `items` items within `duration`.
+pub fn fleet_args(
+    bases: &str,
+    admin_password: &str,
+    api: &str,
+    robots: usize,
+    items: usize,
+    duration: &str,
+) -> Vec<String> {
+    let robots = robots.to_string();
+    let items = items.to_string();
+    [
+        "--base-url",
+        bases,
+        "--admin-password",
+        admin_password,
+        "--api",
+        api,
+        "--robots",
+        &robots,
+        "--capacity",
+        "3",
+        "--items",
+        &items,
+        "--duration",
+        duration,
+        "--pulse-every",
+        "500ms",
+    ]
+    .map(String::from)
+    .to_vec()
+}
