@@ -254,7 +254,9 @@ impl SupervisorState {
             None,
             Member,
             MemberArgs {
-                store: self.args.store.clone(),
+                // Heartbeats on a connection of their own: under a connect storm the main
+                // one queued them for 10 s and more, and the node was declared dead.
+                store: self.args.store.priority_lane(),
                 view: Arc::clone(&self.args.view),
                 http: config.http.clone(),
                 period: config.sweep_period,

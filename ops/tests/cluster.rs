@@ -9,6 +9,9 @@
 mod support;
 
 use anyhow::{Context, Result, bail, ensure};
+use orchestrator_actors::domain::Platform;
+use orchestrator_actors::store::NewRobot;
+use orchestrator_actors::{Store, StoreConfig};
 use reqwest::{Client, Method};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -452,6 +455,66 @@ async fn three_nodes_started_together_on_an_empty_database_all_come_up() -> Resu
         .call(3, Method::GET, "/api/v1/cluster", "Bearer nonsense", None)
         .await?;
     assert_eq!(status, 401);
+    Ok(())
+}
+
+/// Time `ping` takes on `store`, or the limit when it answers false (the store's own bound).
+async fn ping_time(store: &Store) -> Duration {
+    let started = Instant::now();
+    store.ping().await;
+    started.elapsed()
+}
+
+/// The server runs all requests of one connection in one task, so a heartbeat sent down the
+/// connection that carries a node's bulk traffic waits behind all of it (heartbeats of 10 s and
+/// more in a 30,000-robot connect storm, and nodes declared dead). Membership has a connection
+/// of its own: it answers while the main one is buried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_membership_lane_answers_while_the_main_connection_is_buried() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let cluster = Cluster::start(0).await?;
+    let store = Store::open(&StoreConfig {
+        url: cluster.db.clone(),
+        ..StoreConfig::memory()
+    })
+    .await?;
+    for n in 0..1_000 {
+        store
+            .create_robot(&NewRobot {
+                name: format!("bot-{n}"),
+                platform: Platform::Python,
+                capacity: 1,
+                processes: Vec::new(),
+                token_hash: format!("hash-{n}"),
+            })
+            .await?;
+    }
+    let lane = store.priority_lane();
+    let idle = ping_time(&lane).await;
+    // Bury the main connection: reads of the whole robot table, all at once.
+    let burden: Vec<_> = (0..400)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.list_robots().await.map(|r| r.len()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (main, priority) = tokio::join!(ping_time(&store), ping_time(&lane));
+    for read in burden {
+        assert_eq!(read.await??, 1_000);
+    }
+    eprintln!(
+        "ping while 400 table reads queue on the main connection: main {main:?}, \
+         membership lane {priority:?} (idle {idle:?})"
+    );
+    ensure!(
+        main >= Duration::from_millis(500),
+        "the burden did not slow the main connection ({main:?}): the test shows nothing"
+    );
+    ensure!(
+        priority * 4 < main,
+        "the membership lane waited behind the main connection: {priority:?} vs {main:?}"
+    );
     Ok(())
 }
 

@@ -129,6 +129,9 @@ fn writer_runtime() -> Option<&'static tokio::runtime::Runtime> {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Arc<Db>,
+    /// The connection of [`Store::priority_lane`]: on a `ws://` server a second connection,
+    /// so that membership never queues behind the node's bulk traffic; else the same engine.
+    priority: Arc<Db>,
     /// Recently used item chunks and the node's item write lock (see `chunks.rs`).
     chunks: Arc<chunks::ChunkCache>,
     /// Robots recently found by token (see `robots.rs`).
@@ -186,7 +189,41 @@ impl Db {
             .map_err(|e| StoreError::Database(format!("cannot open {path}: {e}")))?;
         datastore.start_maintenance_tasks();
         let db = Surreal::<Local>::unstable_from_datastore(Arc::clone(&datastore), None).await?;
-        Ok(Db::Embedded(db, datastore))
+        let db = Db::Embedded(db, datastore);
+        db.select(config).await?;
+        Ok(db)
+    }
+
+    /// Connects and signs in to a `ws://` server, and selects the namespace and database.
+    async fn remote(url: &str, config: &StoreConfig) -> Result<Db, StoreError> {
+        let db = surrealdb::engine::any::connect(url).await?;
+        db.signin(surrealdb::opt::auth::Root {
+            username: config.username.clone(),
+            password: config.password.clone(),
+        })
+        .await?;
+        let db = Db::Remote(db);
+        db.select(config).await?;
+        Ok(db)
+    }
+
+    /// Selects the namespace and database. On a shared server, the first use defines them:
+    /// nodes starting together on an empty server race there.
+    async fn select(&self, config: &StoreConfig) -> Result<(), StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.use_ns_db(&config.namespace, &config.database).await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    let err = StoreError::from(err);
+                    if !err.is_retryable() || attempt >= CONFLICT_RETRIES {
+                        return Err(err);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
+                }
+            }
+        }
     }
 
     async fn use_ns_db(&self, namespace: &str, database: &str) -> surrealdb::Result<()> {
@@ -216,45 +253,31 @@ impl Store {
     /// Opens (creating when absent) the store at `config.url` and applies the schema.
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let url = config.url.trim();
-        let db = if let Some(path) = url.strip_prefix("surrealkv://") {
+        let (db, priority) = if let Some(path) = url.strip_prefix("surrealkv://") {
             if path.is_empty() {
                 return Err(StoreError::UnsupportedUrl(url.into()));
             }
             std::fs::create_dir_all(path).map_err(|e| {
                 StoreError::Database(format!("cannot create store directory {path}: {e}"))
             })?;
-            Db::embedded(url, config).await?
+            let db = Arc::new(Db::embedded(url, config).await?);
+            (Arc::clone(&db), db)
         } else if url == "mem://" || url == "memory" {
-            Db::embedded("memory", config).await?
+            let db = Arc::new(Db::embedded("memory", config).await?);
+            (Arc::clone(&db), db)
         } else if url.starts_with("ws://") || url.starts_with("wss://") {
-            let db = surrealdb::engine::any::connect(url).await?;
-            db.signin(surrealdb::opt::auth::Root {
-                username: config.username.clone(),
-                password: config.password.clone(),
-            })
-            .await?;
-            Db::Remote(db)
+            // The server runs all requests of one connection in one task: a heartbeat sent
+            // down the connection that carries a connect storm waits behind all of it.
+            (
+                Arc::new(Db::remote(url, config).await?),
+                Arc::new(Db::remote(url, config).await?),
+            )
         } else {
             return Err(StoreError::UnsupportedUrl(url.into()));
         };
-        // On a shared server, the first use defines the namespace and database: nodes starting
-        // together on an empty server race there.
-        let mut attempt = 0;
-        loop {
-            match db.use_ns_db(&config.namespace, &config.database).await {
-                Ok(()) => break,
-                Err(err) => {
-                    let err = StoreError::from(err);
-                    if !err.is_retryable() || attempt >= CONFLICT_RETRIES {
-                        return Err(err);
-                    }
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
-                }
-            }
-        }
         let store = Store {
-            db: Arc::new(db),
+            db,
+            priority,
             chunks: Arc::default(),
             tokens: Arc::default(),
             leased: Arc::default(),
@@ -478,6 +501,16 @@ impl Store {
     /// Items this node leased since it started.
     pub fn items_leased(&self) -> u64 {
         self.leased.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This store, with its queries sent down a connection of their own on a `ws://` server
+    /// (the embedded engine has no connection to wait in). For membership: a heartbeat that
+    /// waits behind the node's bulk traffic gets the node declared dead under load.
+    pub fn priority_lane(&self) -> Store {
+        Store {
+            db: Arc::clone(&self.priority),
+            ..self.clone()
+        }
     }
 
     /// Whether the store answers a trivial query within two seconds (a `ws://` client waits
