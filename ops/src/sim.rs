@@ -127,6 +127,9 @@ pub struct Report {
     /// Times a node told a robot to come back later (503 or 429 instead of the WebSocket
     /// upgrade, or close code 1011 or 1013) and the robot did, after a growing, jittered pause.
     pub refusals: u64,
+    /// Times a node ended a robot's WebSocket with a close frame (1000 "session ended", 1001
+    /// going away, 1012 restarting) and the robot connected again, as a production robot does.
+    pub reconnects: u64,
 }
 
 /// State the whole fleet shares.
@@ -144,6 +147,7 @@ struct Fleet {
     crashes: AtomicU64,
     connected: AtomicU64,
     refusals: AtomicU64,
+    reconnects: AtomicU64,
     /// Upload start per task, and first-arrival per task seen before its upload answered.
     upload_started: Mutex<HashMap<i64, Instant>>,
     first_seen: Mutex<HashMap<i64, Instant>>,
@@ -665,6 +669,7 @@ async fn drive(
         connected,
         node_moves: node.moves.load(Ordering::Relaxed),
         refusals: fleet.refusals.load(Ordering::Relaxed),
+        reconnects: fleet.reconnects.load(Ordering::Relaxed),
     })
 }
 
@@ -864,6 +869,14 @@ async fn ws_robot(
                 {
                     break Ended::Refused;
                 }
+                Message::Close(Some(frame))
+                    if matches!(
+                        frame.code,
+                        CloseCode::Normal | CloseCode::Away | CloseCode::Restart
+                    ) =>
+                {
+                    break Ended::Closed;
+                }
                 Message::Close(frame) => {
                     break Ended::Lost(format!("the node closed the connection: {frame:?}"));
                 }
@@ -1044,6 +1057,15 @@ async fn ws_robot(
                 come_back_later(fleet, &mut refused_in_a_row).await;
                 node.fail_over();
             }
+            // The node ended the session (it judged the robot silent, it was fenced, it is
+            // stopping): connect again, to the next node if there is one, after a short
+            // jittered pause so a crowd ended at once does not come back at once. A robot
+            // that may no longer connect (token rotated, deleted) is refused at the upgrade.
+            Ended::Closed => {
+                fleet.reconnects.fetch_add(1, Ordering::Relaxed);
+                node.fail_over();
+                tokio::time::sleep(Duration::from_millis(rand::random_range(100..=600))).await;
+            }
             // Its node failed: reconnect to the next one, which resumes its leases.
             Ended::Lost(_) if node.fail_over() => {}
             Ended::Lost(why) => bail!("{why}"),
@@ -1081,6 +1103,9 @@ enum Ended {
     Crashed,
     /// The node closed the connection or it failed.
     Lost(String),
+    /// The node closed the connection with "session ended" (1000), "going away" (1001) or
+    /// "restarting" (1012).
+    Closed,
     /// The node closed the connection with "try again later" (1013) or an internal error
     /// (1011): it could not take the robot on just now.
     Refused,

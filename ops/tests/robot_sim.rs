@@ -99,10 +99,12 @@ async fn failures_and_crashes_still_end_with_every_item_final() -> Result<()> {
 
 /// A node that cannot take a robot on just now closes its WebSocket with 1013 (try again later)
 /// or answers 503 instead of the upgrade: the robot comes back after a pause instead of giving
-/// up, as a production robot does in a connect storm. A stand-in node refuses the first two
-/// connections (one each way), then acknowledges `ready`.
+/// up, as a production robot does in a connect storm. A node that ends a robot's session
+/// (1000 "session ended": it judged the robot silent, or was fenced) sees it connect again. A
+/// stand-in node refuses the first two connections (one each way), acknowledges `ready` on the
+/// third and then ends it, and keeps the fourth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_robot_told_to_come_back_later_comes_back() -> Result<()> {
+async fn a_robot_told_to_come_back_later_or_whose_session_ended_comes_back() -> Result<()> {
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::Message;
@@ -133,11 +135,20 @@ async fn a_robot_told_to_come_back_later_comes_back() -> Result<()> {
                     .await;
                 continue;
             }
+            let ends = connections == 3;
             tokio::spawn(async move {
                 while let Some(Ok(message)) = ws.next().await {
                     if message.to_text().is_ok_and(|t| t.contains("\"ready\"")) {
                         let ack = r#"{"type":"ack","ref":"ready"}"#;
                         let _ = ws.send(Message::text(ack)).await;
+                        if ends {
+                            let _ = ws
+                                .send(Message::Close(Some(CloseFrame {
+                                    code: CloseCode::Normal,
+                                    reason: "session ended".into(),
+                                })))
+                                .await;
+                        }
                     }
                 }
             });
@@ -161,6 +172,7 @@ async fn a_robot_told_to_come_back_later_comes_back() -> Result<()> {
     );
     let report: Value = serde_json::from_str(stdout.lines().last().context("no output")?)?;
     assert_eq!(report["refusals"], 2, "{report} {stderr}");
+    assert_eq!(report["reconnects"], 1, "{report} {stderr}");
     assert_eq!(report["connected"], 1, "{report} {stderr}");
     assert_eq!(report["errors"], 0, "{report} {stderr}");
     Ok(())
