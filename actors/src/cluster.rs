@@ -20,7 +20,7 @@
 
 use crate::cluster_view::ClusterView;
 use crate::domain::{Clock, Millis};
-use crate::hints::Hints;
+use crate::hints::{Hint, Hints};
 use crate::robot_registry::PulseBoard;
 use crate::robot_registry::RobotRegistryMsg;
 use crate::store::{EventKind, NodeBeat, NodeRow, Store};
@@ -148,13 +148,15 @@ impl MemberState {
         let now = self.args.clock.now();
         let robots =
             (self.args.dispatch.current)().map_or(0, |(_, pulses)| pulses.connected() as i64);
+        let view = std::sync::Arc::clone(&self.args.view);
+        let loads = view.own_loads();
         let beat = NodeBeat {
             now,
             robots,
             leased_per_minute: self.leased_per_minute(now),
+            loads: serde_json::to_string(&loads).unwrap_or_else(|_| "[]".into()),
         };
         let store = &self.args.store;
-        let view = std::sync::Arc::clone(&self.args.view);
         if !store
             .node_heartbeat(view.node_id(), view.incarnation(), beat)
             .await?
@@ -215,6 +217,16 @@ impl MemberState {
             .filter(|n| !n.dead && (in_grace || n.heartbeat_at >= now - dead_after))
             .collect();
         view.set_alive(alive.iter().map(|n| n.id.clone()).collect());
+        // The others' load summaries as their rows hold them (the hints bring them sooner).
+        for node in &alive {
+            view.note_peer_loads(&node.id, node.heartbeat_at, node.load_buckets());
+        }
+        view.keep_peer_loads_of(&view.alive());
+        self.args.hints.send(Hint::Loads {
+            node: view.node_id().to_string(),
+            at: now,
+            buckets: loads,
+        });
         self.args
             .hints
             .mesh(

@@ -1,5 +1,5 @@
 //! Hints between the nodes of a cluster: "a task is ready", "a task was cancelled", "read the
-//! event rows now". They travel over `ractor_cluster` (a full mesh dialled from the membership
+//! event rows now", "my robots with room for work" (load summaries). They travel over `ractor_cluster` (a full mesh dialled from the membership
 //! rows, authenticated by a shared cookie) and only make other nodes act sooner: every hint
 //! names something the store already holds, and every node finds it by polling the store anyway
 //! (task directors every second, event rows every sweep). A lost hint costs latency, never a
@@ -17,6 +17,7 @@
 //! Nothing outside this module knows how hints travel. [`tell_items_released`] is the one
 //! write-then-hint helper that dispatch shares.
 
+use crate::cluster_view::{LoadBucket, parse_loads};
 use crate::domain::Millis;
 use crate::store::Store;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -48,6 +49,13 @@ pub enum Hint {
     TaskCancelled { task_id: i64 },
     /// New event rows (a robot changed, was revoked, had items released): read them now.
     Events,
+    /// `node`'s robots with room for work at `at` (its load summary, also in its membership
+    /// row): plan against it now rather than at the next read of the rows.
+    Loads {
+        node: String,
+        at: Millis,
+        buckets: Vec<LoadBucket>,
+    },
 }
 
 /// What is sent over the wire: the hint and the node that sent it.
@@ -59,6 +67,8 @@ pub enum HintMsg {
     TaskCancelled(String, i64),
     /// See [`Hint::Events`].
     Events(String),
+    /// See [`Hint::Loads`]: the time and the summary as JSON.
+    Loads(String, i64, String),
 }
 
 impl std::fmt::Debug for HintMsg {
@@ -71,10 +81,15 @@ impl std::fmt::Debug for HintMsg {
 impl HintMsg {
     fn new(from: &str, hint: &Hint) -> HintMsg {
         let from = from.to_string();
-        match *hint {
-            Hint::TaskReady { task_id } => HintMsg::TaskReady(from, task_id),
-            Hint::TaskCancelled { task_id } => HintMsg::TaskCancelled(from, task_id),
+        match hint {
+            Hint::TaskReady { task_id } => HintMsg::TaskReady(from, *task_id),
+            Hint::TaskCancelled { task_id } => HintMsg::TaskCancelled(from, *task_id),
             Hint::Events => HintMsg::Events(from),
+            Hint::Loads { at, buckets, .. } => HintMsg::Loads(
+                from,
+                *at,
+                serde_json::to_string(buckets).unwrap_or_else(|_| "[]".into()),
+            ),
         }
     }
 
@@ -85,6 +100,15 @@ impl HintMsg {
                 (from, Hint::TaskCancelled { task_id: *task_id })
             }
             HintMsg::Events(from) => (from, Hint::Events),
+            // The summary is the sender's own: it names itself.
+            HintMsg::Loads(from, at, json) => (
+                from,
+                Hint::Loads {
+                    node: from.clone(),
+                    at: *at,
+                    buckets: parse_loads(json),
+                },
+            ),
         }
     }
 }
@@ -450,6 +474,16 @@ mod tests {
             Hint::TaskReady { task_id: 7 },
             Hint::TaskCancelled { task_id: -1 },
             Hint::Events,
+            Hint::Loads {
+                node: "n1".into(),
+                at: 1_234,
+                buckets: vec![LoadBucket {
+                    processes: vec![3, 4],
+                    capacity: 10,
+                    load: 2,
+                    robots: 7,
+                }],
+            },
         ] {
             let msg = HintMsg::new("n1", &hint);
             let bytes = ractor::Message::serialize(msg).expect("serializable");

@@ -310,12 +310,18 @@ impl SupervisorState {
     }
 }
 
-/// Where hints from other nodes go: the director for tasks, the member for event rows. Each
+/// Where hints from other nodes go: the director for tasks, the member for event rows, the
+/// cluster view for load summaries (newer ones only). Each
 /// names something in the store, so handling one twice (or after the store poll found it) does
 /// nothing more.
-fn hint_sink(parts: &SharedParts, member: &Arc<RwLock<Option<ActorRef<MemberMsg>>>>) -> HintSink {
+fn hint_sink(
+    parts: &SharedParts,
+    member: &Arc<RwLock<Option<ActorRef<MemberMsg>>>>,
+    view: &Arc<ClusterView>,
+) -> HintSink {
     let parts = Arc::clone(parts);
     let member = Arc::clone(member);
+    let view = Arc::clone(view);
     Arc::new(move |hint| {
         let director = parts
             .read()
@@ -339,6 +345,7 @@ fn hint_sink(parts: &SharedParts, member: &Arc<RwLock<Option<ActorRef<MemberMsg>
                 read_events();
             }
             Hint::Events => read_events(),
+            Hint::Loads { node, at, buckets } => view.note_peer_loads(&node, at, buckets),
         }
     })
 }
@@ -363,11 +370,11 @@ impl Actor for DispatchSupervisor {
             up_since: Instant::now(),
             stopping: false,
         };
-        state
-            .args
-            .config
-            .hints
-            .set_sink(hint_sink(&state.args.parts, &state.member_slot));
+        state.args.config.hints.set_sink(hint_sink(
+            &state.args.parts,
+            &state.member_slot,
+            &state.args.view,
+        ));
         // The member joins first, so the registry's first sweep knows the cluster.
         state.start_member(&myself).await;
         let parts = start_parts(

@@ -325,6 +325,16 @@ impl Cluster {
             ));
             ids.push(robot["id"].as_i64().context("robot id")?);
         }
+        Ok(Work {
+            tokens,
+            ids,
+            process,
+            task: self.upload(1, admin, process, items).await?,
+        })
+    }
+
+    /// Uploads a task of `items` one-column rows for `process` through node `n`; its id.
+    async fn upload(&self, n: usize, admin: &str, process: i64, items: usize) -> Result<i64> {
         let csv: String = std::iter::once("n\n".to_string())
             .chain((0..items).map(|i| format!("{i}\n")))
             .collect();
@@ -332,7 +342,7 @@ impl Cluster {
             .http
             .post(format!(
                 "{}/api/v1/tasks?process_id={process}",
-                self.urls[0]
+                self.urls[n - 1]
             ))
             .header("authorization", admin)
             .header("content-type", "text/csv")
@@ -342,11 +352,7 @@ impl Cluster {
         let status = resp.status();
         let task: Value = resp.json().await?;
         ensure!(status.is_success(), "upload: {status} {task}");
-        Ok(Work {
-            tokens,
-            ids,
-            task: task["id"].as_i64().context("task id")?,
-        })
+        task["id"].as_i64().context("task id")
     }
 
     async fn task(&self, n: usize, admin: &str, task: i64) -> Result<Value> {
@@ -397,6 +403,7 @@ struct Work {
     /// `Token <token>` per robot.
     tokens: Vec<String>,
     ids: Vec<i64>,
+    process: i64,
     task: i64,
 }
 
@@ -682,6 +689,128 @@ async fn wait_loads_zero(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The loads node `n` shows for robots `ids` (the node's own plan for its sessions, the store's
+/// count for the others).
+async fn loads(cluster: &Cluster, n: usize, admin: &str, ids: &[i64]) -> Result<Vec<i64>> {
+    let robots = cluster
+        .json(n, Method::GET, "/api/v1/robots", admin, None)
+        .await?;
+    ids.iter()
+        .map(|id| {
+            robots
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["id"] == *id)
+                .and_then(|r| r["load"].as_i64())
+                .with_context(|| format!("robot {id} in {robots}"))
+        })
+        .collect()
+}
+
+/// Waits until `check` holds for what node `n` shows of robots `ids`.
+async fn wait_loads(
+    cluster: &Cluster,
+    n: usize,
+    admin: &str,
+    ids: &[i64],
+    want: &[i64],
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = loads(cluster, n, admin, ids).await?;
+        if now == want {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "n{n} shows loads {now:?} for robots {ids:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects the robot with `token` to node `n` over WebSocket and says it is ready; the socket
+/// is read in the background (its pings answered) until the returned task is aborted. Returns
+/// once the node acknowledged `ready`.
+async fn ws_robot_ready(
+    cluster: &Cluster,
+    n: usize,
+    token: &str,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut request = format!(
+        "{}/api/v1/robot/ws",
+        cluster.urls[n - 1].replacen("http", "ws", 1)
+    )
+    .into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", token.parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    socket
+        .send(Message::text(
+            json!({ "type": "ready", "ref": "ready" }).to_string(),
+        ))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline.into(), socket.next())
+            .await
+            .context("ready not acknowledged")?
+            .context("socket ended")??;
+        if frame.to_text().is_ok_and(|t| t.contains("\"ack\"")) {
+            break;
+        }
+    }
+    Ok(tokio::spawn(async move {
+        while let Some(Ok(_)) = socket.next().await {}
+    }))
+}
+
+/// Load summaries: each node plans only for the robots whose session it holds, but a scarce
+/// item goes to the least loaded robot of the cluster. A WebSocket robot on n1 holds 3 items
+/// (capacity 5); an idle one on n2 shows in n2's summary; two items uploaded on n1 (which sees
+/// them first) go to n2's robot. Without the summaries n1 pushes both to its own robot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scarce_task_goes_to_the_least_loaded_robot_of_any_node() -> Result<()> {
+    let _turn = TURN.lock().await;
+    let timers = Timers {
+        recount: Some(Duration::from_secs(3_600)),
+        ..Timers::fast()
+    };
+    let cluster = Cluster::start_with(2, timers).await?;
+    let admin = cluster.login(1).await?;
+    let work = cluster.work(&admin, "summaries", 2, 3).await?;
+    let busy = ws_robot_ready(&cluster, 1, &work.tokens[0]).await?;
+    wait_loads(&cluster, 1, &admin, &work.ids[..1], &[3]).await?;
+    let idle = ws_robot_ready(&cluster, 2, &work.tokens[1]).await?;
+    // n1 learns of n2's idle robot from n2's next heartbeat (the cluster page shows it too).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = cluster.cluster_view(1, &admin).await?;
+        if node_in(&view, "n2")["free_slots"] == 5 && node_in(&view, "n1")["free_slots"] == 2 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no summaries: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The row is there; n1's member reads the rows every sweep (200 ms) into what its
+    // registry plans with.
+    tokio::time::sleep(5 * SWEEP).await;
+    let task = cluster.upload(1, &admin, work.process, 2).await?;
+    wait_loads(&cluster, 1, &admin, &work.ids, &[3, 2]).await?;
+    // And it stays so: n1 did not take them back, nobody leased beyond the items there are.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(loads(&cluster, 2, &admin, &work.ids).await?, [3, 2]);
+    let task = cluster.task(1, &admin, task).await?;
+    assert_eq!(count(&task, "assigned"), 2, "{task}");
+    busy.abort();
+    idle.abort();
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,10 @@ fn describe() {
         "Items this node leased to its robots"
     );
     describe_counter!(
+        "orchestrator_items_left_to_peers_total",
+        "Items a dispatch plan left in the queue for a less loaded robot of another node"
+    );
+    describe_counter!(
         "orchestrator_lease_expiries_total",
         "Items taken back because their lease expired"
     );

@@ -480,6 +480,9 @@ pub struct NodeView {
     pub robots: i64,
     /// Items the node leased in the minute before its last heartbeat.
     pub leased_per_minute: i64,
+    /// Items its robots had room for at its last heartbeat (its load summary: the other nodes
+    /// leave a scarce item to a robot of this node that holds fewer than theirs).
+    pub free_slots: i64,
 }
 
 pub fn cluster(
@@ -510,6 +513,7 @@ pub fn cluster(
                 alive: !n.dead && n.heartbeat_at >= now - dead_after_ms,
                 robots: n.robots,
                 leased_per_minute: n.leased_per_minute,
+                free_slots: n.load_buckets().iter().map(|b| b.free()).sum(),
             })
             .collect(),
         hints: HintsView {

@@ -651,7 +651,15 @@ async fn handle_message(
         }
         RobotRegistryMsg::Dispatch => {
             state.dispatch_scheduled = false;
+            // Summaries older than three heartbeats are from a node that stopped telling.
+            let fresh_since =
+                state.args.clock.now() - 3 * state.args.sweep_period.as_millis() as Millis;
+            state.board.peers = state.args.view.peer_loads(fresh_since);
             let plan = state.board.plan();
+            if state.board.left_to_peers > 0 {
+                metrics::counter!("orchestrator_items_left_to_peers_total")
+                    .increment(state.board.left_to_peers as u64);
+            }
             let mut per_task: BTreeMap<i64, Vec<GrantRequest>> = BTreeMap::new();
             for grant in plan {
                 let slots = [ReservedSlots {
@@ -702,6 +710,12 @@ async fn handle_message(
         }
         RobotRegistryMsg::Sweep => {
             state.absorb_pulses();
+            state.args.view.set_own_loads(state.board.summary());
+            // Items the last plan left to other nodes' robots: plan again with their newer
+            // summaries, in case those robots filled up meanwhile.
+            if state.board.left_to_peers > 0 {
+                state.schedule_dispatch(&myself);
+            }
             let now = state.args.clock.now();
             let timeout = state.args.pulse_timeout.as_millis() as i64;
             let silent: Vec<i64> = state

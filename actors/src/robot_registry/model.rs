@@ -21,11 +21,20 @@
 //! belongs to one session of the robot (`session`): a reservation made for an earlier session
 //! is not taken off a later one's count, which was read fresh from the store.
 //!
+//! Other nodes: in a cluster each node plans only for the robots whose session it holds, but
+//! the least-loaded rule is the cluster's. `peers` holds the other nodes' load summaries; an
+//! item goes to this node's least-loaded robot only if no robot of another node that takes it
+//! holds fewer items. Otherwise the plan leaves it in the queue (`left_to_peers`), for the
+//! node whose robot it is to lease; ties stay here. A summary a peer has outgrown costs a
+//! sweep: the registry plans again at its next sweep after leaving items, with fresher ones.
+//! Only the capacity phase looks at peers; standby never leaves an item.
+//!
 //! Recount: the store is the truth. [`LoadBoard::recount`] compares each robot's count with
 //! the store's and corrects only a robot at rest, one whose count, reservations and stored
 //! figure did not move between two recounts, so a message still on its way never looks like
 //! drift.
 
+use crate::cluster_view::LoadBucket;
 use std::collections::BTreeMap;
 
 /// What the registry knows about one connected robot.
@@ -151,6 +160,10 @@ pub struct LoadBoard {
     next_lease: u64,
     /// What the previous recount saw per robot: its change counter and the stored count.
     recounted: BTreeMap<i64, (u64, i64)>,
+    /// The other nodes' robots with room for work (their load summaries).
+    pub peers: Vec<LoadBucket>,
+    /// Items the last plan left for robots of other nodes.
+    pub left_to_peers: i64,
 }
 
 impl LoadBoard {
@@ -164,8 +177,10 @@ impl LoadBoard {
     /// with every eligible robot full, as many standby slots as remain.
     pub fn plan(&mut self) -> Vec<PlannedGrant> {
         let mut grants: BTreeMap<(i64, i64), i64> = BTreeMap::new();
-        self.plan_phase(Phase::Capacity, &mut grants);
-        self.plan_phase(Phase::Standby, &mut grants);
+        let mut peers = self.peers.clone();
+        self.left_to_peers = 0;
+        self.plan_phase(Phase::Capacity, &mut grants, &mut peers);
+        self.plan_phase(Phase::Standby, &mut grants, &mut Vec::new());
         grants
             .into_iter()
             .map(|((task_id, robot_id), count)| PlannedGrant {
@@ -176,12 +191,45 @@ impl LoadBoard {
             .collect()
     }
 
-    fn plan_phase(&mut self, phase: Phase, grants: &mut BTreeMap<(i64, i64), i64>) {
+    fn plan_phase(
+        &mut self,
+        phase: Phase,
+        grants: &mut BTreeMap<(i64, i64), i64>,
+        peers: &mut Vec<LoadBucket>,
+    ) {
+        // Tasks with more items than every robot of the cluster has room for fill this node's
+        // robots whatever the others hold: only a scarce task looks at the peers (which also
+        // bounds what a plan leaves to them by what the task holds).
+        let mut scarce: BTreeMap<i64, bool> = BTreeMap::new();
         while let Some(task_id) = self.next_task(phase) {
             let process_id = self.tasks[&task_id].process_id;
             let Some(robot_id) = self.least_loaded(phase, process_id) else {
                 break;
             };
+            let load = self.robots.get(&robot_id).map_or(0, |r| r.in_flight);
+            let scarce = !peers.is_empty()
+                && *scarce.entry(task_id).or_insert_with(|| {
+                    let room: i64 = self
+                        .robots
+                        .values()
+                        .filter(|r| r.accepts(process_id))
+                        .map(RobotSlot::free)
+                        .chain(
+                            peers
+                                .iter()
+                                .filter(|b| b.takes(process_id))
+                                .map(LoadBucket::free),
+                        )
+                        .sum();
+                    self.tasks[&task_id].pending < room
+                });
+            if scarce && take_from_least_loaded_peer(peers, process_id, load) {
+                if let Some(task) = self.tasks.get_mut(&task_id) {
+                    task.pending -= 1;
+                }
+                self.left_to_peers += 1;
+                continue;
+            }
             let stamp = self.next_stamp();
             if let Some(robot) = self.robots.get_mut(&robot_id) {
                 robot.in_flight += 1;
@@ -218,6 +266,27 @@ impl LoadBoard {
         processes.sort_unstable();
         processes.dedup();
         Some(Some(processes))
+    }
+
+    /// This node's robots with room for work, as the other nodes plan against them.
+    pub fn summary(&self) -> Vec<LoadBucket> {
+        let mut buckets: BTreeMap<(Vec<i64>, i64, i64), i64> = BTreeMap::new();
+        for robot in self.robots.values().filter(|r| r.active && r.free() > 0) {
+            let mut processes = robot.processes.clone();
+            processes.sort_unstable();
+            *buckets
+                .entry((processes, robot.capacity, robot.in_flight))
+                .or_default() += 1;
+        }
+        buckets
+            .into_iter()
+            .map(|((processes, capacity, load), robots)| LoadBucket {
+                processes,
+                capacity,
+                load,
+                robots,
+            })
+            .collect()
     }
 
     /// Items left `robot_id`'s hands (finished, released, revoked, expired).
@@ -381,6 +450,41 @@ impl LoadBoard {
     }
 }
 
+/// If a robot of another node that takes `process_id` holds fewer than `load` items, counts
+/// one more item on the least loaded such robot and says so.
+fn take_from_least_loaded_peer(peers: &mut Vec<LoadBucket>, process_id: i64, load: i64) -> bool {
+    let Some(at) = peers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.takes(process_id) && b.load < load)
+        .min_by_key(|(_, b)| b.load)
+        .map(|(at, _)| at)
+    else {
+        return false;
+    };
+    let bucket = &mut peers[at];
+    bucket.robots -= 1;
+    let fuller = LoadBucket {
+        load: bucket.load + 1,
+        robots: 1,
+        ..bucket.clone()
+    };
+    if bucket.robots == 0 {
+        peers.swap_remove(at);
+    }
+    if fuller.load < fuller.capacity {
+        match peers.iter_mut().find(|b| {
+            b.processes == fuller.processes
+                && b.capacity == fuller.capacity
+                && b.load == fuller.load
+        }) {
+            Some(same) => same.robots += 1,
+            None => peers.push(fuller),
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +540,88 @@ mod tests {
                 .collect::<Vec<_>>(),
             [4, 4, 2],
             "everyone full, nobody over"
+        );
+    }
+
+    fn peer(processes: Vec<i64>, capacity: i64, load: i64, robots: i64) -> LoadBucket {
+        LoadBucket {
+            processes,
+            capacity,
+            load,
+            robots,
+        }
+    }
+
+    #[test]
+    fn a_scarce_item_is_left_to_a_less_loaded_robot_of_another_node() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(10, 3, vec![]));
+        // One robot elsewhere holds nothing, another holds 2 (capacity 10 each).
+        board.peers = vec![peer(vec![], 10, 0, 1), peer(vec![], 10, 2, 1)];
+        board.tasks.insert(10, demand(1, 0, 5));
+        let grants = board.plan();
+        // Water-filling over the cluster: the robot at 0 elsewhere takes two (to 2), then both
+        // robots there one each (to 3); the fifth item is a tie at 3, which stays here.
+        assert_eq!(per_robot(&grants), BTreeMap::from([(1, 1)]));
+        assert_eq!(board.left_to_peers, 4);
+        assert_eq!(board.tasks[&10].pending, 0);
+        // The plan does not keep the peers' counts: the next plan starts from the summaries.
+        assert_eq!(
+            board.peers,
+            vec![peer(vec![], 10, 0, 1), peer(vec![], 10, 2, 1)]
+        );
+    }
+
+    #[test]
+    fn peers_that_cannot_take_the_process_or_are_fuller_change_nothing() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(10, 1, vec![]));
+        // Idle but for another process; as loaded as this node's robot; full.
+        board.peers = vec![
+            peer(vec![7], 10, 0, 5),
+            peer(vec![], 10, 1, 5),
+            peer(vec![], 4, 4, 3),
+        ];
+        board.tasks.insert(10, demand(1, 0, 1));
+        let grants = board.plan();
+        assert_eq!(per_robot(&grants), BTreeMap::from([(1, 1)]));
+        assert_eq!(board.left_to_peers, 0);
+    }
+
+    #[test]
+    fn a_task_larger_than_the_cluster_s_room_fills_this_node_s_robots() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(10, 5, vec![]));
+        board.robots.insert(2, robot(10, 9, vec![]));
+        board.peers = vec![peer(vec![], 10, 0, 100)];
+        // 1,000 free slots elsewhere, 6 here: 1,006 items or more are not scarce.
+        board.tasks.insert(10, demand(1, 0, 1_006));
+        let grants = board.plan();
+        assert_eq!(per_robot(&grants), BTreeMap::from([(1, 5), (2, 1)]));
+        assert_eq!(board.left_to_peers, 0);
+        // One item fewer and they are: the idle robots elsewhere come first.
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(10, 5, vec![]));
+        board.peers = vec![peer(vec![], 10, 0, 100)];
+        board.tasks.insert(10, demand(1, 0, 104));
+        let grants = board.plan();
+        assert!(per_robot(&grants).is_empty(), "{grants:?}");
+        assert_eq!(board.left_to_peers, 104);
+    }
+
+    #[test]
+    fn the_summary_groups_robots_with_room_alike() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(10, 3, vec![2, 1]));
+        board.robots.insert(2, robot(10, 3, vec![1, 2]));
+        board.robots.insert(3, robot(10, 10, vec![]));
+        board.robots.insert(4, robot(5, 0, vec![]));
+        let mut paused = robot(5, 0, vec![]);
+        paused.active = false;
+        board.robots.insert(5, paused);
+        assert_eq!(
+            board.summary(),
+            vec![peer(vec![], 5, 0, 1), peer(vec![1, 2], 10, 3, 2)]
         );
     }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 const NODE_FIELDS: &str = "record::id(id) AS id, http, cluster, incarnation, started_at, \
-                           heartbeat_at, dead, robots, leased_per_minute";
+                           heartbeat_at, dead, robots, leased_per_minute, loads";
 
 /// A node's membership row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,14 +33,30 @@ pub struct NodeRow {
     pub robots: i64,
     /// Items the node leased in the minute before its last heartbeat.
     pub leased_per_minute: i64,
+    /// Its robots with room for work at its last heartbeat: a JSON list of
+    /// [`crate::cluster_view::LoadBucket`]s (none from a node of an earlier version).
+    #[serde(default)]
+    pub loads: Option<String>,
+}
+
+impl NodeRow {
+    /// The node's load summary at its last heartbeat.
+    pub fn load_buckets(&self) -> Vec<crate::cluster_view::LoadBucket> {
+        self.loads
+            .as_deref()
+            .map(crate::cluster_view::parse_loads)
+            .unwrap_or_default()
+    }
 }
 
 /// What a node reports with each heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeBeat {
     pub now: Millis,
     pub robots: i64,
     pub leased_per_minute: i64,
+    /// Its load summary, as JSON.
+    pub loads: String,
 }
 
 /// What one node tells the others through the store.
@@ -114,14 +130,15 @@ impl Store {
         beat: NodeBeat,
     ) -> Result<bool, StoreError> {
         let sql = "UPDATE type::record('node', $id) SET heartbeat_at = $now, robots = $robots, \
-                   leased_per_minute = $leased WHERE incarnation = $incarnation AND dead = false \
-                   RETURN VALUE 1;";
+                   leased_per_minute = $leased, loads = $loads \
+                   WHERE incarnation = $incarnation AND dead = false RETURN VALUE 1;";
         let vars = json!({
             "id": node_id,
             "incarnation": incarnation,
             "now": beat.now,
             "robots": beat.robots,
             "leased": beat.leased_per_minute,
+            "loads": beat.loads,
         });
         self.retry_conflicts(|| async {
             Ok(!self.rows::<Value>(sql, vars.clone(), 0).await?.is_empty())
@@ -370,6 +387,7 @@ mod tests {
             now,
             robots: 2,
             leased_per_minute: 7,
+            loads: r#"[{"processes":[],"capacity":5,"load":1,"robots":2}]"#.into(),
         };
         assert!(store.node_heartbeat("a", a, beat(2_000)).await?);
         // b is silent; a (not itself) declares it dead at cutoff 1,500.
@@ -388,6 +406,7 @@ mod tests {
         assert_eq!(rows[1].cluster, None);
         assert_eq!(rows[0].robots, 2);
         assert_eq!(rows[0].leased_per_minute, 7);
+        assert_eq!(rows[0].load_buckets()[0].free(), 8);
         assert!(!rows[1].dead);
         store.leave_cluster("a", a).await?;
         assert!(store.nodes().await?[0].dead);

@@ -169,6 +169,10 @@ DEFINE FIELD IF NOT EXISTS counts.abandoned ON task_count TYPE int;
 DEFINE INDEX IF NOT EXISTS task_count_task ON task_count FIELDS task;
 DEFINE FIELD IF NOT EXISTS minute ON throughput TYPE option<int>;
 
+-- Still version 8 (a node of an earlier build neither writes nor reads it): each node's robots
+-- with room for work, as a JSON list, renewed with its heartbeat (cluster_view.rs).
+DEFINE FIELD IF NOT EXISTS loads ON node TYPE option<string>;
+
 -- Still version 8 (nodes of either index work on the other): the sweeps look for a node's silent
 -- robots by `node = $n AND last_pulse_at < $cutoff`, a range over this compound index. Through
 -- the single-field `robot_node` each sweep read every robot of the node (30,000 robot reads a

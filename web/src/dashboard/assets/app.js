@@ -666,7 +666,8 @@
         h('td', {}, n.http), h('td', {}, n.cluster || '—'),
         h('td', { class: 'num' }, n.incarnation), h('td', {}, ago(n.heartbeat_at)),
         h('td', {}, badge(n.alive ? 'ALIVE' : 'DEAD')),
-        h('td', { class: 'num' }, n.robots), h('td', { class: 'num' }, n.leased_per_minute))));
+        h('td', { class: 'num' }, n.robots), h('td', { class: 'num' }, n.free_slots),
+        h('td', { class: 'num' }, n.leased_per_minute))));
       const hints = view.hints;
       $('hints-summary').textContent = hints.enabled
         ? `Hints: connected to ${hints.peers.length ? hints.peers.join(', ') : 'no other node'}; ` +
