@@ -21,7 +21,7 @@ use crate::dispatcher::DispatchConfig;
 use crate::hints::{Hint, HintSink};
 use crate::recovery::PolicyDefaults;
 use crate::robot_registry::{PulseBoard, RegistryArgs, RobotRegistry, RobotRegistryMsg};
-use crate::store::Store;
+use crate::store::{Lane, Store};
 use crate::task_director::{TaskDirector, TaskDirectorArgs, TaskDirectorMsg};
 use crate::transition_batcher::{BatcherArgs, BatcherMsg, TransitionBatcher};
 use crate::upload_sweeper::{UploadSweeper, UploadSweeperArgs, UploadSweeperMsg};
@@ -256,7 +256,7 @@ impl SupervisorState {
             MemberArgs {
                 // Heartbeats on a connection of their own: under a connect storm the main
                 // one queued them for 10 s and more, and the node was declared dead.
-                store: self.args.store.priority_lane(),
+                store: self.args.store.lane(Lane::Membership),
                 view: Arc::clone(&self.args.view),
                 http: config.http.clone(),
                 period: config.sweep_period,

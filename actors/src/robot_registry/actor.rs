@@ -6,7 +6,7 @@ use crate::domain::{Clock, Millis, Robot, RobotStatus};
 use crate::gather::flush_later;
 use crate::recovery::{self, PolicyDefaults, Released};
 use crate::robot_session::{RobotSession, RobotSessionArgs, RobotSessionMsg};
-use crate::store::Store;
+use crate::store::{Lane, Store};
 use crate::task_director::{GrantRequest, TaskDirectorMsg, TaskMsg};
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Message, RpcReplyPort,
@@ -201,6 +201,11 @@ pub struct RegistryState {
     /// Last session generation handed out.
     sessions_started: u64,
     pulse_writer: PulseWriter,
+    /// The store on a connection of its own for the registry's own reads and writes: every
+    /// robot connect waits for this actor, and a sweep queued behind a connect storm on the
+    /// main connection (68 to 97 s with 30,000 robots) had those connects refused meanwhile.
+    /// Sessions and the pulse writer use the main connection.
+    control: Store,
 }
 
 impl std::fmt::Debug for RegistryState {
@@ -280,7 +285,7 @@ impl RegistryState {
             .map(|(robot_id, items)| (*robot_id, items.clone()))
             .collect();
         crate::hints::tell_items_released(
-            &self.args.store,
+            &self.control,
             &self.args.hints,
             &self.args.node_id,
             &elsewhere,
@@ -377,7 +382,9 @@ impl Actor for RobotRegistry {
         let timer = myself.send_interval(args.sweep_period, || RobotRegistryMsg::Sweep);
         let recount_timer = myself.send_interval(args.recount_period, || RobotRegistryMsg::Recount);
         let pulse_writer = PulseWriter::new(args.store.clone(), args.node_id.clone());
+        let control = args.store.lane(Lane::Control);
         Ok(RegistryState {
+            control,
             args,
             pulse_writer,
             board: LoadBoard::default(),
@@ -520,7 +527,7 @@ async fn handle_message(
             state.apply_settings(&robot);
             if was_active && robot.status != RobotStatus::Active {
                 let released = recovery::release_robot(
-                    &state.args.store,
+                    &state.control,
                     robot.id,
                     true,
                     state.args.defaults,
@@ -543,7 +550,7 @@ async fn handle_message(
             }
             state.end_session(robot_id);
             let released = recovery::release_robot(
-                &state.args.store,
+                &state.control,
                 robot_id,
                 false,
                 state.args.defaults,
@@ -750,8 +757,7 @@ async fn handle_message(
             let sweep = state.args.sweep_period.as_millis() as Millis;
             let cutoff = now - timeout - sweep;
             let unattended: Vec<i64> = state
-                .args
-                .store
+                .control
                 .silent_robots_of(&me, cutoff)
                 .await?
                 .into_iter()
@@ -777,7 +783,7 @@ async fn handle_message(
             if state.board.robots.is_empty() {
                 return Ok(());
             }
-            let stored = state.args.store.held_counts().await?;
+            let stored = state.control.held_counts().await?;
             for c in state.board.recount(&stored) {
                 warn!(
                     robot_id = c.robot_id,
@@ -838,7 +844,7 @@ async fn housekeeping(
     let cutoff = now - timeout - sweep;
     let alive = state.args.view.alive();
     let mut by_node: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for (robot_id, node) in state.args.store.orphaned_robots(&alive, cutoff).await? {
+    for (robot_id, node) in state.control.orphaned_robots(&alive, cutoff).await? {
         by_node.entry(node).or_default().push(robot_id);
     }
     for (node, robots) in by_node {
@@ -846,7 +852,7 @@ async fn housekeeping(
             warn!(robot_id, node, "robot of a dead node; released its items");
         }
     }
-    let expired = recovery::expire_leases(&state.args.store, state.args.defaults, now).await?;
+    let expired = recovery::expire_leases(&state.control, state.args.defaults, now).await?;
     if !expired.left_flight.is_empty() {
         metrics::counter!("orchestrator_lease_expiries_total")
             .increment(expired.left_flight.values().sum::<i64>().max(0) as u64);
@@ -875,24 +881,15 @@ async fn release_lost(
     if robots.is_empty() {
         return Ok(Vec::new());
     }
-    let lost = state
-        .args
-        .store
-        .mark_robots_lost(robots, node, cutoff)
-        .await?;
+    let lost = state.control.mark_robots_lost(robots, node, cutoff).await?;
     if lost.is_empty() {
         return Ok(lost);
     }
-    let holding = state.args.store.held_counts().await?;
+    let holding = state.control.held_counts().await?;
     for robot_id in lost.iter().filter(|r| holding.contains_key(r)) {
-        let released = recovery::release_robot(
-            &state.args.store,
-            *robot_id,
-            false,
-            state.args.defaults,
-            now,
-        )
-        .await?;
+        let released =
+            recovery::release_robot(&state.control, *robot_id, false, state.args.defaults, now)
+                .await?;
         state.absorb(released).await;
     }
     Ok(lost)

@@ -126,12 +126,27 @@ fn writer_runtime() -> Option<&'static tokio::runtime::Runtime> {
         .as_ref()
 }
 
+/// Work that must not queue behind the node's bulk traffic (robot connects, item writes) gets a
+/// connection of its own to a `ws://` server, which runs the requests of one connection in one
+/// task: under a connect storm of thousands of robots the main connection's queue was tens of
+/// seconds long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Membership heartbeats: one that waits behind bulk traffic gets its node declared dead.
+    Membership,
+    /// The robot registry's own reads and writes (sweeps, recounts, releases): every robot
+    /// connect waits for the registry, so a sweep that waits behind the storm refuses them.
+    Control,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Arc<Db>,
-    /// The connection of [`Store::priority_lane`]: on a `ws://` server a second connection,
+    /// The connection of [`Lane::Membership`]: on a `ws://` server a connection of its own,
     /// so that membership never queues behind the node's bulk traffic; else the same engine.
-    priority: Arc<Db>,
+    membership: Arc<Db>,
+    /// The connection of [`Lane::Control`], likewise.
+    control: Arc<Db>,
     /// Recently used item chunks and the node's item write lock (see `chunks.rs`).
     chunks: Arc<chunks::ChunkCache>,
     /// Robots recently found by token (see `robots.rs`).
@@ -253,7 +268,7 @@ impl Store {
     /// Opens (creating when absent) the store at `config.url` and applies the schema.
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let url = config.url.trim();
-        let (db, priority) = if let Some(path) = url.strip_prefix("surrealkv://") {
+        let (db, membership, control) = if let Some(path) = url.strip_prefix("surrealkv://") {
             if path.is_empty() {
                 return Err(StoreError::UnsupportedUrl(url.into()));
             }
@@ -261,14 +276,15 @@ impl Store {
                 StoreError::Database(format!("cannot create store directory {path}: {e}"))
             })?;
             let db = Arc::new(Db::embedded(url, config).await?);
-            (Arc::clone(&db), db)
+            (Arc::clone(&db), Arc::clone(&db), db)
         } else if url == "mem://" || url == "memory" {
             let db = Arc::new(Db::embedded("memory", config).await?);
-            (Arc::clone(&db), db)
+            (Arc::clone(&db), Arc::clone(&db), db)
         } else if url.starts_with("ws://") || url.starts_with("wss://") {
             // The server runs all requests of one connection in one task: a heartbeat sent
             // down the connection that carries a connect storm waits behind all of it.
             (
+                Arc::new(Db::remote(url, config).await?),
                 Arc::new(Db::remote(url, config).await?),
                 Arc::new(Db::remote(url, config).await?),
             )
@@ -277,7 +293,8 @@ impl Store {
         };
         let store = Store {
             db,
-            priority,
+            membership,
+            control,
             chunks: Arc::default(),
             tokens: Arc::default(),
             leased: Arc::default(),
@@ -503,12 +520,15 @@ impl Store {
         self.leased.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// This store, with its queries sent down a connection of their own on a `ws://` server
-    /// (the embedded engine has no connection to wait in). For membership: a heartbeat that
-    /// waits behind the node's bulk traffic gets the node declared dead under load.
-    pub fn priority_lane(&self) -> Store {
+    /// This store, with its queries sent down `lane`'s connection: on a `ws://` server a
+    /// connection of its own (the embedded engine has no connection to wait in).
+    pub fn lane(&self, lane: Lane) -> Store {
+        let db = match lane {
+            Lane::Membership => &self.membership,
+            Lane::Control => &self.control,
+        };
         Store {
-            db: Arc::clone(&self.priority),
+            db: Arc::clone(db),
             ..self.clone()
         }
     }
