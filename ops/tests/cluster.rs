@@ -688,6 +688,19 @@ type RobotSocket =
 /// Connects the robot with `token` to node `n` over WebSocket, says it is ready, and returns
 /// once it has been pushed items.
 async fn ws_robot_working(cluster: &Cluster, n: usize, token: &str) -> Result<RobotSocket> {
+    ws_robot_until(cluster, n, token, "\"items\"")
+        .await
+        .context("no items pushed")
+}
+
+/// Connects the robot with `token` to node `n` over WebSocket, says it is ready, and reads
+/// frames until one contains `wanted` (within 10 s).
+async fn ws_robot_until(
+    cluster: &Cluster,
+    n: usize,
+    token: &str,
+    wanted: &str,
+) -> Result<RobotSocket> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
     let mut request = format!(
@@ -701,16 +714,16 @@ async fn ws_robot_working(cluster: &Cluster, n: usize, token: &str) -> Result<Ro
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
     socket
         .send(Message::text(
-            json!({ "type": "ready", "ref": "r" }).to_string(),
+            json!({ "type": "ready", "ref": "ready" }).to_string(),
         ))
         .await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let frame = tokio::time::timeout_at(deadline.into(), socket.next())
             .await
-            .context("no items pushed")?
+            .with_context(|| format!("no frame with {wanted} within 10 s"))?
             .context("socket ended")??;
-        if frame.to_text().is_ok_and(|t| t.contains("\"items\"")) {
+        if frame.to_text().is_ok_and(|t| t.contains(wanted)) {
             return Ok(socket);
         }
     }
@@ -811,32 +824,10 @@ async fn ws_robot_ready(
     n: usize,
     token: &str,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-    let mut request = format!(
-        "{}/api/v1/robot/ws",
-        cluster.urls[n - 1].replacen("http", "ws", 1)
-    )
-    .into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", token.parse()?);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-    socket
-        .send(Message::text(
-            json!({ "type": "ready", "ref": "ready" }).to_string(),
-        ))
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let frame = tokio::time::timeout_at(deadline.into(), socket.next())
-            .await
-            .context("ready not acknowledged")?
-            .context("socket ended")??;
-        if frame.to_text().is_ok_and(|t| t.contains("\"ack\"")) {
-            break;
-        }
-    }
+    use futures_util::StreamExt;
+    let mut socket = ws_robot_until(cluster, n, token, "\"ack\"")
+        .await
+        .context("ready not acknowledged")?;
     Ok(tokio::spawn(async move {
         while let Some(Ok(_)) = socket.next().await {}
     }))
