@@ -25,9 +25,11 @@
 //! the least-loaded rule is the cluster's. `peers` holds the other nodes' load summaries; an
 //! item goes to this node's least-loaded robot only if no robot of another node that takes it
 //! holds fewer items. Otherwise the plan leaves it in the queue (`left_to_peers`), for the
-//! node whose robot it is to lease; ties stay here. A summary a peer has outgrown costs a
-//! sweep: the registry plans again at its next sweep after leaving items, with fresher ones.
-//! Only the capacity phase looks at peers; standby never leaves an item.
+//! node whose robot it is to lease; ties stay here. Items left stay in the task's demand here:
+//! the registry plans again at its next sweep with fresher summaries, and once no robot of
+//! another node holds fewer (it took them, filled up, or went away) they go to this node's
+//! robots, so an item is never stranded on the word of a summary. Only the capacity phase looks
+//! at peers; standby never takes an item the capacity phase left.
 //!
 //! Recount: the store is the truth. [`LoadBoard::recount`] compares each robot's count with
 //! the store's and corrects only a robot at rest, one whose count, reservations and stored
@@ -178,9 +180,18 @@ impl LoadBoard {
     pub fn plan(&mut self) -> Vec<PlannedGrant> {
         let mut grants: BTreeMap<(i64, i64), i64> = BTreeMap::new();
         let mut peers = self.peers.clone();
-        self.left_to_peers = 0;
-        self.plan_phase(Phase::Capacity, &mut grants, &mut peers);
-        self.plan_phase(Phase::Standby, &mut grants, &mut Vec::new());
+        let mut left: BTreeMap<i64, i64> = BTreeMap::new();
+        self.plan_phase(Phase::Capacity, &mut grants, &mut peers, &mut left);
+        self.plan_phase(Phase::Standby, &mut grants, &mut Vec::new(), &mut left);
+        // Items left to other nodes' robots are still queued here: counted out of this plan
+        // only, so the next one offers them again (they were stranded when the peer's robots
+        // went away before taking them).
+        for (task_id, n) in &left {
+            if let Some(task) = self.tasks.get_mut(task_id) {
+                task.pending += n;
+            }
+        }
+        self.left_to_peers = left.values().sum();
         grants
             .into_iter()
             .map(|((task_id, robot_id), count)| PlannedGrant {
@@ -196,6 +207,7 @@ impl LoadBoard {
         phase: Phase,
         grants: &mut BTreeMap<(i64, i64), i64>,
         peers: &mut Vec<LoadBucket>,
+        left: &mut BTreeMap<i64, i64>,
     ) {
         // Tasks with more items than every robot of the cluster has room for fill this node's
         // robots whatever the others hold: only a scarce task looks at the peers (which also
@@ -227,7 +239,7 @@ impl LoadBoard {
                 if let Some(task) = self.tasks.get_mut(&task_id) {
                     task.pending -= 1;
                 }
-                self.left_to_peers += 1;
+                *left.entry(task_id).or_default() += 1;
                 continue;
             }
             let stamp = self.next_stamp();
@@ -564,12 +576,29 @@ mod tests {
         // robots there one each (to 3); the fifth item is a tie at 3, which stays here.
         assert_eq!(per_robot(&grants), BTreeMap::from([(1, 1)]));
         assert_eq!(board.left_to_peers, 4);
-        assert_eq!(board.tasks[&10].pending, 0);
+        // The items left are still this node's demand, for the next plan.
+        assert_eq!(board.tasks[&10].pending, 4);
         // The plan does not keep the peers' counts: the next plan starts from the summaries.
         assert_eq!(
             board.peers,
             vec![peer(vec![], 10, 0, 1), peer(vec![], 10, 2, 1)]
         );
+    }
+
+    #[test]
+    fn items_left_to_peers_whose_robots_went_away_go_to_this_node_s_robots() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(10, 3, vec![]));
+        board.peers = vec![peer(vec![], 10, 0, 2)];
+        board.tasks.insert(10, demand(1, 0, 3));
+        assert!(per_robot(&board.plan()).is_empty());
+        assert_eq!(board.left_to_peers, 3);
+        // The peer's robots left before taking them: its next summary is empty.
+        board.peers.clear();
+        let grants = board.plan();
+        assert_eq!(per_robot(&grants), BTreeMap::from([(1, 3)]));
+        assert_eq!(board.left_to_peers, 0);
+        assert_eq!(board.tasks[&10].pending, 0);
     }
 
     #[test]
