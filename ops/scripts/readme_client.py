@@ -5,18 +5,20 @@ the node at rest (robot loads must add up to the items the store shows ASSIGNED 
     python3 ops/scripts/readme_client.py http://127.0.0.1:8000 ADMIN_PASSWORD
 
 Needs `requests`. Run it against a node started with a short --http-idle-timeout (e.g. 5s) to
-see the slow client cut off quickly."""
+see the slow client cut off quickly. It may run again on the same store (and on each node of a
+cluster in turn): its process and robots get new names each time."""
 import json, socket, sys, time, requests
 
 BASE = sys.argv[1]
 PW = sys.argv[2]
+RUN = f"{time.time():.0f}"  # names and titles are unique: a second run on the same store uses new ones
 s = requests.Session()
 tok = s.post(f"{BASE}/api/v1/auth/login", json={"username": "admin", "password": PW}).json()["token"]
 H = {"Authorization": f"Bearer {tok}"}
-proc = s.post(f"{BASE}/api/v1/processes", json={"title": "Stranger reload"}, headers=H).json()["id"]
+proc = s.post(f"{BASE}/api/v1/processes", json={"title": f"Stranger reload {RUN}"}, headers=H).json()["id"]
 robots = []
 for i in range(4):
-    r = s.post(f"{BASE}/api/v1/robots", json={"name": f"py-{i}", "capacity": 3}, headers=H).json()
+    r = s.post(f"{BASE}/api/v1/robots", json={"name": f"py-{RUN}-{i}", "capacity": 3}, headers=H).json()
     robots.append((r["id"], r["token"]))
 seed_id, seed_tok = robots.pop()
 
