@@ -226,7 +226,8 @@ async fn bad_frames_get_error_frames_and_change_nothing() -> Result<()> {
     let theirs = other.items(1).await?.remove(0);
     let before = t.snapshot().await?;
 
-    let big = format!(r#"{{"type":"pulse","pad":"{}"}}"#, "x".repeat(70_000));
+    // Above the protocol limit (1 MiB), below the size that ends the connection (4 MiB).
+    let big = format!(r#"{{"type":"pulse","pad":"{}"}}"#, "x".repeat(1_100_000));
     let cases: Vec<(WsMessage, &str)> =
         vec![
         (WsMessage::text("not json"), "malformed_frame"),
@@ -295,6 +296,42 @@ async fn bad_frames_get_error_frames_and_change_nothing() -> Result<()> {
         (Some("ack"), Some("alive"))
     );
     assert_eq!(t.snapshot().await?, before);
+    Ok(())
+}
+
+/// A report as large as the limits allow (observation and output at 64 KiB each, by default)
+/// fits in one frame, as it fits in one REST request.
+#[tokio::test]
+async fn a_report_at_the_payload_limits_fits_in_one_frame() -> Result<()> {
+    let t = TestNode::start().await?;
+    let process = t.process("Large reports").await?;
+    let mut robot = WsRobot::create(&t, "ws-large", json!({ "capacity": 1 })).await?;
+    ready(&mut robot, None).await?;
+    upload(&t, process, 1).await?;
+    let item = robot.items(1).await?.remove(0);
+    let observation = "o".repeat(64 << 10);
+    // Compact JSON of exactly 64 KiB: {"text":"..."} is 11 bytes around the text.
+    let output = json!({ "text": "p".repeat((64 << 10) - 11) });
+    assert_eq!(output.to_string().len(), 64 << 10);
+    robot
+        .send(
+            json!({ "type": "completed", "item_id": item["id"], "lease_id": item["lease_id"],
+                      "observation": observation, "output": output, "ref": "large" }),
+        )
+        .await?;
+    let frame = robot.next().await?;
+    assert_eq!(
+        (frame["type"].as_str(), frame["ref"].as_str()),
+        (Some("ack"), Some("large")),
+        "{}",
+        frame.to_string().chars().take(300).collect::<String>()
+    );
+    let task = item["task_id"].as_i64().context("task id")?;
+    let listed = t.get(&format!("/api/v1/tasks/{task}/items")).await?;
+    let stored = &listed["items"][0];
+    assert_eq!(stored["status"], "COMPLETED");
+    assert_eq!(stored["observation"].as_str().map(str::len), Some(64 << 10));
+    assert_eq!(stored["output"], output);
     Ok(())
 }
 

@@ -25,8 +25,11 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-/// Largest text frame a robot may send; larger ones get an `error` frame.
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest text frame a robot may send; larger ones get an `error` frame. As large as a REST
+/// JSON body, so that a report within the observation and output limits fits in one frame as it
+/// fits in one request (at 64 KiB, a frame carrying a 40 KiB observation and a 30 KiB output,
+/// both within their limits, was refused).
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// Frames the server queues for one connection before the robot counts as too slow.
 pub const OUTBOUND_QUEUE: usize = 1024;
