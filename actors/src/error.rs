@@ -55,12 +55,26 @@ pub fn conceal(err: &dyn std::fmt::Display) -> String {
 /// [`conceal`] under the id of the request being served (the one its other log lines and its
 /// `x-request-id` header carry), or a fresh one.
 pub fn conceal_as(request_id: Option<&str>, err: &dyn std::fmt::Display) -> String {
-    let request_id = match request_id {
-        Some(id) => id.to_string(),
-        None => format!("{:016x}", rand::random::<u64>()),
-    };
+    let request_id = request_id_or_new(request_id);
     tracing::error!(%request_id, error = %err, "internal failure");
     format!("the store could not complete the request (request id {request_id})")
+}
+
+/// What a client is told when dispatch could not serve it just now (an actor busy, restarting
+/// or waiting on the store): the cause, which may carry a store's text, is logged at INFO under
+/// the request id instead (at WARN, a connect storm of thousands of robots sent back to retry
+/// would fill the log).
+pub fn unavailable_as(request_id: Option<&str>, cause: &dyn std::fmt::Display) -> String {
+    let request_id = request_id_or_new(request_id);
+    tracing::info!(%request_id, cause = %cause, "dispatch unavailable; the client was asked to retry");
+    format!("dispatch is unavailable just now; send the request again (request id {request_id})")
+}
+
+fn request_id_or_new(request_id: Option<&str>) -> String {
+    match request_id {
+        Some(id) => id.to_string(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    }
 }
 
 impl StoreError {

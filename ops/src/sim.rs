@@ -406,6 +406,30 @@ impl Node {
         }
     }
 
+    /// A robot's report about an item, sent again while the node answers 503 (its store away
+    /// for a moment) or 429, half a second apart and up to [`REPORT_TRIES`] times, as a
+    /// production robot does (a report repeated with its lease is a no-op once written). Any
+    /// other answer is returned as it is.
+    async fn report(
+        &self,
+        method: Method,
+        path: impl AsRef<str>,
+        auth: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, String)> {
+        let mut tries = 0;
+        loop {
+            let (status, text) = self
+                .call(method.clone(), path.as_ref(), auth, body.clone())
+                .await?;
+            if !matches!(status.as_u16(), 429 | 503) || tries >= REPORT_TRIES {
+                return Ok((status, text));
+            }
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn json(
         &self,
         method: Method,
@@ -1163,7 +1187,7 @@ async fn rest_robot(
             let act = |verb: &str, body: Value| {
                 let mut body = body;
                 body["lease_id"] = lease.clone();
-                node.call(
+                node.report(
                     Method::POST,
                     format!("/api/v1/robot/items/{id}/{verb}"),
                     &auth,
@@ -1275,7 +1299,7 @@ async fn seed_robot(
                 fleet.delivered(index, item_id, task_id);
                 fleet.next_item(freed.pop_front(), now);
                 let patch = |status: &str, observation: &str| {
-                    node.call(
+                    node.report(
                         Method::PATCH,
                         format!(
                             "/api/items?robot_id={id}&item_id={item_id}&status={status}&observation={observation}"

@@ -149,9 +149,14 @@ impl From<DispatchError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
             }
             DispatchError::Store(store) => store.into(),
-            DispatchError::Unavailable(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            }
+            DispatchError::Unavailable(cause) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                orchestrator_actors::error::unavailable_as(
+                    crate::request_id::current().as_deref(),
+                    &cause,
+                ),
+            ),
         }
     }
 }
@@ -218,4 +223,24 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         ApiError::internal("unhandled rejection")
     };
     Ok(err.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store's text reached robots inside "dispatch is unavailable: database error:
+    /// Connection reset" (a REST robot's completion while the store restarted).
+    #[test]
+    fn why_dispatch_is_unavailable_stays_in_the_log() {
+        let err = ApiError::from(DispatchError::Unavailable(
+            "database error: Connection reset".into(),
+        ));
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert!(!err.message.contains("Connection reset"), "{}", err.message);
+        assert!(err.message.contains("request id"), "{}", err.message);
+    }
 }

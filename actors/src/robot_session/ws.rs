@@ -428,11 +428,12 @@ pub(super) async fn read_frames(
 }
 
 impl DispatchError {
-    /// What a robot is told: the error, except a store failure's text, which is logged under
-    /// a request id instead.
+    /// What a robot is told: the error, except a store failure's text or why dispatch is
+    /// unavailable, which are logged under a request id instead.
     pub fn public_message(&self) -> String {
         match self {
             DispatchError::Store(err) => crate::error::conceal(err),
+            DispatchError::Unavailable(cause) => crate::error::unavailable_as(None, cause),
             other => other.to_string(),
         }
     }
