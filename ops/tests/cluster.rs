@@ -497,10 +497,15 @@ async fn store_with_robots(cluster: &Cluster) -> Result<Store> {
 }
 
 /// Buries `store`'s main connection under 400 reads of the whole robot table, sent all at
-/// once; runs `during` 100 ms later, then waits for the reads. Returns `during`'s output and how
-/// long a ping on the main connection took meanwhile (at least 500 ms, or the test shows
-/// nothing).
-async fn while_buried<T>(store: &Store, during: impl Future<Output = T>) -> Result<(T, Duration)> {
+/// once; 100 ms later runs `during` (which times itself) beside a ping on the main connection,
+/// then waits for the reads. The ping must take at least 500 ms (or the test shows nothing) and
+/// `during` under a quarter of it: `what` answered without queueing behind the main connection.
+async fn answers_while_buried(
+    store: &Store,
+    what: &str,
+    idle: Duration,
+    during: impl Future<Output = Result<Duration>>,
+) -> Result<()> {
     let burden: Vec<_> = (0..400)
         .map(|_| {
             let store = store.clone();
@@ -508,15 +513,24 @@ async fn while_buried<T>(store: &Store, during: impl Future<Output = T>) -> Resu
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (main, out) = tokio::join!(ping_time(store), during);
+    let (main, took) = tokio::join!(ping_time(store), during);
     for read in burden {
         assert_eq!(read.await??, 1_000);
     }
+    let took = took?;
+    eprintln!(
+        "{what} while 400 table reads queue on the main connection: {took:?} (idle {idle:?}, \
+         a ping on the main connection {main:?})"
+    );
     ensure!(
         main >= Duration::from_millis(500),
         "the burden did not slow the main connection ({main:?}): the test shows nothing"
     );
-    Ok((out, main))
+    ensure!(
+        took * 4 < main,
+        "{what} waited behind the main connection: {took:?} vs {main:?}"
+    );
+    Ok(())
 }
 
 /// The server runs all requests of one connection in one task, so a heartbeat sent down the
@@ -530,16 +544,10 @@ async fn the_membership_lane_answers_while_the_main_connection_is_buried() -> Re
     let store = store_with_robots(&cluster).await?;
     let lane = store.lane(Lane::Membership);
     let idle = ping_time(&lane).await;
-    let (membership, main) = while_buried(&store, ping_time(&lane)).await?;
-    eprintln!(
-        "ping while 400 table reads queue on the main connection: main {main:?}, \
-         membership lane {membership:?} (idle {idle:?})"
-    );
-    ensure!(
-        membership * 4 < main,
-        "the membership lane waited behind the main connection: {membership:?} vs {main:?}"
-    );
-    Ok(())
+    answers_while_buried(&store, "membership lane ping", idle, async {
+        Ok(ping_time(&lane).await)
+    })
+    .await
 }
 
 /// Every robot connect waits for the registry. Its sweeps read and write the store each
@@ -582,18 +590,9 @@ async fn the_registry_answers_while_the_main_connection_is_buried() -> Result<()
         Ok(started.elapsed())
     };
     let idle = loads_time().await?;
-    let (registry, main) = while_buried(&store, loads_time()).await?;
-    let registry = registry?;
+    let answered = answers_while_buried(&store, "robot loads", idle, loads_time()).await;
     dispatcher.shutdown().await;
-    eprintln!(
-        "robot loads while 400 table reads queue on the main connection: {registry:?} \
-         (idle {idle:?}, a ping on the main connection {main:?})"
-    );
-    ensure!(
-        registry * 4 < main,
-        "the registry waited behind the main connection: {registry:?} vs {main:?}"
-    );
-    Ok(())
+    answered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
