@@ -97,10 +97,12 @@ impl Store {
             "UPDATE type::record('user', $id) SET \
              password_hash = $password_hash ?? password_hash, role = $role ?? role, \
              disabled = $disabled ?? disabled, \
-             tokens_after = IF $password_hash != NONE THEN $now ELSE tokens_after END \
+             tokens_after = IF $password_hash != NONE OR $disabled = true THEN $now \
+               ELSE tokens_after END \
              RETURN {USER_FIELDS};"
         );
-        // A new password signs out every session that used the old one.
+        // A new password signs out every session that used the old one; disabling a user
+        // revokes its tokens for good, so enabling it again does not bring them back.
         let vars = json!({
             "id": id, "password_hash": patch.password_hash,
             "role": patch.role.map(Role::as_str), "disabled": patch.disabled,

@@ -129,7 +129,12 @@ async fn sign_in(
             );
         }
         Err(err) => {
-            return login_page(err.status, &username, Some(&err.message), secure);
+            let mut page = login_page(err.status, &username, Some(&err.message), secure);
+            if let Some(seconds) = err.retry_after {
+                page.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            }
+            return page;
         }
     };
     let ttl = state.config.jwt_ttl;

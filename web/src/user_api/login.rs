@@ -93,21 +93,20 @@ pub(crate) async fn check_credentials(
     password: String,
     addr: Option<IpAddr>,
 ) -> Result<User, ApiError> {
-    let guard = &state.logins;
-    if let Err(wait) = guard.check(username, addr) {
-        let seconds = wait.as_secs().max(1);
-        return Err(ApiError::new(
+    let attempt = state.logins.begin(username, addr).map_err(|throttled| {
+        let seconds = throttled.wait.as_secs().max(1);
+        ApiError::new(
             warp::http::StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
-            format!("too many failed sign-ins; try again in {seconds} s"),
+            format!("too many sign-ins for this name or address; try again in {seconds} s"),
         )
-        .retry_after(seconds));
-    }
+        .retry_after(seconds)
+    })?;
     let found = state.store.user_credentials(username.trim()).await?;
     let hash = found
         .as_ref()
         .map_or_else(|| DUMMY_HASH.clone(), |c| c.password_hash.clone());
-    let Some(_turn) = guard.hashing_turn().await else {
+    let Some(_turn) = state.logins.hashing_turn().await else {
         return Err(ApiError::new(
             warp::http::StatusCode::SERVICE_UNAVAILABLE,
             "busy",
@@ -120,11 +119,11 @@ pub(crate) async fn check_credentials(
         .map_err(|e| ApiError::internal(e.to_string()))?;
     match found {
         Some(creds) if verified && !creds.user.disabled => {
-            guard.succeeded(username);
+            attempt.succeeded(username);
             Ok(creds.user)
         }
         _ => {
-            guard.failed(username, addr);
+            attempt.failed();
             Err(ApiError::new(
                 warp::http::StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
