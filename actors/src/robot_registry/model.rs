@@ -5,7 +5,9 @@
 //! for (empty list = all), never above its capacity. Each item goes to the eligible robot with the
 //! fewest items in flight; ties go to the robot that has waited longest since its last item.
 //! Tasks of higher priority go first; among equal priority, the task served least so far goes
-//! next, so one huge upload does not starve the rest.
+//! next, so one huge upload does not starve the rest. A task joining the board starts level
+//! with the least-served task of its priority (a new upload does not take every slot until it
+//! has caught up with what older tasks were given since they started).
 //!
 //! Standby: a robot on a WebSocket may hold `standby` leased items beyond its capacity. Its
 //! session keeps them back and pushes one the moment the robot reports an item finished, so
@@ -356,11 +358,12 @@ impl LoadBoard {
     /// it has not handled yet will take some.
     pub fn demand(&mut self, task_id: i64, process_id: i64, priority: i64, ready: i64) {
         let pending = (ready - self.reserved_for(task_id)).max(0);
+        let floor = self.served_floor(priority);
         let task = self.tasks.entry(task_id).or_insert(TaskDemand {
             process_id,
             priority,
             pending: 0,
-            served: 0,
+            served: floor,
         });
         task.process_id = process_id;
         task.priority = priority;
@@ -429,6 +432,20 @@ impl LoadBoard {
         }
         self.recounted = seen;
         corrections
+    }
+
+    /// Where a task that joins the board starts counting what it was served: level with the
+    /// least-served task of its priority that has items now. Counted from 0, a new upload (or a
+    /// task whose actor came back for items released or retried) was "least served" until it
+    /// had caught up with everything older tasks were ever given, and took every slot for
+    /// minutes while their items, retries included, waited.
+    fn served_floor(&self, priority: i64) -> u64 {
+        self.tasks
+            .values()
+            .filter(|t| t.priority == priority && t.pending > 0)
+            .map(|t| t.served)
+            .min()
+            .unwrap_or(0)
     }
 
     /// The next task to serve: highest priority, then least served, among tasks some robot can take.
@@ -702,6 +719,45 @@ mod tests {
                 count: 3
             }]
         );
+    }
+
+    /// Two equal-priority tasks, one served for a long time before the other arrives: from
+    /// then on each gets between 35 % and 65 % of every window of grants (the newcomer took
+    /// every slot until it had been served as much as the older task).
+    #[test]
+    fn a_task_that_arrives_late_shares_from_its_first_plan() {
+        let mut board = LoadBoard::default();
+        board.robots.insert(1, robot(10, 0, vec![]));
+        board.demand(10, 1, 0, 100_000);
+        let settle_all = |board: &mut LoadBoard, grants: &[PlannedGrant]| {
+            for g in grants {
+                board.left(g.robot_id, g.count);
+            }
+        };
+        for _ in 0..500 {
+            let grants = board.plan();
+            settle_all(&mut board, &grants);
+            board.demand(10, 1, 0, 100_000);
+        }
+        board.demand(11, 1, 0, 100_000);
+        for _ in 0..50 {
+            let mut per_task: BTreeMap<i64, i64> = BTreeMap::new();
+            for _ in 0..10 {
+                let grants = board.plan();
+                for g in &grants {
+                    *per_task.entry(g.task_id).or_default() += g.count;
+                }
+                settle_all(&mut board, &grants);
+                board.demand(10, 1, 0, 100_000);
+                board.demand(11, 1, 0, 100_000);
+            }
+            let total: i64 = per_task.values().sum();
+            let older = per_task.get(&10).copied().unwrap_or(0) * 100 / total;
+            assert!(
+                (35..=65).contains(&older),
+                "the older task got {older} % of a window: {per_task:?}"
+            );
+        }
     }
 
     /// Plans a round and reserves its grants as one Lease to `actor`, as the registry does.

@@ -100,12 +100,34 @@ impl PendingQueue {
         }
     }
 
-    /// Moves backoff items that are due into the ready queue; returns how many.
+    /// Adds items handed back (released, retried, their robot lost) ahead of the items
+    /// scanned but not yet leased: they were due before them.
+    pub fn push_returned(&mut self, items: &[PendingItem], now: Millis) {
+        let mut first = Vec::new();
+        for item in items {
+            if !self.queued.insert(item.id) {
+                continue;
+            }
+            match item.not_before {
+                Some(at) if at > now => {
+                    self.delayed.insert((at, item.id));
+                }
+                _ => first.push(item.id),
+            }
+        }
+        for id in first.into_iter().rev() {
+            self.ready.push_front(id);
+        }
+    }
+
+    /// Moves backoff items that are due to the front of the ready queue; returns how many.
     pub fn release_due(&mut self, now: Millis) -> usize {
         let due: Vec<(Millis, i64)> = self.delayed.range(..=(now, i64::MAX)).copied().collect();
         for entry in &due {
             self.delayed.remove(entry);
-            self.ready.push_back(entry.1);
+        }
+        for entry in due.iter().rev() {
+            self.ready.push_front(entry.1);
         }
         due.len()
     }
@@ -143,6 +165,28 @@ mod tests {
             id,
             not_before: None,
         }
+    }
+
+    #[test]
+    fn items_handed_back_go_before_items_scanned() {
+        let mut q = PendingQueue::new(vec![(1, 100)]);
+        q.scanned(100, &[pending(1), pending(2), pending(3)], 0);
+        q.push_returned(&[pending(50), pending(2), pending(60)], 0);
+        assert_eq!(
+            q.take(5),
+            [50, 60, 1, 2, 3],
+            "returned first, duplicates ignored"
+        );
+        q.push_returned(
+            &[PendingItem {
+                id: 70,
+                not_before: Some(10),
+            }],
+            0,
+        );
+        q.scanned(100, &[pending(4)], 0);
+        assert_eq!(q.release_due(10), 1);
+        assert_eq!(q.take(2), [70, 4], "a retry due goes first");
     }
 
     #[test]

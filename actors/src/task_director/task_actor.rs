@@ -258,7 +258,7 @@ impl Actor for TaskActor {
                 state.lease(&myself, leases, grants).await?;
             }
             TaskMsg::Requeued { items } => {
-                state.queue.push(&items, state.args.clock.now());
+                state.queue.push_returned(&items, state.args.clock.now());
                 state.announce(&myself)?;
             }
             TaskMsg::Tick => {
