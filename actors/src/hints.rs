@@ -124,6 +124,9 @@ pub struct HintConfig {
     pub advertise: String,
     /// Shared secret: only nodes with the same cookie connect.
     pub cookie: String,
+    /// The node's connection budget, shared with the HTTP server: every connection to the
+    /// cluster port holds one permit while it is open.
+    pub budget: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Why the hint transport did not start.
@@ -150,6 +153,11 @@ pub struct HintStats {
     /// Hints that reached no connection to an alive peer (it was not connected, or the send
     /// failed): that peer learns from the store at its next poll.
     pub lost: u64,
+    /// Connections to the cluster port closed at once: the node's connection budget or the
+    /// cap on connections still handshaking was full.
+    pub refused: u64,
+    /// Connections to the cluster port closed for not authenticating in time.
+    pub handshake_timeouts: u64,
 }
 
 #[derive(Default)]
@@ -171,6 +179,9 @@ struct Transport {
     server: ActorRef<NodeServerMessage>,
     listener: ActorRef<HintMsg>,
     shared: Arc<Shared>,
+    /// The cluster port's accept loop.
+    accept: tokio::task::JoinHandle<()>,
+    port_stats: Arc<crate::peer_listener::PeerPortStats>,
 }
 
 /// This node's end of the hints. Cheap to clone; [`Hints::alone`] sends nothing.
@@ -196,31 +207,36 @@ impl Hints {
 
     /// Starts the cluster listener and this node's hint listener.
     pub async fn start(config: HintConfig) -> Result<Hints, HintError> {
-        // The cluster's listener binds inside an actor and only logs a failure: try the
-        // address first so a port in use stops the node with a clear message.
-        drop(
-            std::net::TcpListener::bind(config.listen).map_err(|e| {
-                HintError::Start(format!("cannot listen on {}: {e}", config.listen))
-            })?,
-        );
+        // The cluster port is this node's own listener (crate::peer_listener): the node
+        // server's listener takes a loopback port nobody is told of.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| HintError::Start(format!("cannot listen on {}: {e}", config.listen)))?;
         let host = config
             .advertise
             .rsplit_once(':')
             .map_or(config.advertise.as_str(), |(host, _)| host)
             .to_string();
         let server = NodeServer::new(
-            config.listen.port(),
+            0,
             config.cookie.clone(),
             config.node_id.clone(),
             host,
             None,
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(config.listen.ip())
+        .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into())
         .with_max_inbound_frame_size(MAX_INBOUND_FRAME);
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| HintError::Start(e.to_string()))?;
+        let port_stats = Arc::new(crate::peer_listener::PeerPortStats::default());
+        let accept = tokio::spawn(crate::peer_listener::run(
+            listener,
+            server.clone(),
+            config.budget.clone(),
+            Arc::clone(&port_stats),
+        ));
         let shared = Arc::new(Shared::default());
         let (listener, _) = Actor::spawn(None, HintListener, Arc::clone(&shared))
             .await
@@ -236,6 +252,8 @@ impl Hints {
                 server,
                 listener,
                 shared,
+                accept,
+                port_stats,
             })),
         })
     }
@@ -349,12 +367,15 @@ impl Hints {
             sent: t.shared.sent.load(Ordering::Relaxed),
             received: t.shared.received.load(Ordering::Relaxed),
             lost: t.shared.lost.load(Ordering::Relaxed),
+            refused: t.port_stats.refused.load(Ordering::Relaxed),
+            handshake_timeouts: t.port_stats.timed_out.load(Ordering::Relaxed),
         }
     }
 
     /// Closes the listener and every peer connection.
     pub fn stop(&self) {
         if let Some(t) = &self.transport {
+            t.accept.abort();
             t.listener.stop(None);
             t.server.stop(None);
         }
@@ -456,6 +477,7 @@ mod tests {
             listen: format!("127.0.0.1:{port}").parse().expect("address"),
             advertise: format!("127.0.0.1:{port}"),
             cookie: "a cookie for the tests only".into(),
+            budget: None,
         })
         .await
         .expect("hints start")
@@ -521,6 +543,69 @@ mod tests {
         }
         assert_eq!(a.stats().advertise, Some(format!("127.0.0.1:{pa}")));
         assert_eq!(Hints::alone().stats(), HintStats::default());
+        a.stop();
+        b.stop();
+    }
+
+    /// Connections to the cluster port that never authenticate are closed after the handshake
+    /// deadline, and past the cap on such connections new ones are closed at once; a peer
+    /// with the cookie still connects meanwhile.
+    #[tokio::test]
+    async fn connections_that_never_authenticate_are_bounded_and_closed() {
+        use tokio::io::AsyncReadExt;
+        let (pa, pb) = (free_port(), free_port());
+        let a = node("a", pa).await;
+        let mut idle = Vec::new();
+        for _ in 0..crate::peer_listener::MAX_HANDSHAKES + 4 {
+            idle.push(
+                tokio::net::TcpStream::connect(("127.0.0.1", pa))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while a.stats().refused < 4 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "over the cap: {:?}",
+                a.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every idle socket reads end-of-stream by the deadline (plus the time to close).
+        let opened = std::time::Instant::now();
+        for mut socket in idle {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(
+                crate::peer_listener::HANDSHAKE_DEADLINE + Duration::from_secs(5),
+                socket.read(&mut byte),
+            )
+            .await
+            .expect("the node closes a connection that never authenticates");
+            assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "closed, not answered: {read:?}"
+            );
+        }
+        assert!(
+            opened.elapsed() < crate::peer_listener::HANDSHAKE_DEADLINE + Duration::from_secs(5)
+        );
+        assert_eq!(
+            a.stats().handshake_timeouts,
+            crate::peer_listener::MAX_HANDSHAKES as u64
+        );
+        // The handshake slots are free again: a real peer connects.
+        let b = node("b", pb).await;
+        let peers = vec![
+            ("a".to_string(), format!("127.0.0.1:{pa}")),
+            ("b".to_string(), format!("127.0.0.1:{pb}")),
+        ];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while b.stats().peers != ["a"] {
+            assert!(tokio::time::Instant::now() < deadline, "b never reached a");
+            b.mesh(peers.clone()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         a.stop();
         b.stop();
     }

@@ -7,6 +7,7 @@
 //!        └────────────┴──► store ──► SurrealDB (surrealkv:// | mem:// | ws://)
 //! ```
 
+pub mod accept;
 pub mod cluster;
 pub mod cluster_view;
 pub mod csv_ingest;
@@ -18,6 +19,7 @@ pub mod hints;
 pub mod ingest;
 pub mod lifecycle;
 pub mod limits;
+pub mod peer_listener;
 pub mod recovery;
 pub mod robot_registry;
 pub mod robot_session;

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod config;
+pub mod files;
 pub mod health;
 
 pub use config::{Cli, Command, ConfigError, NodeConfig, ServeArgs};
@@ -58,7 +59,10 @@ pub struct Node {
 
 impl Node {
     /// Opens the store, bootstraps it, starts the actors and begins serving HTTP.
-    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    pub async fn start(mut config: NodeConfig) -> Result<Node, NodeError> {
+        config.server_limits.max_connections =
+            files::fit(config.server_limits.max_connections).max_connections;
+        let connections = orchestrator_web::server::connection_budget(&config.server_limits);
         let store = Store::open(&config.store).await?;
         bootstrap_admin(&store, config.admin_password.as_deref()).await?;
         let secret = match &config.jwt_secret {
@@ -84,6 +88,7 @@ impl Node {
                 listen: cluster.listen,
                 advertise: cluster.advertise.clone(),
                 cookie: cluster.cookie.clone(),
+                budget: Some(connections.clone()),
             })
             .await
             .map_err(|e| NodeError::Actor(e.to_string()))?,
@@ -152,6 +157,7 @@ impl Node {
             listener,
             routes,
             config.server_limits,
+            connections,
             config.access_log,
             stop,
         ));
@@ -298,8 +304,9 @@ fn serve_metrics(
         max_connections: 64,
         ..Default::default()
     };
+    let permits = orchestrator_web::server::connection_budget(&limits);
     let server = tokio::spawn(orchestrator_web::server::serve(
-        listener, routes, limits, false, stop,
+        listener, routes, limits, permits, false, stop,
     ));
     info!(%addr, "metrics served at /metrics");
     Ok((addr, server))

@@ -68,20 +68,28 @@ pub fn client_addr()
     warp::ext::optional::<ClientAddr>().map(|addr: Option<ClientAddr>| addr.map(|a| a.0))
 }
 
+/// The permits of a node's open connections, `max_connections` in all: the HTTP server and the
+/// cluster port draw from one budget, so together they never hold more sockets than it.
+pub fn connection_budget(limits: &ServerLimits) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(limits.max_connections))
+}
+
 /// Serves `filter` on `listener` within `limits` until `stop` resolves; then stops as the
-/// module says. Returns once every connection is closed or the grace ran out. With
-/// `access_log`, each request ends with one INFO line (target `orchestrator::access`).
+/// module says. Every connection holds one of `permits` (see [`connection_budget`]) while open.
+/// Returns once every connection is closed or the grace ran out. With `access_log`, each
+/// request ends with one INFO line (target `orchestrator::access`).
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
     limits: ServerLimits,
+    permits: Arc<Semaphore>,
     access_log: bool,
     stop: impl Future<Output = ()> + Send,
 ) where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: Reply,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut accept_errors = orchestrator_actors::accept::AcceptErrors::new("http");
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     let mut stop = std::pin::pin!(stop);
@@ -89,12 +97,18 @@ pub async fn serve<F>(
         let (stream, addr) = tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    accept_errors.accepted();
+                    pair
+                }
                 Err(err) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // Out of file descriptors and the like: wait (longer each time) instead
+                    // of spinning, and log once in a while.
+                    let wait = accept_errors.failed(&err);
+                    tokio::select! {
+                        () = &mut stop => break,
+                        () = tokio::time::sleep(wait) => continue,
+                    }
                 }
             },
         };
