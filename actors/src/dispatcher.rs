@@ -3,7 +3,7 @@
 //! actors' view of load and pending work current. Cheap to clone.
 
 use crate::cluster_view::ClusterView;
-use crate::domain::{Clock, Robot, RobotStatus, Task};
+use crate::domain::{Clock, Millis, Robot, RobotStatus, Task};
 use crate::error::StoreError;
 use crate::hints::{Hint, Hints};
 use crate::ingest::{IngestError, StagedUpload};
@@ -179,15 +179,30 @@ impl Dispatcher {
             self.pulse(robot.id);
             return Ok(session);
         }
-        let robot = robot.clone();
         // A robot without a session here has its load counted now, outside the registry.
+        let counted_at = self.config.clock.now();
         let in_flight = self.store.robot_in_flight_count(robot.id).await?;
+        self.connect_counted(robot, in_flight, counted_at).await
+    }
+
+    /// The second half of [`Dispatcher::connect`]: opens `robot`'s session with `in_flight`
+    /// items held as read from the store at `counted_at` (the registry reads again if it
+    /// released the robot's items since).
+    pub async fn connect_counted(
+        &self,
+        robot: &Robot,
+        in_flight: i64,
+        counted_at: Millis,
+    ) -> Result<ActorRef<RobotSessionMsg>, DispatchError> {
+        let parts = self.parts()?;
+        let robot = robot.clone();
         parts
             .registry
             .call(
                 |reply| RobotRegistryMsg::Connect {
                     robot,
                     in_flight,
+                    counted_at,
                     reply,
                 },
                 Some(CALL_TIMEOUT),

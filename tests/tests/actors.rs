@@ -210,6 +210,45 @@ async fn a_robot_silent_past_the_pulse_timeout_is_ended_and_its_items_released()
     Ok(())
 }
 
+/// The chaotic soak's drift ("robot load drifted from the store; corrected", always a REST
+/// robot, `planned=2 stored=0`): a robot's request arrived as the sweep ended its silent
+/// session. The request counted the robot's items in the store (2, not yet released), the
+/// sweep released them, and the new session started with the count read before that: 2 in
+/// flight that the store no longer held. The registry now reads the count again when it
+/// released the robot's items after the count was read.
+#[tokio::test]
+async fn a_robot_back_as_its_items_are_released_starts_with_what_the_store_holds() -> Result<()> {
+    let rig = Rig::new(3, 2, Duration::from_secs(30), Duration::from_secs(300)).await?;
+    rig.dispatcher.connect(&rig.robot).await?;
+    rig.dispatcher.task_ready(rig.task_id);
+    rig.held(2).await?;
+    // The robot's request after its silence counts its items before the sweep releases them.
+    let counted_at = rig.time.load(Ordering::SeqCst) + 31_000;
+    let counted = rig.store.robot_in_flight_count(rig.robot.id).await?;
+    assert_eq!(counted, 2);
+    rig.advance(Duration::from_secs(31));
+    eventually(Duration::from_secs(10), || async {
+        let empty = rig.dispatcher.loads().await?.is_empty();
+        let held = rig.store.robot_in_flight_count(rig.robot.id).await?;
+        Ok((empty && held == 0).then_some(()))
+    })
+    .await?;
+    rig.dispatcher
+        .connect_counted(&rig.robot, counted, counted_at)
+        .await?;
+    let loads = rig.dispatcher.loads().await?;
+    let load = loads
+        .iter()
+        .find(|l| l.robot_id == rig.robot.id)
+        .map(|l| l.in_flight);
+    assert_eq!(
+        load,
+        Some(rig.store.robot_in_flight_count(rig.robot.id).await?),
+        "the new session counts what the store holds, not the count read before the release"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn expired_leases_are_reissued_and_the_third_expiry_quarantines() -> Result<()> {
     let rig = Rig::new(1, 1, Duration::from_secs(3600), Duration::from_secs(10)).await?;

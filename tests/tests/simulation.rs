@@ -29,8 +29,10 @@ async fn chaotic_robot(
     let mut rng = StdRng::seed_from_u64(seed);
     while !done.lock().map(|d| *d).unwrap_or(true) {
         if rng.random_bool(0.01) {
-            // Crash: silence past the pulse timeout, then come back.
-            tokio::time::sleep(Duration::from_millis(900)).await;
+            // Crash: silence about as long as the pulse timeout (600 ms), then come back, so
+            // the return meets the sweep that ends the robot's session and releases its
+            // items (a count read before that release made a new session drift).
+            tokio::time::sleep(Duration::from_millis(rng.random_range(500..=900))).await;
             robot.pulse(Some("ACTIVE")).await?;
             continue;
         }

@@ -38,10 +38,12 @@ pub enum RobotRegistryMsg {
     AttachDirector { director: ActorRef<TaskDirectorMsg> },
     /// A robot without a session made a request: open its session (unless a concurrent
     /// request did), reply with it. `in_flight` is the robot's count of items held, read by the
-    /// caller so the registry's mailbox never waits on the store for it.
+    /// caller so the registry's mailbox never waits on the store for it; `counted_at` is when
+    /// that read began (a release written after it makes the count stale).
     Connect {
         robot: Robot,
         in_flight: i64,
+        counted_at: Millis,
         reply: RpcReplyPort<ActorRef<RobotSessionMsg>>,
     },
     /// A robot's settings changed; INACTIVE drains its unstarted items.
@@ -113,6 +115,9 @@ impl Message for RobotRegistryMsg {}
 
 /// A registry message handled for longer than this is logged at WARN.
 const SLOW_MESSAGE: Duration = Duration::from_secs(1);
+/// A connect's count of items held older than this when its message is handled is read again
+/// (the message waited behind a busy registry); releases are remembered twice as long.
+const CONNECT_COUNT_AGE_MS: Millis = 30_000;
 
 impl RobotRegistryMsg {
     /// The message's name, as the registry's metrics and slow-message warnings give it.
@@ -206,6 +211,9 @@ pub struct RegistryState {
     /// main connection (68 to 97 s with 30,000 robots) had those connects refused meanwhile.
     /// Sessions and the pulse writer use the main connection.
     control: Store,
+    /// When items of a robot were last released (by this registry, or by another node as it
+    /// told): a connect whose count was read before that is counted again.
+    released_at: HashMap<i64, Millis>,
 }
 
 impl std::fmt::Debug for RegistryState {
@@ -292,7 +300,9 @@ impl RegistryState {
             self.args.clock.now(),
         )
         .await;
+        let now = self.args.clock.now();
         for (robot_id, n) in released.left_flight {
+            self.released_at.insert(robot_id, now);
             self.board.left(robot_id, n);
         }
         if let Some(director) = &self.director {
@@ -396,6 +406,7 @@ impl Actor for RobotRegistry {
             timer,
             recount_timer,
             sessions_started: 0,
+            released_at: HashMap::new(),
         })
     }
 
@@ -474,12 +485,25 @@ async fn handle_message(
         RobotRegistryMsg::AttachDirector { director } => state.director = Some(director),
         RobotRegistryMsg::Connect {
             robot,
-            in_flight,
+            mut in_flight,
+            counted_at,
             reply,
         } => {
             let now = state.args.clock.now();
             let robot_id = robot.id;
             if !state.sessions.contains_key(&robot_id) {
+                // The count was read while a release of this robot's items (its previous
+                // session found silent) was being written: read it again. Taken as read, the
+                // new session started with items the store no longer gave it (a REST robot
+                // back just as it was judged lost: "drifted, planned=2 stored=0").
+                if now - counted_at > CONNECT_COUNT_AGE_MS
+                    || state
+                        .released_at
+                        .get(&robot_id)
+                        .is_some_and(|at| *at >= counted_at)
+                {
+                    in_flight = state.control.robot_in_flight_count(robot_id).await?;
+                }
                 let args = RobotSessionArgs {
                     robot_id,
                     store: state.args.store.clone(),
@@ -577,6 +601,7 @@ async fn handle_message(
             item_ids,
             before,
         } => {
+            state.released_at.insert(robot_id, state.args.clock.now());
             if state
                 .sessions
                 .get(&robot_id)
@@ -589,6 +614,7 @@ async fn handle_message(
             state.schedule_dispatch(&myself);
         }
         RobotRegistryMsg::ItemsLeftFlight { robot_id, count } => {
+            state.released_at.insert(robot_id, state.args.clock.now());
             state.board.left(robot_id, count);
             state.schedule_dispatch(&myself);
         }
@@ -717,6 +743,10 @@ async fn handle_message(
         }
         RobotRegistryMsg::Sweep => {
             state.absorb_pulses();
+            // A connect's count is read moments before its message: older releases cannot
+            // make it stale.
+            let forget_before = state.args.clock.now() - 2 * CONNECT_COUNT_AGE_MS;
+            state.released_at.retain(|_, at| *at >= forget_before);
             state.args.view.set_own_loads(state.board.summary());
             // Items the last plan left to other nodes' robots: plan again with their newer
             // summaries, in case those robots filled up meanwhile.
