@@ -221,6 +221,10 @@ impl Dispatcher {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<LeasedItem>, DispatchError> {
+        // A claim is the robot's pulse: one parked longer than the pulse timeout had the robot
+        // judged silent while it waited (503, then INACTIVE for good). It answers (empty, if
+        // nothing came) within half the timeout, and the robot's next claim pulses.
+        let wait = wait.min(self.config.pulse_timeout / 2);
         let session = self.connect(robot).await?;
         session
             .call(

@@ -258,3 +258,89 @@ async fn two_equal_priority_tasks_share_the_robots_whichever_came_first() -> Res
     );
     Ok(())
 }
+
+/// A REST robot's claim may ask to wait up to 60 s; parked longer than the pulse timeout, the
+/// robot was judged silent while it waited (the claim answered 503, the robot stayed INACTIVE
+/// and never got an item again). A claim now answers within half the pulse timeout, and the
+/// robot that claims again stays ACTIVE and gets the items uploaded later.
+#[tokio::test]
+async fn a_long_poll_longer_than_the_pulse_timeout_keeps_the_robot_alive() -> Result<()> {
+    let mut config = NodeConfig::for_tests();
+    config.pulse_timeout = Duration::from_secs(2);
+    let t = TestNode::start_with(config).await?;
+    let process = t.process("Long polls").await?;
+    let robot = RestRobot::create(&t, "poller", json!({ "capacity": 2 })).await?;
+    let started = Instant::now();
+    let first = robot.claim(2, 60.0).await?;
+    ensure!(first.is_empty(), "nothing to claim yet: {first:?}");
+    ensure!(
+        started.elapsed() <= Duration::from_secs(2),
+        "the claim waited {:?}, longer than half the pulse timeout plus a second",
+        started.elapsed()
+    );
+    // Claims go on past the pulse timeout; then work arrives.
+    while started.elapsed() < Duration::from_secs(3) {
+        ensure!(robot.claim(2, 60.0).await?.is_empty());
+    }
+    t.upload_seed_rows(process, 2).await?;
+    let items = eventually(Duration::from_secs(10), || async {
+        let items = robot.claim(2, 60.0).await?;
+        Ok((!items.is_empty()).then_some(items))
+    })
+    .await?;
+    ensure!(!items.is_empty());
+    let shown = t.get(&format!("/api/v1/robots/{}", robot.id)).await?;
+    ensure!(shown["status"] == "ACTIVE", "the robot: {shown}");
+    Ok(())
+}
+
+/// Free text an admin writes is bounded: a process description of 1 MB was stored and every
+/// process listing returned it (2 MB). Over the bound is 422 with nothing stored; a robot may
+/// list at most 1,000 processes.
+#[tokio::test]
+async fn free_text_and_lists_are_bounded() -> Result<()> {
+    let t = TestNode::start().await?;
+    let before = t.get("/api/v1/processes").await?;
+    let resp = t
+        .req(Method::POST, "/api/v1/processes", &t.admin)
+        .json(&json!({ "title": "Big", "description": "x".repeat(500_000) }))
+        .send()
+        .await?;
+    orchestrator_tests::expect_error(
+        resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_description",
+        "2000",
+    )
+    .await?;
+    ensure!(
+        t.get("/api/v1/processes").await? == before,
+        "nothing stored"
+    );
+    let id = t.process("Small").await?;
+    let resp = t
+        .req(Method::PATCH, &format!("/api/v1/processes/{id}"), &t.admin)
+        .json(&json!({ "description": "y".repeat(2_001) }))
+        .send()
+        .await?;
+    ensure!(resp.status() == StatusCode::UNPROCESSABLE_ENTITY);
+    let resp = t
+        .req(Method::PATCH, &format!("/api/v1/processes/{id}"), &t.admin)
+        .json(&json!({ "description": "y".repeat(2_000) }))
+        .send()
+        .await?;
+    expect(resp, StatusCode::OK).await?;
+    let resp = t
+        .req(Method::POST, "/api/v1/robots", &t.admin)
+        .json(&json!({ "name": "picky", "processes": (0..1_001).collect::<Vec<i64>>() }))
+        .send()
+        .await?;
+    orchestrator_tests::expect_error(
+        resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_many_processes",
+        "1000",
+    )
+    .await?;
+    Ok(())
+}

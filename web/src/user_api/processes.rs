@@ -107,6 +107,20 @@ fn valid_title(title: &str) -> Result<String, ApiError> {
     }
 }
 
+/// Longest process description, in characters.
+const MAX_DESCRIPTION: usize = 2_000;
+
+fn valid_description(text: String) -> Result<String, ApiError> {
+    if text.chars().count() <= MAX_DESCRIPTION {
+        Ok(text)
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_description",
+            format!("a process description is at most {MAX_DESCRIPTION} characters"),
+        ))
+    }
+}
+
 fn valid_attempts(n: i64) -> Result<i64, ApiError> {
     if (1..=100).contains(&n) {
         Ok(n)
@@ -141,7 +155,7 @@ async fn create(
     user.require_admin()?;
     let new = NewProcess {
         title: valid_title(&body.title)?,
-        description: body.description,
+        description: valid_description(body.description)?,
         lease_ttl_ms: valid_ttl(body.lease_ttl_ms)?,
         max_attempts: valid_attempts(body.max_attempts.unwrap_or(3))?,
         on_lost: body
@@ -165,7 +179,7 @@ async fn patch(
     user.require_admin()?;
     let patch = ProcessPatch {
         title: body.title.as_deref().map(valid_title).transpose()?,
-        description: body.description,
+        description: body.description.map(valid_description).transpose()?,
         enabled: body.enabled,
         lease_ttl_ms: body.lease_ttl_ms.map(valid_ttl).transpose()?,
         max_attempts: body.max_attempts.map(valid_attempts).transpose()?,

@@ -181,8 +181,17 @@ fn parse_platform(text: &str) -> Result<Platform, ApiError> {
         .map_err(|e: String| ApiError::unprocessable("invalid_platform", format!("platform {e}")))
 }
 
+/// Most processes one robot may be limited to.
+const MAX_ROBOT_PROCESSES: usize = 1_000;
+
 /// Every listed process must exist; an empty list means all processes.
 async fn valid_processes(state: &AppState, ids: Vec<i64>) -> Result<Vec<i64>, ApiError> {
+    if ids.len() > MAX_ROBOT_PROCESSES {
+        return Err(ApiError::unprocessable(
+            "too_many_processes",
+            format!("a robot lists at most {MAX_ROBOT_PROCESSES} processes (none means all)"),
+        ));
+    }
     let mut ids = ids;
     ids.sort_unstable();
     ids.dedup();
