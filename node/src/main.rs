@@ -13,8 +13,20 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// A refused setting or a node that cannot start ends with one line on stderr and exit code 1
+/// (an `anyhow` error returned from `main` printed a stack trace with `RUST_BACKTRACE=1`).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("orchestrator: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -22,6 +34,10 @@ async fn main() -> anyhow::Result<()> {
             init_logging(&config);
             let node = Node::start(config).await?;
             node.run_until_signal().await;
+            // The store is closed and flushed. Ending here spares the embedded engine's own
+            // second shutdown as the runtime drops its handles, which found the store closed
+            // and logged "ERROR The datastore is shutting down" on every graceful stop.
+            std::process::exit(0);
         }
         Command::Health(args) => match health::probe(&args.url, args.timeout).await {
             Ok((200, body)) => println!("{}", body.trim()),

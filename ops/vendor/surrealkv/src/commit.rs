@@ -502,6 +502,11 @@ impl CommitPipeline {
 	pub(crate) fn shutdown(&self) {
 		self.shutdown.store(true, Ordering::Release);
 	}
+
+	/// Orchestrator RPA patch: whether `shutdown` ran (the tree was closed).
+	pub(crate) fn is_shut_down(&self) -> bool {
+		self.shutdown.load(Ordering::Acquire)
+	}
 }
 
 impl Drop for CommitPipeline {

@@ -1712,6 +1712,13 @@ impl Tree {
 
 impl Drop for Tree {
 	fn drop(&mut self) {
+		// Orchestrator RPA patch: a tree closed with `close()` has nothing left to close, and a
+		// clone dropped while other handles live must not close the tree under them. Dropped
+		// outside any runtime (the engine's background flusher thread), such a clone warned
+		// "No runtime available for closing the store correctly" on every clean stop.
+		if self.core.commit_pipeline.is_shut_down() || Arc::strong_count(&self.core) > 1 {
+			return;
+		}
 		#[cfg(not(target_arch = "wasm32"))]
 		{
 			// Native environment - use tokio
