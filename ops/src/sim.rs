@@ -864,6 +864,9 @@ async fn ws_robot(
         for (text, _) in reports.values() {
             let _ = out.send(Message::text(text.clone()));
         }
+        // What it holds now is what the node pushes on this connection (its leases resume);
+        // items the node took back meanwhile (released while the robot was away) are gone.
+        held.clear();
         let mut pulse = tokio::time::interval(args.pulse_every);
         pulse.tick().await;
         // Far away without --node-silence.
@@ -924,6 +927,18 @@ async fn ws_robot(
                 }
                 // The node could not write a report (its store was away for a moment): send it
                 // again, as a production robot does.
+                // A `started` sent again after the item's outcome was reported: the outcome
+                // landed first, so the node calls the start illegal now. Nothing is wrong.
+                Some("error")
+                    if frame["code"] == "illegal_transition"
+                        && frame["ref"]
+                            .as_str()
+                            .is_some_and(|r| outcome_reported(r, &finished, &reports)) =>
+                {
+                    if let Some(reference) = frame["ref"].as_str() {
+                        reports.remove(reference);
+                    }
+                }
                 Some("error")
                     if ["store_unavailable", "unavailable"]
                         .contains(&frame["code"].as_str().unwrap_or_default())
@@ -933,6 +948,11 @@ async fn ws_robot(
                             .is_some_and(|(_, tries)| *tries < REPORT_TRIES) =>
                 {
                     let reference = frame["ref"].as_str().unwrap_or_default().to_string();
+                    // A start is not sent again once the item's outcome went out after it.
+                    if outcome_reported(&reference, &finished, &reports) {
+                        reports.remove(&reference);
+                        continue;
+                    }
                     if let Some((text, tries)) = reports.get_mut(&reference) {
                         *tries += 1;
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1095,6 +1115,21 @@ async fn ws_robot(
             Ended::Lost(why) => bail!("{why}"),
         }
     }
+}
+
+/// Whether `reference` is a `started` (`s<id>`) whose item's outcome was reported since: its
+/// completion acknowledged, or a completion or failure on its way.
+fn outcome_reported(
+    reference: &str,
+    finished: &HashSet<i64>,
+    reports: &HashMap<String, (String, u32)>,
+) -> bool {
+    let Some(id) = reference.strip_prefix('s') else {
+        return false;
+    };
+    id.parse().is_ok_and(|id: i64| finished.contains(&id))
+        || reports.contains_key(&format!("c{id}"))
+        || reports.contains_key(&format!("f{id}"))
 }
 
 /// Whether a failed WebSocket connect was the node saying "not now" (503 or 429 instead of
