@@ -121,6 +121,14 @@ fn describe() {
         "orchestrator_hints_lost_total",
         "Hints that reached no connection to an alive peer (the store poll covers them)"
     );
+    describe_counter!(
+        "orchestrator_cluster_connections_refused_total",
+        "Connections to the cluster port closed at once (connection cap or handshake cap)"
+    );
+    describe_counter!(
+        "orchestrator_cluster_handshake_timeouts_total",
+        "Connections to the cluster port closed for not proving the cookie in time"
+    );
 }
 
 /// Counts one HTTP response.
@@ -204,4 +212,7 @@ async fn read_gauges(state: &AppState) {
     metrics::counter!("orchestrator_hints_sent_total").absolute(hints.sent);
     metrics::counter!("orchestrator_hints_received_total").absolute(hints.received);
     metrics::counter!("orchestrator_hints_lost_total").absolute(hints.lost);
+    metrics::counter!("orchestrator_cluster_connections_refused_total").absolute(hints.refused);
+    metrics::counter!("orchestrator_cluster_handshake_timeouts_total")
+        .absolute(hints.handshake_timeouts);
 }

@@ -459,6 +459,10 @@ pub struct HintsView {
     pub received: u64,
     /// Hints that reached no connection to an alive peer (that node polled the store instead).
     pub lost: u64,
+    /// Connections to the cluster port closed at once (connection cap, or too many handshaking).
+    pub refused: u64,
+    /// Connections to the cluster port closed for not proving the cookie within 5 s.
+    pub handshake_timeouts: u64,
 }
 
 /// One node of the cluster.
@@ -522,6 +526,8 @@ pub fn cluster(
             sent: hints.sent,
             received: hints.received,
             lost: hints.lost,
+            refused: hints.refused,
+            handshake_timeouts: hints.handshake_timeouts,
         },
     }
 }
