@@ -111,8 +111,12 @@ impl Drop for Connection {
 
 impl Connection {
     /// Queues `frame`; `false` when the robot stopped reading (the queue is full) or left.
-    fn push(&self, frame: Outbound) -> bool {
-        self.outbound.try_send(frame).is_ok()
+    /// Queues `frame` for the connection's writer: `Err(true)` when the queue is full (the
+    /// robot stopped reading), `Err(false)` when the connection is already gone.
+    fn push(&self, frame: Outbound) -> Result<(), bool> {
+        self.outbound
+            .try_send(frame)
+            .map_err(|err| matches!(err, tokio::sync::mpsc::error::TrySendError::Full(_)))
     }
 
     fn close(self, reason: &str) {
@@ -255,11 +259,20 @@ impl SessionState {
             return;
         }
         let Some(conn) = &self.ws else { return };
-        if !conn.push(ws::items_frame(&given)) {
-            warn!(
-                robot_id = self.args.robot_id,
-                "robot is not reading its WebSocket; disconnecting it"
-            );
+        if let Err(full) = conn.push(ws::items_frame(&given)) {
+            // A robot that dropped its connection is not a slow reader: its session ends as
+            // the closed socket is noticed; only a full queue is worth a warning.
+            if full {
+                warn!(
+                    robot_id = self.args.robot_id,
+                    "robot is not reading its WebSocket; disconnecting it"
+                );
+            } else {
+                debug!(
+                    robot_id = self.args.robot_id,
+                    "robot's WebSocket already closed"
+                );
+            }
             for item in &given {
                 self.handed.remove(&item.id);
             }
