@@ -483,6 +483,23 @@ mod tests {
         .expect("hints start")
     }
 
+    /// Has `from` dial the two nodes "a" and "b" (on `ports`) until it is connected to `peer`.
+    async fn dial_until_connected(from: &Hints, peer: &str, ports: (u16, u16)) {
+        let peers = vec![
+            ("a".to_string(), format!("127.0.0.1:{}", ports.0)),
+            ("b".to_string(), format!("127.0.0.1:{}", ports.1)),
+        ];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while from.stats().peers != [peer] {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reached {peer}"
+            );
+            from.mesh(peers.clone()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -531,16 +548,7 @@ mod tests {
         let (pa, pb) = (free_port(), free_port());
         let a = node("a", pa).await;
         let b = node("b", pb).await;
-        let peers = vec![
-            ("a".to_string(), format!("127.0.0.1:{pa}")),
-            ("b".to_string(), format!("127.0.0.1:{pb}")),
-        ];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while a.stats().peers != ["b"] {
-            assert!(tokio::time::Instant::now() < deadline, "a never reached b");
-            a.mesh(peers.clone()).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        dial_until_connected(&a, "b", (pa, pb)).await;
         assert_eq!(a.stats().advertise, Some(format!("127.0.0.1:{pa}")));
         assert_eq!(Hints::alone().stats(), HintStats::default());
         a.stop();
@@ -596,16 +604,7 @@ mod tests {
         );
         // The handshake slots are free again: a real peer connects.
         let b = node("b", pb).await;
-        let peers = vec![
-            ("a".to_string(), format!("127.0.0.1:{pa}")),
-            ("b".to_string(), format!("127.0.0.1:{pb}")),
-        ];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while b.stats().peers != ["a"] {
-            assert!(tokio::time::Instant::now() < deadline, "b never reached a");
-            b.mesh(peers.clone()).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        dial_until_connected(&b, "a", (pa, pb)).await;
         a.stop();
         b.stop();
     }
