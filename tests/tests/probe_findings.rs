@@ -77,6 +77,7 @@ async fn a_robot_lost_holding_items_in_300_chunks_has_them_all_released() -> Res
     })
     .await?;
     let allowed = pulse_timeout + 2 * sweep;
+    println!("items PENDING again {released:?} after the robot's last call (allowed {allowed:?})");
     ensure!(
         released <= allowed + Duration::from_millis(500),
         "items were PENDING again {released:?} after the robot's last call; at most {allowed:?} \
