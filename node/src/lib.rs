@@ -20,7 +20,7 @@ use orchestrator_actors::hints::{HintConfig, Hints};
 use orchestrator_actors::security::{hash_password, random_password, random_secret};
 use orchestrator_actors::store::NewUser;
 use orchestrator_actors::{Store, StoreError};
-use orchestrator_web::auth::JwtKeys;
+use orchestrator_web::jwt::JwtKeys;
 use orchestrator_web::{AppParts, AppState, WebConfig};
 use std::net::SocketAddr;
 use std::time::Duration;

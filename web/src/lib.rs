@@ -14,6 +14,7 @@ pub mod auth;
 pub mod body;
 pub mod dashboard;
 pub mod error;
+pub mod jwt;
 pub mod login_guard;
 pub mod metrics;
 pub mod query;

@@ -1,6 +1,6 @@
 //! What every handler may reach: the store and the node's HTTP settings.
 
-use crate::auth::JwtKeys;
+use crate::jwt::JwtKeys;
 use orchestrator_actors::Store;
 use orchestrator_actors::dispatcher::Dispatcher;
 use std::convert::Infallible;
