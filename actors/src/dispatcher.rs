@@ -3,14 +3,17 @@
 //! actors' view of load and pending work current. Cheap to clone.
 
 use crate::cluster_view::ClusterView;
-use crate::domain::{Clock, Millis, Robot, RobotStatus, Task};
-use crate::error::StoreError;
-use crate::hints::{Hint, Hints};
+pub use crate::dispatch_config::DispatchConfig;
+use crate::domain::{Millis, Robot, RobotStatus, Task};
+pub use crate::error::DispatchError;
+use crate::error::{Part, Unavailable};
+use crate::hints::Hint;
 use crate::ingest::{IngestError, StagedUpload};
-use crate::lifecycle::{ItemState, RobotAction, TransitionError};
-use crate::limits::{PayloadError, PayloadLimits};
-use crate::recovery::{self, PolicyDefaults};
+use crate::lifecycle::{ItemState, PolicyDefaults, RobotAction};
+use crate::limits::PayloadLimits;
+use crate::recovery;
 use crate::robot_registry::{RobotLoad, RobotRegistryMsg};
+use crate::robot_session::desk::DispatchDesk;
 use crate::robot_session::ws::WsLink;
 use crate::robot_session::{RobotSessionMsg, WsAttach};
 use crate::store::{EventKind, LeasedItem, RobotPatch, Store};
@@ -19,68 +22,13 @@ use crate::supervisor::{
 };
 use crate::task_director::TaskDirectorMsg;
 use crate::transition_batcher::{ActRequest, BatcherMsg};
-use ractor::{Actor, ActorRef};
+use futures_util::future::BoxFuture;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, MessagingErr};
 use std::sync::Arc;
 use std::time::Duration;
-use thiserror::Error;
-
-/// Timers and identity of a node's dispatch.
-#[derive(Debug, Clone)]
-pub struct DispatchConfig {
-    pub node_id: String,
-    /// The HTTP address this node advertises in its cluster row.
-    pub http: String,
-    /// A node of the cluster without a heartbeat for this long is dead (its robots are
-    /// released, its housekeeping role moves).
-    pub dead_after: Duration,
-    /// A robot silent this long is lost.
-    pub pulse_timeout: Duration,
-    /// Lease length unless the process overrides it.
-    pub lease_ttl: Duration,
-    /// How often silent robots and expired leases are looked for.
-    pub sweep_period: Duration,
-    /// First retry delay after an application failure (doubles per attempt).
-    pub backoff_base: Duration,
-    /// How long a dispatch round gathers changes before it writes.
-    pub dispatch_delay: Duration,
-    /// Items a WebSocket robot holds in standby beyond its capacity, pushed the moment it
-    /// reports one finished (0: none).
-    pub ws_standby: i64,
-    /// How often robot loads are recounted from the store (a backstop: a correction is a bug).
-    pub recount_period: Duration,
-    /// What a robot may report about an item (observation, output).
-    pub payload_limits: PayloadLimits,
-    /// A staged upload untouched this long was abandoned (the upload sweeper deletes it).
-    pub stale_upload_after: Duration,
-    /// Where dispatch reads the time (leases, pulses, backoff).
-    pub clock: Clock,
-    /// How this node hints other nodes of a cluster ([`Hints::alone`] for none).
-    pub hints: Hints,
-}
-
-/// Why a dispatch request failed.
-#[derive(Debug, Error)]
-pub enum DispatchError {
-    #[error("item {0} not found")]
-    ItemNotFound(i64),
-    #[error(transparent)]
-    Transition(#[from] TransitionError),
-    #[error(transparent)]
-    Payload(#[from] PayloadError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("dispatch is unavailable: {0}")]
-    Unavailable(String),
-    #[error("{ROBOT_DISABLED}")]
-    RobotDisabled,
-}
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a robot is told when it tries to make itself ACTIVE after an administrator set it
-/// INACTIVE.
-pub const ROBOT_DISABLED: &str = "an administrator set this robot INACTIVE; it gets no work \
-                                  until an administrator sets it ACTIVE";
 
 /// Entry point to the dispatch actors. Cheap to clone; every call reaches the actors running
 /// now, so it follows a restart by the [`DispatchSupervisor`].
@@ -114,7 +62,10 @@ impl Dispatcher {
             },
         )
         .await
-        .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
+        .map_err(|e| Unavailable::ActorDown {
+            part: Part::Supervisor,
+            reason: e.to_string(),
+        })?;
         Ok(Dispatcher {
             store,
             parts,
@@ -136,7 +87,7 @@ impl Dispatcher {
             .read()
             .ok()
             .and_then(|p| p.clone())
-            .ok_or_else(|| DispatchError::Unavailable("dispatch is not running".into()))
+            .ok_or(DispatchError::Unavailable(Unavailable::NotRunning))
     }
 
     /// `Some((component, reason))` while dispatch is down (a part failed and is restarting).
@@ -196,22 +147,16 @@ impl Dispatcher {
     ) -> Result<ActorRef<RobotSessionMsg>, DispatchError> {
         let parts = self.parts()?;
         let robot = robot.clone();
-        parts
-            .registry
-            .call(
-                |reply| RobotRegistryMsg::Connect {
-                    robot,
-                    in_flight,
-                    counted_at,
-                    reply,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))?
-            .success_or(DispatchError::Unavailable(
-                "robot registry timed out".into(),
-            ))
+        let asked = parts.registry.call(
+            |reply| RobotRegistryMsg::Connect {
+                robot,
+                in_flight,
+                counted_at,
+                reply,
+            },
+            Some(CALL_TIMEOUT),
+        );
+        answer(Part::Registry, asked.await)
     }
 
     /// Items leased to `robot` not yet handed out, waiting up to `wait` for some to arrive.
@@ -226,14 +171,11 @@ impl Dispatcher {
         // nothing came) within half the timeout, and the robot's next claim pulses.
         let wait = wait.min(self.config.pulse_timeout / 2);
         let session = self.connect(robot).await?;
-        session
-            .call(
-                |reply| RobotSessionMsg::Claim { max, wait, reply },
-                Some(wait + CALL_TIMEOUT),
-            )
-            .await
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))?
-            .success_or(DispatchError::Unavailable("robot session timed out".into()))
+        let asked = session.call(
+            |reply| RobotSessionMsg::Claim { max, wait, reply },
+            Some(wait + CALL_TIMEOUT),
+        );
+        answer(Part::Session, asked.await)
     }
 
     /// Hands a robot's WebSocket to its session, which pushes items over it from now on.
@@ -243,10 +185,10 @@ impl Dispatcher {
             .send_message(RobotSessionMsg::AttachWs(Box::new(WsAttach {
                 robot: robot.clone(),
                 link,
-                dispatcher: self.clone(),
+                dispatcher: Arc::new(self.clone()),
                 ping_every: self.config.pulse_timeout / 3,
             })))
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))
+            .map_err(down(Part::Session))
     }
 
     /// A sign of life from a robot whose session exists (a WebSocket frame). Noted on the pulse
@@ -257,6 +199,27 @@ impl Dispatcher {
         }
     }
 
+    /// The robot sets its own status (a pulse, the prototype's PATCH): refused with
+    /// [`DispatchError::RobotDisabled`] for ACTIVE while an administrator's INACTIVE holds.
+    /// Returns the robot as stored; `None` when it no longer exists.
+    pub async fn set_own_status(
+        &self,
+        robot: &Robot,
+        status: RobotStatus,
+    ) -> Result<Option<Robot>, DispatchError> {
+        if !robot.may_set_own_status(status) {
+            return Err(DispatchError::RobotDisabled);
+        }
+        if robot.status == status {
+            return Ok(Some(robot.clone()));
+        }
+        let patch = RobotPatch {
+            status: Some(status),
+            ..RobotPatch::default()
+        };
+        self.update_robot(robot.id, &patch).await
+    }
+
     /// The robot is ready for work: it becomes ACTIVE if it was not, and `capacity`, when
     /// given, narrows how many items it is sent at once (never above its configured capacity).
     pub async fn ready(&self, robot: &Robot, capacity: Option<i64>) -> Result<(), DispatchError> {
@@ -264,12 +227,12 @@ impl Dispatcher {
             .store
             .robot(robot.id)
             .await?
-            .ok_or(DispatchError::Unavailable(
-                "the robot no longer exists".into(),
-            ))?;
-        if robot.disabled_by_admin {
+            .ok_or(Unavailable::RobotGone(robot.id))?;
+        if !robot.may_set_own_status(RobotStatus::Active) {
             return Err(DispatchError::RobotDisabled);
         }
+        // Written here, not through update_robot: the Ready message below tells the registry,
+        // and other nodes need not hear of a robot that connects here.
         if robot.status != RobotStatus::Active {
             let patch = RobotPatch {
                 status: Some(RobotStatus::Active),
@@ -285,7 +248,7 @@ impl Dispatcher {
                 robot,
                 window: capacity,
             })
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))
+            .map_err(down(Part::Registry))
     }
 
     /// Applies a robot's action to one of its items; returns the item's new state. Actions
@@ -323,26 +286,21 @@ impl Dispatcher {
         self.config.payload_limits.check(action)?;
         let lease = lease.map(str::to_string);
         let action = action.clone();
-        self.parts()?
-            .batcher
-            .call(
-                |reply| {
-                    BatcherMsg::Act(ActRequest {
-                        robot_id,
-                        item_id,
-                        lease,
-                        action,
-                        once,
-                        reply,
-                    })
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))?
-            .success_or(DispatchError::Unavailable(
-                "transition batcher timed out".into(),
-            ))?
+        let parts = self.parts()?;
+        let asked = parts.batcher.call(
+            |reply| {
+                BatcherMsg::Act(ActRequest {
+                    robot_id,
+                    item_id,
+                    lease,
+                    action,
+                    once,
+                    reply,
+                })
+            },
+            Some(CALL_TIMEOUT),
+        );
+        answer(Part::Batcher, asked.await)?
     }
 
     /// A task was uploaded or reopened: start dispatching it, here and (by a hint) on the
@@ -495,17 +453,12 @@ impl Dispatcher {
 
     /// Loads of robots connected to this node.
     pub async fn loads(&self) -> Result<Vec<RobotLoad>, DispatchError> {
-        self.parts()?
-            .registry
-            .call(
-                |reply| RobotRegistryMsg::Loads { reply },
-                Some(CALL_TIMEOUT),
-            )
-            .await
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))?
-            .success_or(DispatchError::Unavailable(
-                "robot registry timed out".into(),
-            ))
+        let parts = self.parts()?;
+        let asked = parts.registry.call(
+            |reply| RobotRegistryMsg::Loads { reply },
+            Some(CALL_TIMEOUT),
+        );
+        answer(Part::Registry, asked.await)
     }
 
     /// First step of a stop: robots on a WebSocket are told to reconnect (close code 1012),
@@ -534,5 +487,61 @@ impl Dispatcher {
             )
             .await;
         self.supervisor.stop(None);
+    }
+}
+
+/// The answer of an actor `part` was asked for: a timeout or a dead actor makes dispatch
+/// unavailable for this request.
+fn answer<T, M>(
+    part: Part,
+    asked: Result<CallResult<T>, MessagingErr<M>>,
+) -> Result<T, DispatchError> {
+    match asked.map_err(down(part))? {
+        CallResult::Success(answer) => Ok(answer),
+        CallResult::Timeout => Err(Unavailable::Timeout(part).into()),
+        CallResult::SenderError => Err(Unavailable::ActorDown {
+            part,
+            reason: "it dropped the request".into(),
+        }
+        .into()),
+    }
+}
+
+/// Turns a failed send to actor `part` into the error its caller answers.
+fn down<M>(part: Part) -> impl FnOnce(MessagingErr<M>) -> DispatchError {
+    move |err| {
+        Unavailable::ActorDown {
+            part,
+            reason: err.to_string(),
+        }
+        .into()
+    }
+}
+
+impl DispatchDesk for Dispatcher {
+    fn pulse(&self, robot_id: i64) {
+        Dispatcher::pulse(self, robot_id);
+    }
+
+    fn ready<'a>(
+        &'a self,
+        robot: &'a Robot,
+        capacity: Option<i64>,
+    ) -> BoxFuture<'a, Result<(), DispatchError>> {
+        Box::pin(Dispatcher::ready(self, robot, capacity))
+    }
+
+    fn act<'a>(
+        &'a self,
+        robot_id: i64,
+        item_id: i64,
+        lease: Option<&'a str>,
+        action: &'a RobotAction,
+    ) -> BoxFuture<'a, Result<ItemState, DispatchError>> {
+        Box::pin(Dispatcher::act(self, robot_id, item_id, lease, action))
+    }
+
+    fn payload_limits(&self) -> &PayloadLimits {
+        &self.config.payload_limits
     }
 }

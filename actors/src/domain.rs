@@ -212,6 +212,20 @@ pub struct Robot {
     pub disabled_by_admin: bool,
 }
 
+impl Robot {
+    /// Whether the robot may set `status` on itself (a pulse, the prototype's PATCH, a
+    /// WebSocket `ready`): anything but ACTIVE while an administrator's INACTIVE holds.
+    pub fn may_set_own_status(&self, status: RobotStatus) -> bool {
+        !(status == RobotStatus::Active && self.disabled_by_admin)
+    }
+}
+
+/// Whether an administrator setting `status` holds the robot there: an administrator's
+/// INACTIVE holds until an administrator sets ACTIVE (the robot cannot undo it).
+pub fn admin_holds(status: RobotStatus) -> bool {
+    status == RobotStatus::Inactive
+}
+
 /// Item counts of one task by status, maintained incrementally with every transition.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ItemCounts {
@@ -285,6 +299,26 @@ pub struct Item {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_administrator_s_inactive_holds_against_the_robot_until_an_administrator_lifts_it() {
+        let mut robot = Robot {
+            id: 1,
+            name: "r".into(),
+            platform: Platform::Python,
+            capacity: 1,
+            processes: Vec::new(),
+            status: RobotStatus::Inactive,
+            last_pulse_at: None,
+            node: None,
+            created_at: 0,
+            disabled_by_admin: admin_holds(RobotStatus::Inactive),
+        };
+        assert!(!robot.may_set_own_status(RobotStatus::Active));
+        assert!(robot.may_set_own_status(RobotStatus::Inactive));
+        robot.disabled_by_admin = admin_holds(RobotStatus::Active);
+        assert!(robot.may_set_own_status(RobotStatus::Active));
+    }
 
     #[test]
     fn enums_parse_case_insensitively_and_name_the_choices() {

@@ -45,6 +45,31 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
+impl IngestError {
+    /// The code a client is answered with.
+    pub fn code(&self) -> crate::codes::Code {
+        use crate::codes::code;
+        match self {
+            IngestError::Csv(csv) => csv.code(),
+            IngestError::TooLarge { .. } => code::PAYLOAD_TOO_LARGE,
+            IngestError::ProcessNotFound(_) => code::PROCESS_NOT_FOUND,
+            IngestError::ProcessDisabled(_) => code::PROCESS_DISABLED,
+            IngestError::MissingProcess => code::MISSING_PROCESS,
+            IngestError::Body(_) => code::UPLOAD_INTERRUPTED,
+            IngestError::Timeout(_) => code::UPLOAD_TIMEOUT,
+            IngestError::Store(store) => store.code(),
+        }
+    }
+
+    /// What a client is told (a store failure's text stays in the log, under the request id).
+    pub fn public_message(&self, request_id: Option<&str>) -> String {
+        match self {
+            IngestError::Store(store) => store.public_message(request_id),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Who uploads what.
 #[derive(Debug, Clone)]
 pub struct UploadOptions {

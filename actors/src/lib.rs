@@ -10,7 +10,9 @@
 pub mod accept;
 pub mod cluster;
 pub mod cluster_view;
+pub mod codes;
 pub mod csv_ingest;
+pub mod dispatch_config;
 pub mod dispatcher;
 pub mod domain;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod peer_listener;
 pub mod recovery;
+pub mod retry;
 pub mod robot_registry;
 pub mod robot_session;
 pub mod security;

@@ -12,6 +12,7 @@
 
 use crate::domain::{ItemCounts, ItemStatus, LostItemPolicy, Millis};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use thiserror::Error;
 
 /// Leases that may expire on one item before it is quarantined.
@@ -74,6 +75,13 @@ pub struct Policy {
     pub on_lost: LostItemPolicy,
     /// First retry delay after an application failure; doubles with each attempt.
     pub backoff_base_ms: i64,
+}
+
+/// Policy knobs that are node configuration rather than process settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyDefaults {
+    pub lease_ttl: Duration,
+    pub backoff_base: Duration,
 }
 
 /// Why a robot's request was refused. Each maps to one HTTP status.

@@ -51,17 +51,13 @@ pub enum PayloadError {
 
 impl PayloadError {
     /// The stable code clients match on.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::codes::Code {
+        use crate::codes::code;
         match self {
-            PayloadError::ObservationTooLarge { .. } => "observation_too_large",
-            PayloadError::OutputTooLarge { .. } => "output_too_large",
-            PayloadError::OutputTooDeep { .. } => "output_too_deep",
+            PayloadError::ObservationTooLarge { .. } => code::OBSERVATION_TOO_LARGE,
+            PayloadError::OutputTooLarge { .. } => code::OUTPUT_TOO_LARGE,
+            PayloadError::OutputTooDeep { .. } => code::OUTPUT_TOO_DEEP,
         }
-    }
-
-    /// Whether the refusal is about size (413) rather than shape (422).
-    pub fn is_size(&self) -> bool {
-        !matches!(self, PayloadError::OutputTooDeep { .. })
     }
 }
 
@@ -171,23 +167,23 @@ mod tests {
         let err = limits
             .check(&complete(Some("eleven char"), None))
             .expect_err("too long");
-        assert_eq!(err.code(), "observation_too_large");
-        assert!(err.is_size());
+        assert_eq!(err.code().name, "observation_too_large");
+        assert_eq!(err.code().status, 413, "a size refusal");
         let err = limits
             .check(&complete(None, Some(nested(4))))
             .expect_err("too deep");
-        assert_eq!(err.code(), "output_too_deep");
-        assert!(!err.is_size());
+        assert_eq!(err.code().name, "output_too_deep");
+        assert_eq!(err.code().status, 422, "a shape refusal");
         let err = limits
             .check(&complete(None, Some(json!({ "text": "0123456789abcdef" }))))
             .expect_err("too large");
-        assert_eq!(err.code(), "output_too_large");
+        assert_eq!(err.code().name, "output_too_large");
         let fail = RobotAction::Fail {
             kind: crate::lifecycle::FailKind::Business,
             message: "x".repeat(11),
         };
         assert_eq!(
-            limits.check(&fail).map_err(|e| e.code()),
+            limits.check(&fail).map_err(|e| e.code().name),
             Err("observation_too_large")
         );
         assert_eq!(limits.check(&RobotAction::Start), Ok(()));

@@ -4,10 +4,10 @@
 
 use crate::domain::{ItemStatus, Millis};
 use crate::error::StoreError;
-use crate::lifecycle::{ItemState, Policy, plan_lost};
+use crate::lifecycle::{ItemState, Policy, PolicyDefaults, plan_lost};
+use crate::retry::Backoff;
 use crate::store::{PendingItem, Store};
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 /// What a release handed back: PENDING items per task, and items that left flight per robot
 /// (counted, and by id so the robot's session can tell the robot).
@@ -34,13 +34,6 @@ impl Released {
                 });
         }
     }
-}
-
-/// Policy knobs that are node configuration rather than process settings.
-#[derive(Debug, Clone, Copy)]
-pub struct PolicyDefaults {
-    pub lease_ttl: Duration,
-    pub backoff_base: Duration,
 }
 
 /// Looks up (and caches) the policy of each task's process.
@@ -114,31 +107,29 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Vec<ItemState>, StoreError>>,
 {
-    for attempt in 0..20u64 {
-        if attempt > 0 {
-            let ms = rand::random_range(1..=4) * attempt.min(10);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        let items = load().await?;
-        let task_ids: Vec<i64> = items.iter().map(|i| i.task_id).collect();
-        let policies = policies(store, task_ids, defaults).await?;
-        let changes: Vec<(ItemState, ItemState)> = items
-            .into_iter()
-            .filter_map(|old| {
-                let policy = policies.get(&old.task_id)?;
-                let new = plan_lost(&old, policy, lease_expired, now)?;
-                Some((old, new))
-            })
-            .collect();
-        if store.apply_transitions(&changes, now).await? {
+    let released = Backoff::REPLAN
+        .run(|_| async {
+            let items = load().await?;
+            let task_ids: Vec<i64> = items.iter().map(|i| i.task_id).collect();
+            let policies = policies(store, task_ids, defaults).await?;
+            let changes: Vec<(ItemState, ItemState)> = items
+                .into_iter()
+                .filter_map(|old| {
+                    let policy = policies.get(&old.task_id)?;
+                    let new = plan_lost(&old, policy, lease_expired, now)?;
+                    Some((old, new))
+                })
+                .collect();
+            if !store.apply_transitions(&changes, now).await? {
+                return Ok(None);
+            }
             let mut released = Released::default();
             for (old, new) in &changes {
                 released.record(old, new);
             }
-            return Ok(released);
-        }
-    }
-    Err(StoreError::Database(
-        "could not release items: they kept changing".into(),
-    ))
+            Ok::<_, StoreError>(Some(released))
+        })
+        .await?;
+    released
+        .ok_or_else(|| StoreError::Database("could not release items: they kept changing".into()))
 }

@@ -17,9 +17,9 @@
 
 use crate::cluster::{DispatchHooks, Member, MemberArgs, MemberMsg};
 use crate::cluster_view::ClusterView;
-use crate::dispatcher::DispatchConfig;
+use crate::dispatch_config::DispatchConfig;
 use crate::hints::{Hint, HintSink};
-use crate::recovery::PolicyDefaults;
+use crate::lifecycle::PolicyDefaults;
 use crate::robot_registry::{PulseBoard, RegistryArgs, RobotRegistry, RobotRegistryMsg};
 use crate::store::{Lane, Store};
 use crate::task_director::{TaskDirector, TaskDirectorArgs, TaskDirectorMsg};

@@ -12,15 +12,15 @@
 //! share a transaction. A dispatch round no longer waits behind robot actions for the chunk
 //! lock, and a busy node commits once per round instead of twice.
 
-use crate::dispatcher::DispatchError;
 use crate::domain::{Clock, ItemStatus, Millis};
 use crate::error::StoreError;
+use crate::error::{DispatchError, Unavailable};
 use crate::gather::flush_later;
-use crate::lifecycle::Policy;
 use crate::lifecycle::{
-    ItemState, Plan, RobotAction, TransitionError, action_name, plan_robot_action,
+    ItemState, Plan, Policy, PolicyDefaults, RobotAction, TransitionError, action_name,
+    plan_robot_action,
 };
-use crate::recovery::PolicyDefaults;
+use crate::retry::Backoff;
 use crate::robot_registry::RobotRegistryMsg;
 use crate::store::{Grant, LeasedItem, PendingItem, Store};
 use crate::task_director::TaskDirectorMsg;
@@ -194,34 +194,29 @@ impl BatcherState {
     /// Applies one request alone, re-reading and re-planning while it loses races.
     async fn act_alone(&self, request: &ActRequest) -> Result<ItemState, DispatchError> {
         let store = &self.args.store;
-        for attempt in 0..20u64 {
-            if attempt > 0 {
-                let ms = rand::random_range(1..=4) * attempt.min(10);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-            let old = store
-                .item_state(request.item_id)
-                .await?
-                .ok_or(DispatchError::ItemNotFound(request.item_id))?;
-            let policy = store.task_policy(old.task_id, self.args.defaults).await?;
-            let now = self.args.clock.now();
-            let plan = request.plan(&old, &policy, now)?;
-            let new = match plan {
-                Plan::Unchanged => return Ok(old),
-                Plan::Write(new) => *new,
-            };
-            if store
-                .apply_transitions(&[(old.clone(), new.clone())], now)
-                .await?
-            {
+        let written = Backoff::REPLAN
+            .run(|_| async {
+                let old = store
+                    .item_state(request.item_id)
+                    .await?
+                    .ok_or(DispatchError::ItemNotFound(request.item_id))?;
+                let policy = store.task_policy(old.task_id, self.args.defaults).await?;
+                let now = self.args.clock.now();
+                let new = match request.plan(&old, &policy, now)? {
+                    Plan::Unchanged => return Ok(Some(old)),
+                    Plan::Write(new) => *new,
+                };
+                if !store
+                    .apply_transitions(&[(old.clone(), new.clone())], now)
+                    .await?
+                {
+                    return Ok(None);
+                }
                 notify_transition(&self.args.registry, self.director.as_ref(), &old, &new);
-                return Ok(new);
-            }
-        }
-        Err(DispatchError::Unavailable(format!(
-            "item {} kept changing; try again",
-            request.item_id
-        )))
+                Ok::<_, DispatchError>(Some(new))
+            })
+            .await?;
+        written.ok_or_else(|| Unavailable::Contended(request.item_id).into())
     }
 
     async fn flush(&mut self) {
@@ -230,11 +225,10 @@ impl BatcherState {
         let leftovers = match self.write_batch(batch, &mut leases).await {
             Ok(leftovers) => leftovers,
             Err((requests, err)) => {
-                let message = err.to_string();
                 for request in requests {
                     let _ = request
                         .reply
-                        .send(Err(DispatchError::Unavailable(message.clone())));
+                        .send(Err(Unavailable::Batch(err.clone()).into()));
                 }
                 Vec::new()
             }
@@ -261,7 +255,7 @@ impl BatcherState {
         &mut self,
         requests: Vec<ActRequest>,
         leases: &mut Vec<LeaseRequest>,
-    ) -> Result<Vec<ActRequest>, (Vec<ActRequest>, DispatchError)> {
+    ) -> Result<Vec<ActRequest>, (Vec<ActRequest>, StoreError)> {
         if requests.is_empty() && leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -269,12 +263,12 @@ impl BatcherState {
         let ids: Vec<i64> = requests.iter().map(|r| r.item_id).collect();
         let states = match store.item_states(&ids).await {
             Ok(states) => states,
-            Err(err) => return Err((requests, err.into())),
+            Err(err) => return Err((requests, err)),
         };
         let task_ids: Vec<i64> = states.iter().map(|s| s.task_id).collect();
         let policies = match self.policies(task_ids).await {
             Ok(p) => p,
-            Err(err) => return Err((requests, err.into())),
+            Err(err) => return Err((requests, err)),
         };
         let now = self.args.clock.now();
         // Each item's state as the requests planned so far leave it.
@@ -361,7 +355,7 @@ impl BatcherState {
                 Ok(retry_alone(Vec::new()))
             }
             Ok(None) => Ok(retry_alone(held)),
-            Err(err) => Err((retry_alone(held), err.into())),
+            Err(err) => Err((retry_alone(held), err)),
         }
     }
 }

@@ -14,7 +14,8 @@ pub mod health;
 
 pub use config::{Cli, Command, ConfigError, NodeConfig, ServeArgs};
 
-use orchestrator_actors::dispatcher::{DispatchConfig, Dispatcher};
+use orchestrator_actors::dispatch_config::DispatchConfig;
+use orchestrator_actors::dispatcher::Dispatcher;
 use orchestrator_actors::domain::{Clock, Role};
 use orchestrator_actors::hints::{HintConfig, Hints};
 use orchestrator_actors::security::{hash_password, random_password, random_secret};

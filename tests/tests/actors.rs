@@ -2,7 +2,8 @@
 //! test moves by hand, so pulse timeouts and lease expiry happen exactly when the test says.
 
 use anyhow::Result;
-use orchestrator_actors::dispatcher::{DispatchConfig, Dispatcher};
+use orchestrator_actors::dispatch_config::DispatchConfig;
+use orchestrator_actors::dispatcher::Dispatcher;
 use orchestrator_actors::domain::{
     Clock, ItemStatus, LostItemPolicy, Platform, Robot, RobotStatus, now_millis,
 };
@@ -233,8 +234,12 @@ async fn a_robot_back_as_its_items_are_released_starts_with_what_the_store_holds
         Ok((empty && held == 0).then_some(()))
     })
     .await?;
+    // Back INACTIVE: no dispatch round may lease it the released items while the test reads
+    // its load (a round's reservation counts before the store holds the lease).
+    let mut back = rig.robot.clone();
+    back.status = RobotStatus::Inactive;
     rig.dispatcher
-        .connect_counted(&rig.robot, counted, counted_at)
+        .connect_counted(&back, counted, counted_at)
         .await?;
     let loads = rig.dispatcher.loads().await?;
     let load = loads

@@ -2,10 +2,8 @@
 //! `{"error": {"code", "message"}}` with a fitting status.
 
 use orchestrator_actors::StoreError;
-use orchestrator_actors::csv_ingest::CsvError;
-use orchestrator_actors::dispatcher::DispatchError;
+use orchestrator_actors::error::{Code, DispatchError};
 use orchestrator_actors::ingest::IngestError;
-use orchestrator_actors::lifecycle::TransitionError;
 use std::convert::Infallible;
 use tracing::error;
 use warp::http::StatusCode;
@@ -86,94 +84,33 @@ pub fn conceal(err: &dyn std::fmt::Display) -> String {
     orchestrator_actors::error::conceal_as(crate::request_id::current().as_deref(), err)
 }
 
+impl ApiError {
+    /// An error of the core, answered with its code and status from the one code table
+    /// ([`orchestrator_actors::error::code`]).
+    fn coded(code: Code, message: String) -> Self {
+        let status = StatusCode::from_u16(code.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, code.name, message)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Conflict(message) => ApiError::conflict(message),
-            other => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                conceal(&other),
-            ),
-        }
+        let message = err.public_message(crate::request_id::current().as_deref());
+        ApiError::coded(err.code(), message)
     }
 }
 
 impl From<IngestError> for ApiError {
     fn from(err: IngestError) -> Self {
-        let message = err.to_string();
-        match err {
-            IngestError::Csv(csv) => ApiError::unprocessable(csv_code(&csv), message),
-            IngestError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
-            }
-            IngestError::ProcessNotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "process_not_found", message)
-            }
-            IngestError::ProcessDisabled(_) => {
-                ApiError::new(StatusCode::CONFLICT, "process_disabled", message)
-            }
-            IngestError::MissingProcess => ApiError::bad_request("missing_process", message),
-            IngestError::Body(_) => ApiError::bad_request("upload_interrupted", message),
-            IngestError::Timeout(_) => {
-                ApiError::new(StatusCode::REQUEST_TIMEOUT, "upload_timeout", message)
-            }
-            IngestError::Store(store) => store.into(),
-        }
+        let message = err.public_message(crate::request_id::current().as_deref());
+        ApiError::coded(err.code(), message)
     }
 }
 
 impl From<DispatchError> for ApiError {
     fn from(err: DispatchError) -> Self {
-        let message = err.to_string();
-        match err {
-            DispatchError::ItemNotFound(_) => ApiError::not_found(message),
-            DispatchError::RobotDisabled => {
-                ApiError::new(StatusCode::CONFLICT, "robot_disabled", message)
-            }
-            DispatchError::Payload(err) => {
-                let status = if err.is_size() {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                };
-                ApiError::new(status, err.code(), message)
-            }
-            DispatchError::Transition(TransitionError::NotYours { .. }) => {
-                ApiError::new(StatusCode::FORBIDDEN, "not_your_item", message)
-            }
-            DispatchError::Transition(TransitionError::StaleLease { .. }) => {
-                ApiError::new(StatusCode::CONFLICT, "stale_lease", message)
-            }
-            DispatchError::Transition(TransitionError::Illegal { .. }) => {
-                ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
-            }
-            DispatchError::Store(store) => store.into(),
-            DispatchError::Unavailable(cause) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                orchestrator_actors::error::unavailable_as(
-                    crate::request_id::current().as_deref(),
-                    &cause,
-                ),
-            ),
-        }
-    }
-}
-
-fn csv_code(err: &CsvError) -> &'static str {
-    match err {
-        CsvError::Empty => "csv_empty",
-        CsvError::NoRows => "csv_no_rows",
-        CsvError::EmptyHeaderName { .. } | CsvError::DuplicateHeader { .. } => "csv_bad_header",
-        CsvError::RaggedRow { .. } => "csv_ragged_row",
-        CsvError::InvalidUtf8 { .. } => "csv_invalid_utf8",
-        CsvError::Malformed { .. } => "csv_malformed",
-        CsvError::TooManyColumns { .. } => "csv_too_many_columns",
-        CsvError::FieldTooLarge { .. } => "csv_field_too_large",
-        CsvError::RowTooLarge { .. } => "csv_row_too_large",
-        CsvError::UnterminatedQuote { .. } => "csv_unterminated_quote",
-        CsvError::Read(_) => "upload_interrupted",
+        let message = err.public_message(crate::request_id::current().as_deref());
+        ApiError::coded(err.code(), message)
     }
 }
 
@@ -228,14 +165,15 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orchestrator_actors::error::Unavailable;
 
     /// A store's text reached robots inside "dispatch is unavailable: database error:
     /// Connection reset" (a REST robot's completion while the store restarted).
     #[test]
     fn why_dispatch_is_unavailable_stays_in_the_log() {
-        let err = ApiError::from(DispatchError::Unavailable(
-            "database error: Connection reset".into(),
-        ));
+        let err = ApiError::from(DispatchError::Unavailable(Unavailable::Batch(
+            StoreError::Database("Connection reset".into()),
+        )));
         assert_eq!(
             (err.status, err.code),
             (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

@@ -58,6 +58,28 @@ pub enum CsvError {
     Read(String),
 }
 
+impl CsvError {
+    /// The code a client is answered with.
+    pub fn code(&self) -> crate::codes::Code {
+        use crate::codes::code;
+        match self {
+            CsvError::Empty => code::CSV_EMPTY,
+            CsvError::NoRows => code::CSV_NO_ROWS,
+            CsvError::EmptyHeaderName { .. } | CsvError::DuplicateHeader { .. } => {
+                code::CSV_BAD_HEADER
+            }
+            CsvError::RaggedRow { .. } => code::CSV_RAGGED_ROW,
+            CsvError::InvalidUtf8 { .. } => code::CSV_INVALID_UTF8,
+            CsvError::Malformed { .. } => code::CSV_MALFORMED,
+            CsvError::TooManyColumns { .. } => code::CSV_TOO_MANY_COLUMNS,
+            CsvError::FieldTooLarge { .. } => code::CSV_FIELD_TOO_LARGE,
+            CsvError::RowTooLarge { .. } => code::CSV_ROW_TOO_LARGE,
+            CsvError::UnterminatedQuote { .. } => code::CSV_UNTERMINATED_QUOTE,
+            CsvError::Read(_) => code::UPLOAD_INTERRUPTED,
+        }
+    }
+}
+
 /// What one upload's CSV may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CsvLimits {

@@ -1,7 +1,7 @@
 //! The RobotSession actor.
 
+use super::desk::Desk;
 use super::ws::{self, Outbound, WsLink};
-use crate::dispatcher::Dispatcher;
 use crate::domain::{ItemStatus, Millis, Robot};
 use crate::error::StoreError;
 use crate::lifecycle::RobotAction;
@@ -72,7 +72,7 @@ pub struct WsAttach {
     pub robot: Robot,
     pub link: WsLink,
     /// Where the robot's frames go (actions, pulses, ready).
-    pub dispatcher: Dispatcher,
+    pub dispatcher: Desk,
     /// How often the server pings the robot.
     pub ping_every: Duration,
 }
@@ -151,7 +151,7 @@ pub struct SessionState {
     next_conn: u64,
     /// Reaches the store's transitions, to hand standby items back (kept from the first
     /// WebSocket; a session that never had one holds no standby).
-    dispatcher: Option<Dispatcher>,
+    dispatcher: Option<Desk>,
     /// Standby items found in the store when the WebSocket connected: an earlier connection
     /// (on this node or another) may have shown them to the robot, which may be working on
     /// them, so they are never handed back; they are pushed when the window has room, or stay
@@ -322,6 +322,153 @@ impl SessionState {
                 on,
             });
     }
+
+    /// Items leased to the robot: pushed on its WebSocket, given to parked claims, or kept
+    /// for the next claim.
+    fn deliver(&mut self, mut items: Vec<LeasedItem>) {
+        items.retain(|item| !self.is_handed(item));
+        if self.ws.is_some() {
+            self.mailbox.extend(items);
+            self.fill_window();
+            return;
+        }
+        while !items.is_empty() {
+            let Some(waiter) = self.waiters.pop_front() else {
+                break;
+            };
+            let given = self.take_new(&mut items, waiter.max);
+            if given.is_empty() {
+                self.waiters.push_front(waiter);
+                break;
+            }
+            // A waiter that gave up (closed port) loses nothing: its items stay leased
+            // and are handed to the next claim.
+            let ids: Vec<i64> = given.iter().map(|item| item.id).collect();
+            if let Err(err) = waiter.reply.send(given) {
+                for id in ids {
+                    self.handed.remove(&id);
+                }
+                if let ractor::MessagingErr::SendErr(given) = err {
+                    self.mailbox.extend(given);
+                }
+            }
+        }
+        // What no connection or waiter took waits for the next claim.
+        self.mailbox.extend(items);
+    }
+
+    /// A REST claim: answered with what is here, or parked for up to `wait`.
+    async fn claim(
+        &mut self,
+        myself: &ActorRef<RobotSessionMsg>,
+        max: usize,
+        wait: Duration,
+        reply: RpcReplyPort<Vec<LeasedItem>>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.needs_sync(max) {
+            self.sync().await?;
+        }
+        let mut mailbox = std::mem::take(&mut self.mailbox);
+        let given = self.take_new(&mut mailbox, max);
+        self.mailbox = mailbox;
+        if !given.is_empty() || wait.is_zero() {
+            let _ = reply.send(given);
+        } else {
+            self.next_waiter += 1;
+            let id = self.next_waiter;
+            self.waiters.push_back(Waiter { id, max, reply });
+            myself.send_after(wait, move || RobotSessionMsg::WaitOver { waiter: id });
+        }
+        Ok(())
+    }
+
+    /// Takes the robot's WebSocket (replacing an older one) and sends what the robot holds.
+    async fn attach_ws(
+        &mut self,
+        myself: &ActorRef<RobotSessionMsg>,
+        attach: WsAttach,
+    ) -> Result<(), ActorProcessingErr> {
+        let WsAttach {
+            robot,
+            link,
+            dispatcher,
+            ping_every,
+        } = attach;
+        self.dispatcher = Some(dispatcher.clone());
+        if let Some(old) = self.ws.take() {
+            old.close("replaced by a newer connection of the same robot");
+        }
+        self.next_conn += 1;
+        let id = self.next_conn;
+        let WsLink { inbound, outbound } = link;
+        let reader = {
+            let outbound = outbound.clone();
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                let link = ws::ReaderLink {
+                    inbound,
+                    outbound,
+                    session: myself.clone(),
+                };
+                ws::read_frames(robot, dispatcher, link, ping_every).await;
+                let _ = myself.send_message(RobotSessionMsg::Detached { conn: id });
+            })
+        };
+        self.ws = Some(Connection {
+            id,
+            outbound,
+            reader,
+        });
+        info!(
+            robot_id = self.args.robot_id,
+            "robot connected by WebSocket"
+        );
+        // A new connection knows nothing yet: send what the robot holds, items it
+        // started first (all of them: it is working on them), then the rest up to its
+        // window; what is left waits as standby.
+        self.handed.clear();
+        self.mailbox.clear();
+        let mut held = self
+            .args
+            .store
+            .held_items_of(self.args.robot_id, MAX_HELD)
+            .await?;
+        fill_process_ids(&self.args.store, &mut held).await?;
+        held.sort_by_key(|item| (item.status != ItemStatus::Started, item.id));
+        let started = held
+            .iter()
+            .take_while(|item| item.status == ItemStatus::Started)
+            .count();
+        let room = self.window.saturating_sub(started);
+        let waiting = held.split_off((started + room).min(held.len()));
+        self.maybe_shown = waiting.iter().map(|item| item.id).collect();
+        self.mailbox = waiting;
+        let mut resent = held;
+        let given = self.take_new(&mut resent, usize::MAX);
+        self.push(given);
+        self.streaming(true);
+        Ok(())
+    }
+
+    /// Items taken from the robot (cancel, another node): forgotten, and the robot told of
+    /// those it was shown.
+    fn revoke(&mut self, item_ids: Vec<i64>) {
+        let revoked: HashSet<i64> = item_ids.iter().copied().collect();
+        self.mailbox.retain(|item| !revoked.contains(&item.id));
+        // The robot hears only of items it was shown; standby simply goes away.
+        let shown: Vec<i64> = item_ids
+            .iter()
+            .copied()
+            .filter(|id| self.handed.contains_key(id))
+            .collect();
+        self.handed.retain(|id, _| !revoked.contains(id));
+        if let Some(conn) = &self.ws
+            && !shown.is_empty()
+        {
+            let _ = conn.push(ws::revoke_frame(&shown));
+        }
+        self.fill_window();
+    }
 }
 
 /// Fills in each item's process (items store their task, robots want the process too).
@@ -393,52 +540,9 @@ impl Actor for RobotSession {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RobotSessionMsg::Deliver { mut items } => {
-                items.retain(|item| !state.is_handed(item));
-                if state.ws.is_some() {
-                    state.mailbox.extend(items);
-                    state.fill_window();
-                    return Ok(());
-                }
-                while !items.is_empty() {
-                    let Some(waiter) = state.waiters.pop_front() else {
-                        break;
-                    };
-                    let given = state.take_new(&mut items, waiter.max);
-                    if given.is_empty() {
-                        state.waiters.push_front(waiter);
-                        break;
-                    }
-                    // A waiter that gave up (closed port) loses nothing: its items stay leased
-                    // and are handed to the next claim.
-                    let ids: Vec<i64> = given.iter().map(|item| item.id).collect();
-                    if let Err(err) = waiter.reply.send(given) {
-                        for id in ids {
-                            state.handed.remove(&id);
-                        }
-                        if let ractor::MessagingErr::SendErr(given) = err {
-                            state.mailbox.extend(given);
-                        }
-                    }
-                }
-                // What no connection or waiter took waits for the next claim.
-                state.mailbox.extend(items);
-            }
+            RobotSessionMsg::Deliver { items } => state.deliver(items),
             RobotSessionMsg::Claim { max, wait, reply } => {
-                if state.needs_sync(max) {
-                    state.sync().await?;
-                }
-                let mut mailbox = std::mem::take(&mut state.mailbox);
-                let given = state.take_new(&mut mailbox, max);
-                state.mailbox = mailbox;
-                if !given.is_empty() || wait.is_zero() {
-                    let _ = reply.send(given);
-                } else {
-                    state.next_waiter += 1;
-                    let id = state.next_waiter;
-                    state.waiters.push_back(Waiter { id, max, reply });
-                    myself.send_after(wait, move || RobotSessionMsg::WaitOver { waiter: id });
-                }
+                state.claim(&myself, max, wait, reply).await?
             }
             RobotSessionMsg::WaitOver { waiter } => {
                 if let Some(pos) = state.waiters.iter().position(|w| w.id == waiter)
@@ -447,67 +551,7 @@ impl Actor for RobotSession {
                     let _ = w.reply.send(Vec::new());
                 }
             }
-            RobotSessionMsg::AttachWs(attach) => {
-                let WsAttach {
-                    robot,
-                    link,
-                    dispatcher,
-                    ping_every,
-                } = *attach;
-                state.dispatcher = Some(dispatcher.clone());
-                if let Some(old) = state.ws.take() {
-                    old.close("replaced by a newer connection of the same robot");
-                }
-                state.next_conn += 1;
-                let id = state.next_conn;
-                let WsLink { inbound, outbound } = link;
-                let reader = {
-                    let outbound = outbound.clone();
-                    let myself = myself.clone();
-                    tokio::spawn(async move {
-                        let link = ws::ReaderLink {
-                            inbound,
-                            outbound,
-                            session: myself.clone(),
-                        };
-                        ws::read_frames(robot, dispatcher, link, ping_every).await;
-                        let _ = myself.send_message(RobotSessionMsg::Detached { conn: id });
-                    })
-                };
-                state.ws = Some(Connection {
-                    id,
-                    outbound,
-                    reader,
-                });
-                info!(
-                    robot_id = state.args.robot_id,
-                    "robot connected by WebSocket"
-                );
-                // A new connection knows nothing yet: send what the robot holds, items it
-                // started first (all of them: it is working on them), then the rest up to its
-                // window; what is left waits as standby.
-                state.handed.clear();
-                state.mailbox.clear();
-                let mut held = state
-                    .args
-                    .store
-                    .held_items_of(state.args.robot_id, MAX_HELD)
-                    .await?;
-                fill_process_ids(&state.args.store, &mut held).await?;
-                held.sort_by_key(|item| (item.status != ItemStatus::Started, item.id));
-                let started = held
-                    .iter()
-                    .take_while(|item| item.status == ItemStatus::Started)
-                    .count();
-                let room = state.window.saturating_sub(started);
-                let waiting = held.split_off((started + room).min(held.len()));
-                state.maybe_shown = waiting.iter().map(|item| item.id).collect();
-                state.mailbox = waiting;
-                let mut resent = held;
-                let given = state.take_new(&mut resent, usize::MAX);
-                state.push(given);
-                state.streaming(true);
-            }
+            RobotSessionMsg::AttachWs(attach) => state.attach_ws(&myself, *attach).await?,
             RobotSessionMsg::Detached { conn } => {
                 if state.ws.as_ref().is_some_and(|c| c.id == conn) {
                     state.ws = None;
@@ -517,23 +561,7 @@ impl Actor for RobotSession {
                     state.give_back(|_| true).await;
                 }
             }
-            RobotSessionMsg::Revoke { item_ids } => {
-                let revoked: HashSet<i64> = item_ids.iter().copied().collect();
-                state.mailbox.retain(|item| !revoked.contains(&item.id));
-                // The robot hears only of items it was shown; standby simply goes away.
-                let shown: Vec<i64> = item_ids
-                    .iter()
-                    .copied()
-                    .filter(|id| state.handed.contains_key(id))
-                    .collect();
-                state.handed.retain(|id, _| !revoked.contains(id));
-                if let Some(conn) = &state.ws
-                    && !shown.is_empty()
-                {
-                    let _ = conn.push(ws::revoke_frame(&shown));
-                }
-                state.fill_window();
-            }
+            RobotSessionMsg::Revoke { item_ids } => state.revoke(item_ids),
             RobotSessionMsg::Limits { window } => {
                 state.window = window;
                 state.fill_window();

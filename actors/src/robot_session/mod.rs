@@ -3,6 +3,7 @@
 //! handed it (see [`ws`]); each lease handed out once per connection.
 
 mod actor;
+pub mod desk;
 pub mod ws;
 
 pub use actor::{RobotSession, RobotSessionArgs, RobotSessionMsg, WsAttach};

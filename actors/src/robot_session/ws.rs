@@ -11,13 +11,12 @@
 //! ```
 
 use super::RobotSessionMsg;
-use crate::dispatcher::{DispatchError, Dispatcher};
+use super::desk::Desk;
 use crate::domain::Robot;
 use crate::lifecycle::{FailKind, RobotAction};
 use crate::store::LeasedItem;
 use ractor::ActorRef;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -160,13 +159,58 @@ struct ActBody {
     message: Option<String>,
 }
 
-/// Parses one text frame.
-pub fn parse_frame(text: &str) -> Result<ClientFrame, FrameError> {
-    let refuse = |code, message: String, reference| FrameError {
+fn refuse(code: &'static str, message: String, reference: Option<Value>) -> FrameError {
+    FrameError {
         code,
         message,
         reference,
+    }
+}
+
+/// Parses one text frame.
+pub fn parse_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let (kind, body, reference) = envelope(text)?;
+    let invalid = |e: serde_json::Error| FrameError {
+        code: "invalid_frame",
+        message: format!("{kind} frame: {e}"),
+        reference: reference.clone(),
     };
+    match kind.as_str() {
+        "ready" => {
+            let body: ReadyBody = serde_json::from_value(body).map_err(invalid)?;
+            if body.capacity.is_some_and(|c| !(0..=1000).contains(&c)) {
+                return Err(refuse(
+                    "invalid_frame",
+                    "ready frame: capacity runs from 0 to 1000".into(),
+                    reference,
+                ));
+            }
+            Ok(ClientFrame::Ready {
+                capacity: body.capacity,
+                reference,
+            })
+        }
+        "pulse" => {
+            let _: EmptyBody = serde_json::from_value(body).map_err(invalid)?;
+            Ok(ClientFrame::Pulse { reference })
+        }
+        "started" | "renew" | "release" | "completed" | "failed" => {
+            let body: ActBody = serde_json::from_value(body).map_err(invalid)?;
+            act_frame(&kind, body, reference)
+        }
+        other => Err(refuse(
+            "unknown_type",
+            format!(
+                "unknown frame type '{other}'; robots send ready, pulse, started, renew, \
+                 completed, failed or release"
+            ),
+            reference,
+        )),
+    }
+}
+
+/// A frame's type, the rest of its fields and its `ref`: a JSON object within the size limit.
+fn envelope(text: &str) -> Result<(String, Value, Option<Value>), FrameError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(refuse(
             "frame_too_large",
@@ -187,73 +231,31 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, FrameError> {
         ));
     };
     let reference = object.remove("ref");
-    let kind = match object.remove("type") {
-        Some(Value::String(kind)) => kind,
-        _ => {
-            return Err(refuse(
-                "malformed_frame",
-                "a frame needs a string \"type\"".into(),
-                reference,
-            ));
-        }
-    };
-    let body = Value::Object(object);
-    let invalid = |e: serde_json::Error| FrameError {
-        code: "invalid_frame",
-        message: format!("{kind} frame: {e}"),
-        reference: reference.clone(),
-    };
-    fn fields<T: DeserializeOwned>(body: Value) -> Result<T, serde_json::Error> {
-        serde_json::from_value(body)
+    match object.remove("type") {
+        Some(Value::String(kind)) => Ok((kind, Value::Object(object), reference)),
+        _ => Err(refuse(
+            "malformed_frame",
+            "a frame needs a string \"type\"".into(),
+            reference,
+        )),
     }
-    let act = |body: Value| -> Result<ActBody, FrameError> { fields(body).map_err(invalid) };
-    let frame = match kind.as_str() {
-        "ready" => {
-            let body: ReadyBody = fields(body).map_err(invalid)?;
-            if body.capacity.is_some_and(|c| !(0..=1000).contains(&c)) {
-                return Err(refuse(
-                    "invalid_frame",
-                    "ready frame: capacity runs from 0 to 1000".into(),
-                    reference,
-                ));
-            }
-            ClientFrame::Ready {
-                capacity: body.capacity,
-                reference,
-            }
-        }
-        "pulse" => {
-            let _: EmptyBody = fields(body).map_err(invalid)?;
-            ClientFrame::Pulse { reference }
-        }
-        "started" | "renew" | "release" => {
-            let body = act(body)?;
-            let action = match kind.as_str() {
-                "started" => RobotAction::Start,
-                "renew" => RobotAction::Renew,
-                _ => RobotAction::Release,
-            };
-            ClientFrame::Act {
-                item_id: body.item_id,
-                lease_id: body.lease_id,
-                action,
-                reference,
-            }
-        }
-        "completed" => {
-            let body = act(body)?;
-            ClientFrame::Act {
-                item_id: body.item_id,
-                lease_id: body.lease_id,
-                action: RobotAction::Complete {
-                    observation: body.observation,
-                    output: body.output,
-                },
-                reference,
-            }
-        }
-        "failed" => {
-            let body = act(body)?;
+}
+
+/// A frame about one of the robot's items.
+fn act_frame(
+    kind: &str,
+    body: ActBody,
+    reference: Option<Value>,
+) -> Result<ClientFrame, FrameError> {
+    let action = match kind {
+        "started" => RobotAction::Start,
+        "renew" => RobotAction::Renew,
+        "release" => RobotAction::Release,
+        "completed" => RobotAction::Complete {
+            observation: body.observation,
+            output: body.output,
+        },
+        _ => {
             let Some(kind) = body.kind else {
                 return Err(refuse(
                     "invalid_frame",
@@ -261,28 +263,18 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, FrameError> {
                     reference,
                 ));
             };
-            ClientFrame::Act {
-                item_id: body.item_id,
-                lease_id: body.lease_id,
-                action: RobotAction::Fail {
-                    kind,
-                    message: body.message.unwrap_or_default(),
-                },
-                reference,
+            RobotAction::Fail {
+                kind,
+                message: body.message.unwrap_or_default(),
             }
         }
-        other => {
-            return Err(refuse(
-                "unknown_type",
-                format!(
-                    "unknown frame type '{other}'; robots send ready, pulse, started, renew, \
-                     completed, failed or release"
-                ),
-                reference,
-            ));
-        }
     };
-    Ok(frame)
+    Ok(ClientFrame::Act {
+        item_id: body.item_id,
+        lease_id: body.lease_id,
+        action,
+        reference,
+    })
 }
 
 /// Reads the robot's frames until the connection closes: every frame is a pulse, actions go to
@@ -292,7 +284,7 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, FrameError> {
 /// report is written.
 pub(super) async fn read_frames(
     robot: Robot,
-    dispatcher: Dispatcher,
+    dispatcher: Desk,
     link: ReaderLink,
     ping_every: Duration,
 ) {
@@ -301,159 +293,161 @@ pub(super) async fn read_frames(
         outbound,
         session,
     } = link;
-    let in_flight = Arc::new(Semaphore::new(ACTIONS_IN_FLIGHT));
-    // The last action per item: a robot's frames about one item apply in the order sent, while
-    // frames about different items run concurrently.
-    let mut last_action: HashMap<i64, JoinHandle<()>> = HashMap::new();
-    let mut last_ready: Option<JoinHandle<()>> = None;
+    let mut reader = Reader {
+        robot,
+        dispatcher,
+        outbound,
+        session,
+        in_flight: Arc::new(Semaphore::new(ACTIONS_IN_FLIGHT)),
+        last_action: HashMap::new(),
+        last_ready: None,
+    };
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     loop {
         let frame = tokio::select! {
             frame = inbound.recv() => frame,
             _ = ping.tick() => {
-                if outbound.send(Outbound::Ping).await.is_err() {
+                if reader.outbound.send(Outbound::Ping).await.is_err() {
                     return;
                 }
                 continue;
             }
         };
         let Some(frame) = frame else { return };
-        dispatcher.pulse(robot.id);
-        let text = match frame {
-            Inbound::Text(text) => text,
+        reader.dispatcher.pulse(reader.robot.id);
+        let reply = match frame {
             Inbound::Activity => continue,
-            Inbound::Binary => {
-                let refusal = error_frame(
-                    "malformed_frame",
-                    "binary frames are not part of the protocol; send JSON text",
-                    None,
-                );
-                if outbound.send(refusal).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let reply = match parse_frame(&text) {
-            Err(err) => error_frame(err.code, &err.message, err.reference),
-            Ok(ClientFrame::Pulse { reference }) => ack_frame(reference, None),
-            Ok(ClientFrame::Ready {
-                capacity,
-                reference,
-            }) => {
-                // Written in a task of its own (after the robot's earlier `ready`, under the
-                // same bound as actions), so the loop goes on reading frames, each a pulse: a
-                // robot whose `ready` waited on a busy store longer than the pulse timeout was
-                // ended as silent while it was talking.
-                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                    return;
-                };
-                let before = last_ready.take();
-                let (dispatcher, outbound, robot) =
-                    (dispatcher.clone(), outbound.clone(), robot.clone());
-                last_ready = Some(tokio::spawn(async move {
-                    if let Some(before) = before {
-                        let _ = before.await;
-                    }
-                    let reply = match dispatcher.ready(&robot, capacity).await {
-                        Ok(()) => ack_frame(reference, None),
-                        Err(err) => error_frame(err.code(), &err.public_message(), reference),
-                    };
-                    let _ = outbound.send(reply).await;
-                    drop(permit);
-                }));
-                continue;
-            }
-            Ok(ClientFrame::Act {
-                item_id,
-                lease_id,
-                action,
-                reference,
-            }) => {
-                // Actions run concurrently so one slow write does not hold the robot's others;
-                // the permit bounds how many a robot can pile up.
-                // Refused before the session hears of it: an oversized report frees no slot.
-                if let Err(err) = dispatcher.config().payload_limits.check(&action) {
-                    let refusal = error_frame(err.code(), &err.to_string(), reference);
-                    if outbound.send(refusal).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                    return;
-                };
-                if matches!(
+            Inbound::Binary => error_frame(
+                "malformed_frame",
+                "binary frames are not part of the protocol; send JSON text",
+                None,
+            ),
+            Inbound::Text(text) => match parse_frame(&text) {
+                Err(err) => error_frame(err.code, &err.message, err.reference),
+                Ok(ClientFrame::Pulse { reference }) => ack_frame(reference, None),
+                Ok(ClientFrame::Ready {
+                    capacity,
+                    reference,
+                }) => match reader.ready(capacity, reference).await {
+                    Some(()) => continue,
+                    None => return,
+                },
+                Ok(ClientFrame::Act {
+                    item_id,
+                    lease_id,
                     action,
-                    RobotAction::Complete { .. } | RobotAction::Fail { .. } | RobotAction::Release
-                ) {
-                    let _ = session.send_message(RobotSessionMsg::Finished {
-                        item_id,
-                        lease_id: lease_id.clone(),
-                    });
-                }
-                let dispatcher = dispatcher.clone();
-                let outbound = outbound.clone();
-                let robot_id = robot.id;
-                let before = last_action.remove(&item_id);
-                if last_action.len() > ACTIONS_IN_FLIGHT {
-                    last_action.retain(|_, action| !action.is_finished());
-                }
-                let action = tokio::spawn(async move {
-                    if let Some(before) = before {
-                        let _ = before.await;
-                    }
-                    let reply = match dispatcher
-                        .act(robot_id, item_id, Some(&lease_id), &action)
-                        .await
-                    {
-                        Ok(item) => ack_frame(
-                            reference,
-                            Some(json!({ "id": item.id, "status": item.status })),
-                        ),
-                        Err(err) => error_frame(err.code(), &err.public_message(), reference),
-                    };
-                    let _ = outbound.send(reply).await;
-                    drop(permit);
-                });
-                last_action.insert(item_id, action);
-                continue;
-            }
+                    reference,
+                }) => match reader.act(item_id, lease_id, action, reference).await {
+                    Some(None) => continue,
+                    Some(Some(refusal)) => refusal,
+                    None => return,
+                },
+            },
         };
-        if outbound.send(reply).await.is_err() {
+        if reader.outbound.send(reply).await.is_err() {
             return;
         }
     }
 }
 
-impl DispatchError {
-    /// What a robot is told: the error, except a store failure's text or why dispatch is
-    /// unavailable, which are logged under a request id instead.
-    pub fn public_message(&self) -> String {
-        match self {
-            DispatchError::Store(err) => crate::error::conceal(err),
-            DispatchError::Unavailable(cause) => crate::error::unavailable_as(None, cause),
-            other => other.to_string(),
-        }
+/// What the frame reader keeps while a connection lasts.
+struct Reader {
+    robot: Robot,
+    dispatcher: Desk,
+    outbound: mpsc::Sender<Outbound>,
+    session: ActorRef<RobotSessionMsg>,
+    /// Bounds the actions (and readies) a robot can have in flight.
+    in_flight: Arc<Semaphore>,
+    /// The last action per item: a robot's frames about one item apply in the order sent,
+    /// while frames about different items run concurrently.
+    last_action: HashMap<i64, JoinHandle<()>>,
+    last_ready: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Written in a task of its own (after the robot's earlier `ready`, under the same bound as
+    /// actions), so the loop goes on reading frames, each a pulse: a robot whose `ready` waited
+    /// on a busy store longer than the pulse timeout was ended as silent while it was talking.
+    /// `None` when the reader is to stop.
+    async fn ready(&mut self, capacity: Option<i64>, reference: Option<Value>) -> Option<()> {
+        let permit = Arc::clone(&self.in_flight).acquire_owned().await.ok()?;
+        let before = self.last_ready.take();
+        let (dispatcher, outbound, robot) = (
+            self.dispatcher.clone(),
+            self.outbound.clone(),
+            self.robot.clone(),
+        );
+        self.last_ready = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            let reply = match dispatcher.ready(&robot, capacity).await {
+                Ok(()) => ack_frame(reference, None),
+                Err(err) => error_frame(err.code().name, &err.public_message(None), reference),
+            };
+            let _ = outbound.send(reply).await;
+            drop(permit);
+        }));
+        Some(())
     }
 
-    /// The stable error code robots and clients match on.
-    pub fn code(&self) -> &'static str {
-        use crate::lifecycle::TransitionError;
-        match self {
-            DispatchError::ItemNotFound(_) => "not_found",
-            DispatchError::Payload(err) => err.code(),
-            DispatchError::RobotDisabled => "robot_disabled",
-            DispatchError::Transition(TransitionError::NotYours { .. }) => "not_your_item",
-            DispatchError::Transition(TransitionError::StaleLease { .. }) => "stale_lease",
-            DispatchError::Transition(TransitionError::Illegal { .. }) => "illegal_transition",
-            // As the REST API answers: a write that lost a race is a conflict; anything else
-            // from the store is worth sending again once it is back.
-            DispatchError::Store(crate::error::StoreError::Conflict(_)) => "conflict",
-            DispatchError::Store(_) => "store_unavailable",
-            DispatchError::Unavailable(_) => "unavailable",
+    /// Actions run concurrently so one slow write does not hold the robot's others; the permit
+    /// bounds how many a robot can pile up. `Some(Some(refusal))` to answer now, `Some(None)`
+    /// when the answer comes from the action's task, `None` when the reader is to stop.
+    async fn act(
+        &mut self,
+        item_id: i64,
+        lease_id: String,
+        action: RobotAction,
+        reference: Option<Value>,
+    ) -> Option<Option<Outbound>> {
+        // Refused before the session hears of it: an oversized report frees no slot.
+        if let Err(err) = self.dispatcher.payload_limits().check(&action) {
+            return Some(Some(error_frame(
+                err.code().name,
+                &err.to_string(),
+                reference,
+            )));
         }
+        let permit = Arc::clone(&self.in_flight).acquire_owned().await.ok()?;
+        if matches!(
+            action,
+            RobotAction::Complete { .. } | RobotAction::Fail { .. } | RobotAction::Release
+        ) {
+            // The session is told so it can push the next item; if it is gone, the reader
+            // ends with the connection anyway.
+            let _ = self.session.send_message(RobotSessionMsg::Finished {
+                item_id,
+                lease_id: lease_id.clone(),
+            });
+        }
+        let dispatcher = self.dispatcher.clone();
+        let outbound = self.outbound.clone();
+        let robot_id = self.robot.id;
+        let before = self.last_action.remove(&item_id);
+        if self.last_action.len() > ACTIONS_IN_FLIGHT {
+            self.last_action.retain(|_, action| !action.is_finished());
+        }
+        let task = tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            let reply = match dispatcher
+                .act(robot_id, item_id, Some(&lease_id), &action)
+                .await
+            {
+                Ok(item) => ack_frame(
+                    reference,
+                    Some(json!({ "id": item.id, "status": item.status })),
+                ),
+                Err(err) => error_frame(err.code().name, &err.public_message(None), reference),
+            };
+            let _ = outbound.send(reply).await;
+            drop(permit);
+        });
+        self.last_action.insert(item_id, task);
+        Some(None)
     }
 }
 

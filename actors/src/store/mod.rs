@@ -30,6 +30,7 @@ pub use throughput::{MinuteCount, minute_of};
 pub use users::{NewUser, UserPatch};
 
 use crate::error::StoreError;
+use crate::retry::Backoff;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::sync::Arc;
@@ -225,20 +226,23 @@ impl Db {
     /// Selects the namespace and database. On a shared server, the first use defines them:
     /// nodes starting together on an empty server race there.
     async fn select(&self, config: &StoreConfig) -> Result<(), StoreError> {
-        let mut attempt = 0;
-        loop {
-            match self.use_ns_db(&config.namespace, &config.database).await {
-                Ok(()) => return Ok(()),
-                Err(err) => {
-                    let err = StoreError::from(err);
-                    if !err.is_retryable() || attempt >= CONFLICT_RETRIES {
-                        return Err(err);
+        let backoff = Backoff::START;
+        let selected = backoff
+            .run(|attempt| async move {
+                match self.use_ns_db(&config.namespace, &config.database).await {
+                    Ok(()) => Ok(Some(())),
+                    Err(err) => {
+                        let err = StoreError::from(err);
+                        if err.is_retryable() && !backoff.is_last(attempt) {
+                            Ok(None)
+                        } else {
+                            Err(err)
+                        }
                     }
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
                 }
-            }
-        }
+            })
+            .await?;
+        selected.ok_or_else(|| StoreError::Contention("selecting the database".into()))
     }
 
     async fn use_ns_db(&self, namespace: &str, database: &str) -> surrealdb::Result<()> {
@@ -260,7 +264,6 @@ impl Db {
     }
 }
 
-const CONFLICT_RETRIES: usize = 20;
 /// How long `/healthz` waits for the store.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -399,19 +402,24 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Err(err) if err.is_retryable() && attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                    debug!(attempt, error = %err, "retrying after a write conflict");
-                    metrics::counter!("orchestrator_store_conflicts_total", "op" => "retry")
-                        .increment(1);
-                    tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
+        let backoff = Backoff::CONFLICT;
+        let done = backoff
+            .run(|attempt| {
+                let attempted = op();
+                async move {
+                    match attempted.await {
+                        Err(err) if err.is_retryable() && !backoff.is_last(attempt) => {
+                            debug!(attempt, error = %err, "retrying after a write conflict");
+                            metrics::counter!("orchestrator_store_conflicts_total", "op" => "retry")
+                                .increment(1);
+                            Ok(None)
+                        }
+                        other => other.map(Some),
+                    }
                 }
-                other => return other,
-            }
-        }
+            })
+            .await?;
+        done.ok_or_else(|| StoreError::Contention("every attempt lost a race".into()))
     }
 
     /// Reserves `count` consecutive ids for `table`; returns the first.
@@ -462,6 +470,20 @@ impl Store {
     /// Writes a setting.
     pub async fn put_setting(&self, name: &str, value: Value) -> Result<(), StoreError> {
         settings::put(self, name, value).await
+    }
+
+    /// Runs raw SurrealQL (for tools and tests); the first statement that failed, as its
+    /// [`StoreError`].
+    pub async fn execute(&self, sql: &str) -> Result<(), StoreError> {
+        let mut response = self.db.run(sql, Value::Null).await?;
+        let mut errors: Vec<(usize, surrealdb::Error)> =
+            response.take_errors().into_iter().collect();
+        // The statement that failed the transaction, not a sibling skipped because of it.
+        errors.sort_by_key(|(index, err)| (crate::error::not_executed(err), *index));
+        match errors.into_iter().next() {
+            Some((_, err)) => Err(err.into()),
+            None => Ok(()),
+        }
     }
 
     /// Runs raw SurrealQL and returns every statement's result as JSON (for tools and tests).

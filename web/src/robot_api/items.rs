@@ -8,7 +8,6 @@ use crate::state::{AppState, with_state};
 use crate::views;
 use orchestrator_actors::domain::{Robot, RobotStatus};
 use orchestrator_actors::lifecycle::{FailKind, RobotAction};
-use orchestrator_actors::store::RobotPatch;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -77,20 +76,11 @@ async fn pulse(
         let status: RobotStatus = status.parse().map_err(|e: String| {
             ApiError::unprocessable("invalid_status", format!("status {e}"))
         })?;
-        if status == RobotStatus::Active && robot.disabled_by_admin {
-            return Err(orchestrator_actors::dispatcher::DispatchError::RobotDisabled.into());
-        }
-        if status != robot.status {
-            let patch = RobotPatch {
-                status: Some(status),
-                ..RobotPatch::default()
-            };
-            robot = state
-                .dispatcher
-                .update_robot(robot.id, &patch)
-                .await?
-                .ok_or_else(|| ApiError::unauthorized("the robot no longer exists"))?;
-        }
+        robot = state
+            .dispatcher
+            .set_own_status(&robot, status)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the robot no longer exists"))?;
     }
     let interval = state.config.pulse_timeout / 3;
     Ok(warp::reply::json(&views::PulseView {

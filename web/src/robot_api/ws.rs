@@ -10,7 +10,6 @@ use crate::state::AppState;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use orchestrator_actors::dispatcher::DispatchError;
 use orchestrator_actors::domain::Robot;
 use orchestrator_actors::robot_session::ws::{Inbound, OUTBOUND_QUEUE, Outbound, WsLink};
 use std::collections::HashMap;
@@ -130,10 +129,11 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
         // A close reason must fit in a control frame (123 bytes). The node could not take the
         // robot on just now (its registry or store is busy or away): 1013 tells it to come
         // back after a pause.
-        let reason: String = err.public_message().chars().take(100).collect();
-        let code = match err {
-            DispatchError::Unavailable(_) | DispatchError::Store(_) => CloseCode::Again,
-            _ => CloseCode::Error,
+        let reason: String = err.public_message(None).chars().take(100).collect();
+        let code = if err.is_transient() {
+            CloseCode::Again
+        } else {
+            CloseCode::Error
         };
         let _ = sink.send(close(code, reason)).await;
         return;

@@ -8,10 +8,9 @@ pub(crate) mod views;
 use crate::error::ApiError;
 use crate::robot_api::auth::authenticate;
 use crate::state::{AppState, with_state};
-use orchestrator_actors::dispatcher::DispatchError;
 use orchestrator_actors::domain::{Robot, RobotStatus};
+use orchestrator_actors::error::DispatchError;
 use orchestrator_actors::lifecycle::{FailKind, RobotAction, TransitionError};
-use orchestrator_actors::store::RobotPatch;
 use std::collections::{BTreeMap, HashMap};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -171,19 +170,9 @@ async fn patch_robots(robot: Robot, params: Params, state: AppState) -> Result<R
                 "status must be ACTIVE or INACTIVE".into(),
             )
         })?;
-    if status == RobotStatus::Active && robot.disabled_by_admin {
-        return Err(Detail(
-            StatusCode::CONFLICT,
-            orchestrator_actors::dispatcher::ROBOT_DISABLED.into(),
-        ));
-    }
-    let patch = RobotPatch {
-        status: Some(status),
-        ..RobotPatch::default()
-    };
     state
         .dispatcher
-        .update_robot(robot.id, &patch)
+        .set_own_status(&robot, status)
         .await?
         .ok_or_else(|| Detail(StatusCode::NOT_FOUND, "robot not found".into()))?;
     Ok(empty_ok())

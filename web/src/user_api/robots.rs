@@ -6,7 +6,7 @@ use crate::body::json_body;
 use crate::error::{ApiError, respond};
 use crate::state::{AppState, with_state};
 use crate::views;
-use orchestrator_actors::domain::{Platform, RobotStatus};
+use orchestrator_actors::domain::{Platform, RobotStatus, admin_holds};
 use orchestrator_actors::security::{hash_robot_token, new_robot_token};
 use orchestrator_actors::store::{NewRobot, RobotPatch};
 use serde::Deserialize;
@@ -257,8 +257,7 @@ async fn patch(
         capacity: body.capacity.map(valid_capacity).transpose()?,
         processes,
         status,
-        // An administrator's INACTIVE holds until an administrator sets ACTIVE.
-        disabled_by_admin: status.map(|s| s == RobotStatus::Inactive),
+        disabled_by_admin: status.map(admin_holds),
     };
     let robot = state
         .dispatcher
