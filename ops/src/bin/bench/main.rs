@@ -32,6 +32,10 @@ struct Args {
     scale: f64,
 }
 
+mod procs;
+
+use procs::{NodeProc, Nodes, http};
+
 const ADMIN_PASSWORD: &str = "bench-admin-password";
 
 /// One benchmark scenario: what it measures, its targets, and how to run it.
@@ -73,432 +77,201 @@ enum Metric {
     P99(&'static str, f64, f64),
 }
 
+/// A scenario as written in [`SCENARIOS`]: `robot-sim` flags as one string, and the flags
+/// whose value `--scale` multiplies.
+struct Spec {
+    key: &'static str,
+    title: &'static str,
+    target: &'static str,
+    floor: &'static str,
+    on: Setup,
+    run: Run,
+}
+
+enum Run {
+    /// One `robot-sim` over every node.
+    Sim {
+        flags: &'static str,
+        scaled: &'static [(&'static str, usize)],
+        metric: Metric,
+    },
+    /// One `robot-sim` per node.
+    SimPerNode {
+        flags: &'static str,
+        scaled: &'static [(&'static str, usize)],
+        metric: Metric,
+    },
+    /// Upload a seed CSV of this many rows.
+    Upload { rows: usize },
+}
+
+const WS_FLEET: &str = "--api ws --robots 100 --capacity 10";
+const IDLE_FLEET: &str = "--api ws --capacity 1 --items 0 --pulse-every 10s --duration 60s";
+
+/// Every benchmark scenario.
+const SCENARIOS: &[Spec] = &[
+    Spec {
+        key: "ws",
+        title: "WebSocket, 100 robots, capacity 10, instant work, 200,000 items",
+        target: "20,000 items/s",
+        floor: "10,000 items/s",
+        on: Setup::Embedded,
+        run: Run::Sim {
+            flags: WS_FLEET,
+            scaled: &[("--items", 200_000)],
+            metric: Metric::Throughput(20_000.0, 10_000.0),
+        },
+    },
+    Spec {
+        key: "rest",
+        title: "REST v1 claim/complete, 100 robots (capacity 10), 50,000 items",
+        target: "10,000 items/s",
+        floor: "5,000 items/s",
+        on: Setup::Embedded,
+        run: Run::Sim {
+            flags: "--api rest --robots 100 --capacity 10",
+            scaled: &[("--items", 50_000)],
+            metric: Metric::Throughput(10_000.0, 5_000.0),
+        },
+    },
+    Spec {
+        key: "seed",
+        title: "seed-compatible REST, 20 robots (capacity 10), 20,000 items",
+        target: "5,000 items/s",
+        floor: "2,000 items/s",
+        on: Setup::Embedded,
+        run: Run::Sim {
+            flags: "--api seed --robots 20 --capacity 10",
+            scaled: &[("--items", 20_000)],
+            metric: Metric::Throughput(5_000.0, 2_000.0),
+        },
+    },
+    Spec {
+        key: "upload",
+        title: "upload of a 1,000,000-row seed-format CSV",
+        target: "10 s, peak RSS 200 MB",
+        floor: "20 s, 400 MB",
+        on: Setup::Embedded,
+        run: Run::Upload { rows: 1_000_000 },
+    },
+    Spec {
+        key: "idle",
+        title: "10,000 WebSocket robots connected, pulse every 10 s (60 s)",
+        target: "node RSS 250 MB",
+        floor: "500 MB",
+        on: Setup::Embedded,
+        run: Run::Sim {
+            flags: IDLE_FLEET,
+            scaled: &[("--robots", 10_000)],
+            metric: Metric::Rss(250.0, 500.0),
+        },
+    },
+    Spec {
+        key: "assign",
+        title: "upload → first item at an idle WebSocket robot (200 one-row uploads)",
+        target: "p99 20 ms",
+        floor: "p99 50 ms",
+        on: Setup::Embedded,
+        run: Run::Sim {
+            flags: "--api ws --robots 10 --capacity 1",
+            scaled: &[("--items", 200), ("--uploads", 200)],
+            metric: Metric::P99("assign_p99_ms", 20.0, 50.0),
+        },
+    },
+    Spec {
+        key: "next",
+        title: "completion → next item, WebSocket, at 1,000 items/s (100 robots, capacity 1)",
+        target: "p99 2 ms",
+        floor: "p99 5 ms",
+        on: Setup::Embedded,
+        run: Run::Sim {
+            flags: "--api ws --robots 100 --capacity 1 --rate 1000",
+            scaled: &[("--items", 30_000)],
+            metric: Metric::P99("next_item_p99_ms", 2.0, 5.0),
+        },
+    },
+    Spec {
+        key: "ws_server",
+        title: "as `ws`, one node on a `ws://` SurrealDB server instead of its embedded store",
+        target: "20,000 items/s",
+        floor: "10,000 items/s",
+        on: Setup::Server { nodes: 1 },
+        run: Run::Sim {
+            flags: WS_FLEET,
+            scaled: &[("--items", 200_000)],
+            metric: Metric::Throughput(20_000.0, 10_000.0),
+        },
+    },
+    Spec {
+        key: "cluster",
+        title: "three nodes on one SurrealDB server, 100 WebSocket robots spread over them \
+                (capacity 10), 200,000 items",
+        target: "10,000 items/s",
+        floor: "5,000 items/s",
+        on: Setup::Server { nodes: 3 },
+        run: Run::Sim {
+            flags: WS_FLEET,
+            scaled: &[("--items", 200_000)],
+            metric: Metric::Throughput(10_000.0, 5_000.0),
+        },
+    },
+    Spec {
+        key: "cluster_idle",
+        title: "30,000 WebSocket robots connected, 10,000 on each of three nodes on one \
+                SurrealDB server (one robot-sim per node), pulse every 10 s (60 s); RSS of \
+                the largest node",
+        target: "node RSS 250 MB",
+        floor: "500 MB",
+        on: Setup::Server { nodes: 3 },
+        run: Run::SimPerNode {
+            flags: IDLE_FLEET,
+            scaled: &[("--robots", 10_000)],
+            metric: Metric::Rss(250.0, 500.0),
+        },
+    },
+];
+
+/// The scenarios with their counts multiplied by `scale`.
 fn scenarios(scale: f64) -> Vec<Scenario> {
-    let n = |x: usize| ((x as f64 * scale).round() as usize).max(1).to_string();
-    let flags = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let with = |mut base: Vec<String>, items: String| {
-        base.extend(["--items".to_string(), items]);
-        base
+    let n = |x: usize| ((x as f64 * scale).round() as usize).max(1);
+    let flags = |line: &str, scaled: &[(&str, usize)]| {
+        let mut flags: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        for (flag, count) in scaled {
+            flags.extend([flag.to_string(), n(*count).to_string()]);
+        }
+        flags
     };
-    vec![
-        Scenario {
-            key: "ws",
-            title: "WebSocket, 100 robots, capacity 10, instant work, 200,000 items",
-            target: "20,000 items/s",
-            floor: "10,000 items/s",
-            on: Setup::Embedded,
-            kind: Kind::Sim {
-                flags: with(
-                    flags(&["--api", "ws", "--robots", "100", "--capacity", "10"]),
-                    n(200_000),
-                ),
-                metric: Metric::Throughput(20_000.0, 10_000.0),
+    SCENARIOS
+        .iter()
+        .map(|spec| Scenario {
+            key: spec.key,
+            title: spec.title,
+            target: spec.target,
+            floor: spec.floor,
+            on: spec.on,
+            kind: match &spec.run {
+                Run::Sim {
+                    flags: line,
+                    scaled,
+                    metric,
+                } => Kind::Sim {
+                    flags: flags(line, scaled),
+                    metric: *metric,
+                },
+                Run::SimPerNode {
+                    flags: line,
+                    scaled,
+                    metric,
+                } => Kind::SimPerNode {
+                    flags: flags(line, scaled),
+                    metric: *metric,
+                },
+                Run::Upload { rows } => Kind::Upload {
+                    rows: (*rows as f64 * scale).round() as usize,
+                },
             },
-        },
-        Scenario {
-            key: "rest",
-            title: "REST v1 claim/complete, 100 robots (capacity 10), 50,000 items",
-            target: "10,000 items/s",
-            floor: "5,000 items/s",
-            on: Setup::Embedded,
-            kind: Kind::Sim {
-                flags: with(
-                    flags(&["--api", "rest", "--robots", "100", "--capacity", "10"]),
-                    n(50_000),
-                ),
-                metric: Metric::Throughput(10_000.0, 5_000.0),
-            },
-        },
-        Scenario {
-            key: "seed",
-            title: "seed-compatible REST, 20 robots (capacity 10), 20,000 items",
-            target: "5,000 items/s",
-            floor: "2,000 items/s",
-            on: Setup::Embedded,
-            kind: Kind::Sim {
-                flags: with(
-                    flags(&["--api", "seed", "--robots", "20", "--capacity", "10"]),
-                    n(20_000),
-                ),
-                metric: Metric::Throughput(5_000.0, 2_000.0),
-            },
-        },
-        Scenario {
-            key: "upload",
-            title: "upload of a 1,000,000-row seed-format CSV",
-            target: "10 s, peak RSS 200 MB",
-            floor: "20 s, 400 MB",
-            on: Setup::Embedded,
-            kind: Kind::Upload {
-                rows: (1_000_000.0 * scale).round() as usize,
-            },
-        },
-        Scenario {
-            key: "idle",
-            title: "10,000 WebSocket robots connected, pulse every 10 s (60 s)",
-            target: "node RSS 250 MB",
-            floor: "500 MB",
-            on: Setup::Embedded,
-            kind: Kind::Sim {
-                flags: flags(&[
-                    "--api",
-                    "ws",
-                    "--robots",
-                    &n(10_000),
-                    "--capacity",
-                    "1",
-                    "--items",
-                    "0",
-                    "--pulse-every",
-                    "10s",
-                    "--duration",
-                    "60s",
-                ]),
-                metric: Metric::Rss(250.0, 500.0),
-            },
-        },
-        Scenario {
-            key: "assign",
-            title: "upload → first item at an idle WebSocket robot (200 one-row uploads)",
-            target: "p99 20 ms",
-            floor: "p99 50 ms",
-            on: Setup::Embedded,
-            kind: Kind::Sim {
-                flags: flags(&[
-                    "--api",
-                    "ws",
-                    "--robots",
-                    "10",
-                    "--capacity",
-                    "1",
-                    "--items",
-                    &n(200),
-                    "--uploads",
-                    &n(200),
-                ]),
-                metric: Metric::P99("assign_p99_ms", 20.0, 50.0),
-            },
-        },
-        Scenario {
-            key: "next",
-            title: "completion → next item, WebSocket, at 1,000 items/s (100 robots, capacity 1)",
-            target: "p99 2 ms",
-            floor: "p99 5 ms",
-            on: Setup::Embedded,
-            kind: Kind::Sim {
-                flags: with(
-                    flags(&[
-                        "--api",
-                        "ws",
-                        "--robots",
-                        "100",
-                        "--capacity",
-                        "1",
-                        "--rate",
-                        "1000",
-                    ]),
-                    n(30_000),
-                ),
-                metric: Metric::P99("next_item_p99_ms", 2.0, 5.0),
-            },
-        },
-        Scenario {
-            key: "ws_server",
-            title: "as `ws`, one node on a `ws://` SurrealDB server instead of its embedded store",
-            target: "20,000 items/s",
-            floor: "10,000 items/s",
-            on: Setup::Server { nodes: 1 },
-            kind: Kind::Sim {
-                flags: with(
-                    flags(&["--api", "ws", "--robots", "100", "--capacity", "10"]),
-                    n(200_000),
-                ),
-                metric: Metric::Throughput(20_000.0, 10_000.0),
-            },
-        },
-        Scenario {
-            key: "cluster",
-            title: "three nodes on one SurrealDB server, 100 WebSocket robots spread over them \
-                    (capacity 10), 200,000 items",
-            target: "10,000 items/s",
-            floor: "5,000 items/s",
-            on: Setup::Server { nodes: 3 },
-            kind: Kind::Sim {
-                flags: with(
-                    flags(&["--api", "ws", "--robots", "100", "--capacity", "10"]),
-                    n(200_000),
-                ),
-                metric: Metric::Throughput(10_000.0, 5_000.0),
-            },
-        },
-        Scenario {
-            key: "cluster_idle",
-            title: "30,000 WebSocket robots connected, 10,000 on each of three nodes on one \
-                    SurrealDB server (one robot-sim per node), pulse every 10 s (60 s); RSS of \
-                    the largest node",
-            target: "node RSS 250 MB",
-            floor: "500 MB",
-            on: Setup::Server { nodes: 3 },
-            kind: Kind::SimPerNode {
-                flags: flags(&[
-                    "--api",
-                    "ws",
-                    "--robots",
-                    &n(10_000),
-                    "--capacity",
-                    "1",
-                    "--items",
-                    "0",
-                    "--pulse-every",
-                    "10s",
-                    "--duration",
-                    "60s",
-                ]),
-                metric: Metric::Rss(250.0, 500.0),
-            },
-        },
-    ]
-}
-
-/// A node process on a fresh store.
-struct NodeProc {
-    child: Child,
-    base: String,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The nodes of a scenario, and the SurrealDB server they share if any.
-struct Nodes {
-    nodes: Vec<NodeProc>,
-    server: Option<(Child, TempDir)>,
-}
-
-impl Nodes {
-    fn start(on: Setup, node_bin: &Path, surreal_bin: &Path) -> Result<Nodes> {
-        let Setup::Server { nodes } = on else {
-            return Ok(Nodes {
-                nodes: vec![NodeProc::start(node_bin, None, 1)?],
-                server: None,
-            });
-        };
-        ensure!(
-            surreal_bin.exists(),
-            "{} is missing: run `cargo build --release -p orchestrator-node -p orchestrator-ops` first",
-            surreal_bin.display()
-        );
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("orch-bench-db-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let child = Command::new(surreal_bin)
-            .args(["start", "--user", "root", "--pass", "root", "--log", "warn"])
-            .args(["--bind", &format!("127.0.0.1:{port}")])
-            .arg(format!("surrealkv://{}", dir.join("db").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting surreal")?;
-        let server = Some((child, TempDir(dir)));
-        let until = Instant::now() + Duration::from_secs(60);
-        while !matches!(
-            http::get_ok(&format!("http://127.0.0.1:{port}/health")),
-            Ok(true)
-        ) {
-            ensure!(Instant::now() < until, "surreal did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let db = format!("ws://127.0.0.1:{port}");
-        let mut started = Nodes {
-            nodes: Vec::new(),
-            server,
-        };
-        for k in 1..=nodes {
-            started.nodes.push(NodeProc::start(node_bin, Some(&db), k)?);
-        }
-        Ok(started)
-    }
-
-    /// Every node's address, comma separated (robot-sim spreads its robots over them).
-    fn bases(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| n.base.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn stop(self) {
-        for node in self.nodes {
-            node.stop();
-        }
-        if let Some((mut child, _dir)) = self.server {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl NodeProc {
-    /// A node on a fresh embedded store, or on `db` (a `ws://` server) as node `n{k}`.
-    fn start(bin: &Path, db: Option<&str>, k: usize) -> Result<NodeProc> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("orch-bench-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let db = db.map_or_else(
-            || format!("surrealkv://{}", dir.join("db").display()),
-            str::to_string,
-        );
-        // The nodes' log (their stdout) is shown only when BENCH_NODE_LOG names a filter
-        // (`info`, `warn`): a run prints its figures, a failing one is run again with the log.
-        let log = std::env::var("BENCH_NODE_LOG").ok();
-        let child = Command::new(bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--db", &db, "--node-id", &format!("n{k}")])
-            .args(["--admin-password", ADMIN_PASSWORD])
-            .args(["--log", log.as_deref().unwrap_or("warn")])
-            .stdout(if log.is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let node = NodeProc {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            _dir: TempDir(dir),
-        };
-        let until = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < until {
-            if let Ok(true) = http::get_ok(&format!("{}/healthz", node.base)) {
-                return Ok(node);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("node did not become healthy")
-    }
-
-    /// (current RSS, peak RSS) in MB, from /proc.
-    fn rss_mb(&self) -> Result<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| -> Result<f64> {
-            let line = status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .with_context(|| format!("{name} missing"))?;
-            let kb: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
-            Ok(kb / 1024.0)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Tiny blocking HTTP helpers over `std::net`, so the runner needs no async runtime.
-mod http {
-    use anyhow::{Context, Result, bail};
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-
-    /// `GET url` answered 200?
-    pub fn get_ok(url: &str) -> Result<bool> {
-        let (status, _) = request("GET", url, &[], &[])?;
-        Ok(status == 200)
-    }
-
-    /// A request with `headers` and `body`; returns the status and body.
-    pub fn request(
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<(u16, Vec<u8>)> {
-        let rest = url.strip_prefix("http://").context("http only")?;
-        let (host, path) = rest
-            .split_once('/')
-            .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-        let mut stream = TcpStream::connect(host)?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .context("no header end")?;
-        let head = String::from_utf8_lossy(&response[..split]).to_string();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .context("no status")?
-            .parse()?;
-        let mut body = response[split + 4..].to_vec();
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            body = dechunk(&body)?;
-        }
-        if status == 0 {
-            bail!("bad status");
-        }
-        Ok((status, body))
-    }
-
-    fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        loop {
-            let line_end = data
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .context("chunk size")?;
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)?;
-            data = &data[line_end + 2..];
-            if size == 0 {
-                return Ok(out);
-            }
-            out.extend_from_slice(data.get(..size).context("short chunk")?);
-            data = data.get(size + 2..).context("chunk end")?;
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+        })
+        .collect()
 }
 
 fn login(base: &str) -> Result<String> {
