@@ -271,57 +271,11 @@ impl BatcherState {
             Err(err) => return Err((requests, err)),
         };
         let now = self.args.clock.now();
-        // Each item's state as the requests planned so far leave it.
-        let mut current: HashMap<i64, ItemState> = states.into_iter().map(|s| (s.id, s)).collect();
-        let stored = current.clone();
-        // Items a request in this batch writes.
-        let mut written = HashSet::new();
-        // Requests whose answer rests on this batch's write: every writer, and any later request
-        // about an item a writer touched. They are answered once the batch commits, or retried
-        // alone, in order, if it does not.
-        let mut held: Vec<(ActRequest, Result<ItemState, DispatchError>)> = Vec::new();
-        let mut unplanned = Vec::new();
-        for request in requests {
-            let Some(old) = current.get(&request.item_id) else {
-                let _ = request
-                    .reply
-                    .send(Err(DispatchError::ItemNotFound(request.item_id)));
-                continue;
-            };
-            let Some(policy) = policies.get(&old.task_id) else {
-                unplanned.push(request);
-                continue;
-            };
-            let plan = request.plan(old, policy, now);
-            let outcome = match plan {
-                // Refused on the node's cached copy of an item no request of this batch
-                // writes: another node may have moved it on since (a robot that changed node
-                // reports with the lease it was given there). Decided again alone, on a fresh
-                // read, before the robot hears a refusal.
-                Err(_) if !written.contains(&request.item_id) => {
-                    unplanned.push(request);
-                    continue;
-                }
-                Err(err) => Err(err.into()),
-                Ok(Plan::Unchanged) => Ok(old.clone()),
-                Ok(Plan::Write(new)) => {
-                    written.insert(new.id);
-                    current.insert(new.id, (*new).clone());
-                    held.push((request, Ok(*new)));
-                    continue;
-                }
-            };
-            if written.contains(&request.item_id) {
-                held.push((request, outcome));
-            } else {
-                let _ = request.reply.send(outcome);
-            }
-        }
-        // One change per item: from the stored state to the last planned one.
-        let changes: Vec<(ItemState, ItemState)> = written
-            .iter()
-            .filter_map(|id| Some((stored.get(id)?.clone(), current.get(id)?.clone())))
-            .collect();
+        let Planned {
+            changes,
+            held,
+            unplanned,
+        } = plan_batch(requests, states, &policies, now);
         let retry_alone = |held: Vec<(ActRequest, Result<ItemState, DispatchError>)>| {
             unplanned
                 .into_iter()
@@ -357,6 +311,84 @@ impl BatcherState {
             Ok(None) => Ok(retry_alone(held)),
             Err(err) => Err((retry_alone(held), err)),
         }
+    }
+}
+
+/// A batch's requests planned on the items' stored states.
+struct Planned {
+    /// One change per item: from the stored state to the last planned one.
+    changes: Vec<(ItemState, ItemState)>,
+    /// Requests whose answer rests on this batch's write: every writer, and any later request
+    /// about an item a writer touched. They are answered once the batch commits, or retried
+    /// alone, in order, if it does not.
+    held: Vec<(ActRequest, Result<ItemState, DispatchError>)>,
+    /// Requests to decide alone, on a fresh read.
+    unplanned: Vec<ActRequest>,
+}
+
+/// Plans each request in order on the state the requests before it leave; answers at once
+/// those that need no write.
+fn plan_batch(
+    requests: Vec<ActRequest>,
+    states: Vec<ItemState>,
+    policies: &HashMap<i64, Policy>,
+    now: Millis,
+) -> Planned {
+    // Each item's state as the requests planned so far leave it.
+    let mut current: HashMap<i64, ItemState> = states.into_iter().map(|s| (s.id, s)).collect();
+    let stored = current.clone();
+    // Items a request in this batch writes.
+    let mut written = HashSet::new();
+    // Requests whose answer rests on this batch's write: every writer, and any later request
+    // about an item a writer touched. They are answered once the batch commits, or retried
+    // alone, in order, if it does not.
+    let mut held: Vec<(ActRequest, Result<ItemState, DispatchError>)> = Vec::new();
+    let mut unplanned = Vec::new();
+    for request in requests {
+        let Some(old) = current.get(&request.item_id) else {
+            let _ = request
+                .reply
+                .send(Err(DispatchError::ItemNotFound(request.item_id)));
+            continue;
+        };
+        let Some(policy) = policies.get(&old.task_id) else {
+            unplanned.push(request);
+            continue;
+        };
+        let plan = request.plan(old, policy, now);
+        let outcome = match plan {
+            // Refused on the node's cached copy of an item no request of this batch
+            // writes: another node may have moved it on since (a robot that changed node
+            // reports with the lease it was given there). Decided again alone, on a fresh
+            // read, before the robot hears a refusal.
+            Err(_) if !written.contains(&request.item_id) => {
+                unplanned.push(request);
+                continue;
+            }
+            Err(err) => Err(err.into()),
+            Ok(Plan::Unchanged) => Ok(old.clone()),
+            Ok(Plan::Write(new)) => {
+                written.insert(new.id);
+                current.insert(new.id, (*new).clone());
+                held.push((request, Ok(*new)));
+                continue;
+            }
+        };
+        if written.contains(&request.item_id) {
+            held.push((request, outcome));
+        } else {
+            let _ = request.reply.send(outcome);
+        }
+    }
+    // One change per item: from the stored state to the last planned one.
+    let changes: Vec<(ItemState, ItemState)> = written
+        .iter()
+        .filter_map(|id| Some((stored.get(id)?.clone(), current.get(id)?.clone())))
+        .collect();
+    Planned {
+        changes,
+        held,
+        unplanned,
     }
 }
 

@@ -58,6 +58,54 @@ pub struct Node {
     dispatcher: Dispatcher,
 }
 
+/// This node's hints to the other nodes of a cluster: over the cluster port when a cookie is
+/// set, none otherwise.
+async fn start_hints(
+    config: &NodeConfig,
+    connections: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<Hints, NodeError> {
+    match &config.cluster {
+        Some(cluster) => Hints::start(HintConfig {
+            node_id: config.node_id.clone(),
+            listen: cluster.listen,
+            advertise: cluster.advertise.clone(),
+            cookie: cluster.cookie.clone(),
+            budget: Some(connections.clone()),
+        })
+        .await
+        .map_err(|e| NodeError::Actor(e.to_string())),
+        None => {
+            if config.store.url.starts_with("ws") {
+                info!(
+                    "no cluster cookie: this node exchanges no hints with other nodes on the \
+                     store; it learns of their changes by polling (within a second)"
+                );
+            }
+            Ok(Hints::alone())
+        }
+    }
+}
+
+/// Dispatch's settings from the node's.
+fn dispatch_config(config: &NodeConfig, http: String, hints: Hints) -> DispatchConfig {
+    DispatchConfig {
+        node_id: config.node_id.clone(),
+        http,
+        dead_after: config.dead_after,
+        pulse_timeout: config.pulse_timeout,
+        lease_ttl: config.lease_ttl,
+        sweep_period: config.sweep_period,
+        backoff_base: config.retry_backoff,
+        dispatch_delay: Duration::ZERO,
+        ws_standby: config.ws_standby,
+        recount_period: config.recount_period,
+        payload_limits: config.payload_limits,
+        stale_upload_after: config.stale_upload_after,
+        clock: Clock::system(),
+        hints,
+    }
+}
+
 impl Node {
     /// Opens the store, bootstraps it, starts the actors and begins serving HTTP.
     pub async fn start(mut config: NodeConfig) -> Result<Node, NodeError> {
@@ -83,50 +131,15 @@ impl Node {
             addr: config.listen,
             source,
         })?;
-        let hints = match &config.cluster {
-            Some(cluster) => Hints::start(HintConfig {
-                node_id: config.node_id.clone(),
-                listen: cluster.listen,
-                advertise: cluster.advertise.clone(),
-                cookie: cluster.cookie.clone(),
-                budget: Some(connections.clone()),
-            })
-            .await
-            .map_err(|e| NodeError::Actor(e.to_string()))?,
-            None => {
-                if config.store.url.starts_with("ws") {
-                    info!(
-                        "no cluster cookie: this node exchanges no hints with other nodes on \
-                         the store; it learns of their changes by polling (within a second)"
-                    );
-                }
-                Hints::alone()
-            }
-        };
-        let dispatcher = Dispatcher::start(
-            store.clone(),
-            DispatchConfig {
-                node_id: config.node_id.clone(),
-                http: config
-                    .advertise
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{addr}")),
-                dead_after: config.dead_after,
-                pulse_timeout: config.pulse_timeout,
-                lease_ttl: config.lease_ttl,
-                sweep_period: config.sweep_period,
-                backoff_base: config.retry_backoff,
-                dispatch_delay: Duration::ZERO,
-                ws_standby: config.ws_standby,
-                recount_period: config.recount_period,
-                payload_limits: config.payload_limits,
-                stale_upload_after: config.stale_upload_after,
-                clock: Clock::system(),
-                hints: hints.clone(),
-            },
-        )
-        .await
-        .map_err(|e| NodeError::Actor(e.to_string()))?;
+        let hints = start_hints(&config, &connections).await?;
+        let advertised = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let dispatcher =
+            Dispatcher::start(store.clone(), dispatch_config(&config, advertised, hints))
+                .await
+                .map_err(|e| NodeError::Actor(e.to_string()))?;
         let state = AppState::new(AppParts {
             store: store.clone(),
             dispatcher: dispatcher.clone(),

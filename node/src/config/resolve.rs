@@ -11,18 +11,7 @@ impl ServeArgs {
             None => ServeArgs::default(),
         };
         let m = self.over(file);
-        let pulse_timeout = duration("pulse_timeout", m.pulse_timeout.clone(), "30s")?;
-        let sweep_period = duration("sweep_period", m.sweep_period.clone(), "1s")?;
-        let dead_after = duration("dead_after", m.dead_after.clone(), "5s")?;
-        if dead_after < sweep_period * 3 {
-            return Err(ConfigError::Invalid {
-                setting: "dead_after",
-                message: format!(
-                    "must be at least three sweep periods ({})",
-                    humantime::format_duration(sweep_period * 3)
-                ),
-            });
-        }
+        let (pulse_timeout, sweep_period, dead_after) = timers(&m)?;
         let ws_standby = m.ws_standby.unwrap_or(1);
         if !(0..=100).contains(&ws_standby) {
             return Err(ConfigError::Invalid {
@@ -168,6 +157,23 @@ fn read_file(path: &PathBuf) -> Result<ServeArgs, ConfigError> {
         path: path.clone(),
         message: e.to_string(),
     })
+}
+
+/// The pulse timeout, the sweep period and the dead-node time, which must span three sweeps.
+fn timers(m: &ServeArgs) -> Result<(Duration, Duration, Duration), ConfigError> {
+    let pulse_timeout = duration("pulse_timeout", m.pulse_timeout.clone(), "30s")?;
+    let sweep_period = duration("sweep_period", m.sweep_period.clone(), "1s")?;
+    let dead_after = duration("dead_after", m.dead_after.clone(), "5s")?;
+    if dead_after < sweep_period * 3 {
+        return Err(ConfigError::Invalid {
+            setting: "dead_after",
+            message: format!(
+                "must be at least three sweep periods ({})",
+                humantime::format_duration(sweep_period * 3)
+            ),
+        });
+    }
+    Ok((pulse_timeout, sweep_period, dead_after))
 }
 
 /// A socket address setting.

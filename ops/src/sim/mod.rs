@@ -355,30 +355,7 @@ async fn drive(
             }
         }
     }
-    loop {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        if let Some((admin, _)) = owner.as_ref().filter(|_| !task_ids.is_empty()) {
-            let mut done = true;
-            for task in &task_ids {
-                // A node may answer 503 for a while (its store restarting): ask again later.
-                match node
-                    .json(Method::GET, &format!("/api/v1/tasks/{task}"), admin, None)
-                    .await
-                {
-                    Ok(body) => {
-                        done &= body["status"] == "COMPLETED" || body["status"] == "CANCELLED";
-                    }
-                    Err(_) => done = false,
-                }
-            }
-            if done {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_done(node, owner.as_ref(), &task_ids, deadline).await;
     let seconds = start.elapsed().as_secs_f64();
     // The task completes on the node before the last acks reach the robots: let them land.
     let settle = Instant::now() + Duration::from_secs(3);
@@ -404,6 +381,44 @@ async fn drive(
     {
         eprintln!("robot-sim: last error: {err}");
     }
+    Ok(report(args, &fleet, node, seconds, connected))
+}
+
+/// Waits until every uploaded task is finished, or the deadline.
+async fn wait_done(
+    node: &Node,
+    owner: Option<&(String, i64)>,
+    task_ids: &[i64],
+    deadline: Option<Instant>,
+) {
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        if let Some((admin, _)) = owner.filter(|_| !task_ids.is_empty()) {
+            let mut done = true;
+            for task in task_ids {
+                // A node may answer 503 for a while (its store restarting): ask again later.
+                match node
+                    .json(Method::GET, &format!("/api/v1/tasks/{task}"), admin, None)
+                    .await
+                {
+                    Ok(body) => {
+                        done &= body["status"] == "COMPLETED" || body["status"] == "CANCELLED";
+                    }
+                    Err(_) => done = false,
+                }
+            }
+            if done {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The run's figures.
+fn report(args: &SimArgs, fleet: &Fleet, node: &Node, seconds: f64, connected: u64) -> Report {
     let completed = fleet.completions.load(Ordering::Relaxed);
     let assign = fleet
         .assign_ms
@@ -416,7 +431,7 @@ async fn drive(
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let round = |v: Option<f64>| v.map(|x| (x * 100.0).round() / 100.0);
-    Ok(Report {
+    Report {
         api: args.api,
         robots: args.robots,
         items_completed: completed,
@@ -435,7 +450,7 @@ async fn drive(
         node_moves: node.moves.load(Ordering::Relaxed),
         refusals: fleet.refusals.load(Ordering::Relaxed),
         reconnects: fleet.reconnects.load(Ordering::Relaxed),
-    })
+    }
 }
 
 async fn upload(node: &Node, fleet: &Fleet, admin: &str, process: i64, rows: usize) -> Result<i64> {

@@ -49,48 +49,8 @@ pub(super) async fn rest_robot(
             freed.clear();
         }
         for (n, item) in items.iter().enumerate() {
-            let id = item["id"].as_i64().unwrap_or_default();
-            let lease = item["lease_id"].clone();
-            let act = |verb: &str, body: Value| {
-                let mut body = body;
-                body["lease_id"] = lease.clone();
-                node.report(
-                    Method::POST,
-                    format!("/api/v1/robot/items/{id}/{verb}"),
-                    &auth,
-                    Some(body),
-                )
-            };
-            let (status, text) = act("start", json!({})).await?;
-            if !status.is_success() {
-                fleet.error(format!("start {id}: {status} {text}"));
-                fleet.dropped(index, id);
+            if !rest_item(node, args, fleet, index, &auth, item).await? {
                 continue;
-            }
-            if !args.work_time.is_zero() {
-                tokio::time::sleep(args.work_time).await;
-            }
-            fleet.pace(args.rate).await;
-            let (verb, body) = match outcome(args) {
-                Outcome::Complete => ("complete", json!({ "observation": "done" })),
-                Outcome::Business => (
-                    "fail",
-                    json!({ "kind": "business", "message": "simulated" }),
-                ),
-                Outcome::Application => (
-                    "fail",
-                    json!({ "kind": "application", "message": "simulated" }),
-                ),
-            };
-            let (status, text) = act(verb, body).await?;
-            if !status.is_success() {
-                fleet.error(format!("{verb} {id}: {status} {text}"));
-                fleet.dropped(index, id);
-            } else if verb == "complete" {
-                fleet.completed(index, id);
-            } else {
-                fleet.failures.fetch_add(1, Ordering::Relaxed);
-                fleet.dropped(index, id);
             }
             freed.push_back(Instant::now());
             if crashes(args) {
@@ -115,6 +75,62 @@ pub(super) async fn rest_robot(
             }
         }
     }
+}
+
+/// Starts and finishes one item over REST v1; `false` when the node refused the start (the
+/// item is dropped).
+async fn rest_item(
+    node: &Node,
+    args: &SimArgs,
+    fleet: &Fleet,
+    index: usize,
+    auth: &str,
+    item: &Value,
+) -> Result<bool> {
+    let id = item["id"].as_i64().unwrap_or_default();
+    let lease = item["lease_id"].clone();
+    let act = |verb: &str, body: Value| {
+        let mut body = body;
+        body["lease_id"] = lease.clone();
+        node.report(
+            Method::POST,
+            format!("/api/v1/robot/items/{id}/{verb}"),
+            auth,
+            Some(body),
+        )
+    };
+    let (status, text) = act("start", json!({})).await?;
+    if !status.is_success() {
+        fleet.error(format!("start {id}: {status} {text}"));
+        fleet.dropped(index, id);
+        return Ok(false);
+    }
+    if !args.work_time.is_zero() {
+        tokio::time::sleep(args.work_time).await;
+    }
+    fleet.pace(args.rate).await;
+    let (verb, body) = match outcome(args) {
+        Outcome::Complete => ("complete", json!({ "observation": "done" })),
+        Outcome::Business => (
+            "fail",
+            json!({ "kind": "business", "message": "simulated" }),
+        ),
+        Outcome::Application => (
+            "fail",
+            json!({ "kind": "application", "message": "simulated" }),
+        ),
+    };
+    let (status, text) = act(verb, body).await?;
+    if !status.is_success() {
+        fleet.error(format!("{verb} {id}: {status} {text}"));
+        fleet.dropped(index, id);
+    } else if verb == "complete" {
+        fleet.completed(index, id);
+    } else {
+        fleet.failures.fetch_add(1, Ordering::Relaxed);
+        fleet.dropped(index, id);
+    }
+    Ok(true)
 }
 
 /// One robot speaking the prototype's API: poll its tasks, then start and finish each item.

@@ -48,49 +48,12 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(signed_in(state.clone()))
         .and(with_state(state.clone()))
-        .then(|_user: AuthUser, state: AppState| async move {
-            respond(
-                async {
-                    let timeout = state.config.pulse_timeout;
-                    let robots = state.store.list_robots().await?;
-                    // A robot with a session here shows what this node's registry plans it
-                    // with; any other (served by another node of the cluster, or by none) the
-                    // items it holds in the store.
-                    let local = state.dispatcher.loads().await.unwrap_or_default();
-                    let held = state.store.held_counts().await?;
-                    let body: Vec<_> = robots
-                        .iter()
-                        .map(|r| {
-                            let mut view = views::robot(r, timeout);
-                            view.load =
-                                Some(local.iter().find(|l| l.robot_id == r.id).map_or_else(
-                                    || held.get(&r.id).copied().unwrap_or(0),
-                                    |l| l.in_flight,
-                                ));
-                            view
-                        })
-                        .collect();
-                    Ok::<_, ApiError>(warp::reply::json(&body))
-                }
-                .await,
-            )
-        });
+        .then(|_user: AuthUser, state| async move { respond(list(state).await) });
     let get = one
         .and(warp::get())
         .and(signed_in(state.clone()))
         .and(with_state(state.clone()))
-        .then(|id: i64, _user: AuthUser, state: AppState| async move {
-            respond(
-                async {
-                    let robot = state.store.robot(id).await?.ok_or_else(|| not_found(id))?;
-                    Ok::<_, ApiError>(warp::reply::json(&views::robot(
-                        &robot,
-                        state.config.pulse_timeout,
-                    )))
-                }
-                .await,
-            )
-        });
+        .then(|id, _user: AuthUser, state| async move { respond(get(id, state).await) });
     let patch = one
         .and(warp::patch())
         .and(signed_in(state.clone()))
@@ -101,40 +64,12 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(signed_in(state.clone()))
         .and(with_state(state.clone()))
-        .then(|id: i64, user: AuthUser, state: AppState| async move {
-            respond(
-                async {
-                    user.require_admin()?;
-                    if !state.dispatcher.delete_robot(id).await? {
-                        return Err(not_found(id));
-                    }
-                    Ok(StatusCode::NO_CONTENT)
-                }
-                .await,
-            )
-        });
+        .then(|id, user, state| async move { respond(delete(id, user, state).await) });
     let rotate = warp::path!("api" / "v1" / "robots" / i64 / "token")
         .and(warp::post())
         .and(signed_in(state.clone()))
         .and(with_state(state))
-        .then(|id: i64, user: AuthUser, state: AppState| async move {
-            respond(
-                async {
-                    user.require_admin()?;
-                    let token = new_robot_token();
-                    // The old token stops working now; what the robot held goes back.
-                    let robot = state
-                        .dispatcher
-                        .replace_robot_token(id, &hash_robot_token(&token))
-                        .await?
-                        .ok_or_else(|| not_found(id))?;
-                    let mut body = views::robot(&robot, state.config.pulse_timeout);
-                    body.token = Some(token);
-                    Ok::<_, ApiError>(warp::reply::json(&body))
-                }
-                .await,
-            )
-        });
+        .then(|id, user, state| async move { respond(rotate(id, user, state).await) });
     create
         .or(list)
         .unify()
@@ -147,6 +82,60 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(rotate)
         .unify()
         .boxed()
+}
+
+/// Every robot. A robot with a session here shows what this node's registry plans it with;
+/// any other (served by another node of the cluster, or by none) the items it holds in the
+/// store.
+async fn list(state: AppState) -> Result<impl warp::Reply, ApiError> {
+    let timeout = state.config.pulse_timeout;
+    let robots = state.store.list_robots().await?;
+    let local = state.dispatcher.loads().await.unwrap_or_default();
+    let held = state.store.held_counts().await?;
+    let body: Vec<_> = robots
+        .iter()
+        .map(|r| {
+            let mut view = views::robot(r, timeout);
+            view.load = Some(
+                local
+                    .iter()
+                    .find(|l| l.robot_id == r.id)
+                    .map_or_else(|| held.get(&r.id).copied().unwrap_or(0), |l| l.in_flight),
+            );
+            view
+        })
+        .collect();
+    Ok(warp::reply::json(&body))
+}
+
+async fn get(id: i64, state: AppState) -> Result<impl warp::Reply, ApiError> {
+    let robot = state.store.robot(id).await?.ok_or_else(|| not_found(id))?;
+    Ok(warp::reply::json(&views::robot(
+        &robot,
+        state.config.pulse_timeout,
+    )))
+}
+
+async fn delete(id: i64, user: AuthUser, state: AppState) -> Result<impl warp::Reply, ApiError> {
+    user.require_admin()?;
+    if !state.dispatcher.delete_robot(id).await? {
+        return Err(not_found(id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new token; the old one stops working now, and what the robot held goes back.
+async fn rotate(id: i64, user: AuthUser, state: AppState) -> Result<impl warp::Reply, ApiError> {
+    user.require_admin()?;
+    let token = new_robot_token();
+    let robot = state
+        .dispatcher
+        .replace_robot_token(id, &hash_robot_token(&token))
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let mut body = views::robot(&robot, state.config.pulse_timeout);
+    body.token = Some(token);
+    Ok(warp::reply::json(&body))
 }
 
 fn not_found(id: i64) -> ApiError {
