@@ -103,9 +103,12 @@ impl Dispatcher {
     /// Test hook: makes the robot registry fail as a bug would, to exercise the supervisor.
     pub fn fail_registry_for_test(&self) {
         if let Ok(parts) = self.parts() {
-            let _ = parts.registry.send_message(RobotRegistryMsg::Fail {
-                reason: "failure injected by a test".into(),
-            });
+            crate::mailbox::tell(
+                &parts.registry,
+                RobotRegistryMsg::Fail {
+                    reason: "failure injected by a test".into(),
+                },
+            );
         }
     }
 
@@ -308,9 +311,7 @@ impl Dispatcher {
     pub fn task_ready(&self, task_id: i64) {
         // While dispatch restarts, the new director finds the task in the store.
         if let Ok(parts) = self.parts() {
-            let _ = parts
-                .director
-                .send_message(TaskDirectorMsg::Activate { task_id });
+            crate::mailbox::tell(&parts.director, TaskDirectorMsg::Activate { task_id });
         }
         self.config.hints.send(Hint::TaskReady { task_id });
     }
@@ -335,15 +336,14 @@ impl Dispatcher {
             return Ok(false);
         }
         let parts = self.parts()?;
-        let _ = parts
-            .director
-            .send_message(TaskDirectorMsg::Cancelled { task_id });
+        crate::mailbox::tell(&parts.director, TaskDirectorMsg::Cancelled { task_id });
         let released =
             recovery::release_unstarted_of_task(&self.store, task_id, self.defaults(), now).await?;
         for (robot_id, count) in released.left_flight {
-            let _ = parts
-                .registry
-                .send_message(RobotRegistryMsg::ItemsLeftFlight { robot_id, count });
+            crate::mailbox::tell(
+                &parts.registry,
+                RobotRegistryMsg::ItemsLeftFlight { robot_id, count },
+            );
         }
         let mut elsewhere = Vec::new();
         for (robot_id, item_ids) in released.revoked {
@@ -351,9 +351,10 @@ impl Dispatcher {
                 elsewhere.push((robot_id, item_ids));
                 continue;
             }
-            let _ = parts
-                .registry
-                .send_message(RobotRegistryMsg::Revoke { robot_id, item_ids });
+            crate::mailbox::tell(
+                &parts.registry,
+                RobotRegistryMsg::Revoke { robot_id, item_ids },
+            );
         }
         // Robots with a session on another node: that node takes the items from them.
         crate::hints::tell_items_released(
@@ -392,9 +393,12 @@ impl Dispatcher {
             return Ok(None);
         };
         if let Ok(parts) = self.parts() {
-            let _ = parts.registry.send_message(RobotRegistryMsg::RobotChanged {
-                robot: robot.clone(),
-            });
+            crate::mailbox::tell(
+                &parts.registry,
+                RobotRegistryMsg::RobotChanged {
+                    robot: robot.clone(),
+                },
+            );
         }
         self.publish(EventKind::RobotChanged, robot.id).await;
         Ok(Some(robot))
@@ -428,10 +432,13 @@ impl Dispatcher {
     /// its items go back; other nodes end theirs when they read the event row.
     async fn robot_revoked(&self, robot_id: i64) {
         if let Ok(parts) = self.parts() {
-            let _ = parts.registry.send_message(RobotRegistryMsg::RobotRevoked {
-                robot_id,
-                before: None,
-            });
+            crate::mailbox::tell(
+                &parts.registry,
+                RobotRegistryMsg::RobotRevoked {
+                    robot_id,
+                    before: None,
+                },
+            );
         }
         self.publish(EventKind::RobotRevoked, robot_id).await;
     }

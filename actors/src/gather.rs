@@ -15,7 +15,7 @@ use std::time::Duration;
 /// Sends `flush` to `myself` after `delay`, or behind its queued messages when `delay` is zero.
 pub fn flush_later<M: Message>(myself: &ActorRef<M>, delay: Duration, flush: fn() -> M) {
     if delay.is_zero() {
-        let _ = myself.send_message(flush());
+        crate::mailbox::tell(myself, flush());
     } else {
         myself.send_after(delay, flush);
     }

@@ -211,6 +211,7 @@ where
                 } else {
                     format!("sent nothing for {}s", options.idle_timeout.as_secs_f64())
                 };
+                // The parser may have ended already (it stops at the first refusal); the error is returned below either way.
                 let _ = byte_tx.send(Err(message.clone())).await;
                 return Err(IngestError::Timeout(message));
             }
@@ -220,6 +221,7 @@ where
             Ok(chunk) => chunk,
             Err(err) => {
                 let message = err.to_string();
+                // The parser may have ended already (it stops at the first refusal); the error is returned below either way.
                 let _ = byte_tx.send(Err(message.clone())).await;
                 return Err(IngestError::Body(message));
             }
@@ -227,6 +229,7 @@ where
         let bytes = chunk.copy_to_bytes(chunk.remaining());
         total += bytes.len() as u64;
         if total > max_bytes {
+            // The parser may have ended already (it stops at the first refusal); the error is returned below either way.
             let _ = byte_tx.send(Err("upload too large".into())).await;
             return Err(IngestError::TooLarge { limit: max_bytes });
         }
@@ -311,6 +314,7 @@ fn parse_blocking(
     let mut parser = match CsvParser::with_limits(reader, limits) {
         Ok(parser) => parser,
         Err(err) => {
+            // The writer may have ended already; it then has the earlier error.
             let _ = batch_tx.blocking_send(Err(err));
             return;
         }

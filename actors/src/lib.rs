@@ -21,6 +21,7 @@ pub mod hints;
 pub mod ingest;
 pub mod lifecycle;
 pub mod limits;
+pub mod mailbox;
 pub mod peer_listener;
 pub mod recovery;
 pub mod retry;

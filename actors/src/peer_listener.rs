@@ -139,6 +139,7 @@ pub async fn run(
             );
             continue;
         };
+        // Nagle on is slower, not wrong.
         let _ = stream.set_nodelay(true);
         next += 1;
         let label = format!("{addr}#{next}");

@@ -202,8 +202,11 @@ pub async fn start_parts(
 /// connections), then the batcher, so writes already asked for are made.
 async fn stop_parts(parts: &Parts) {
     let wait = Some(Duration::from_secs(5));
+    // An actor that does not stop in time is left to end with the runtime.
     let _ = parts.director.stop_and_wait(None, wait).await;
+    // An actor that does not stop in time is left to end with the runtime.
     let _ = parts.registry.stop_and_wait(None, wait).await;
+    // An actor that does not stop in time is left to end with the runtime.
     let _ = parts.batcher.stop_and_wait(None, wait).await;
 }
 
@@ -277,7 +280,7 @@ impl SupervisorState {
                     fence: {
                         let supervisor = myself.clone();
                         Arc::new(move || {
-                            let _ = supervisor.send_message(SupervisorMsg::Fence);
+                            crate::mailbox::tell(&supervisor, SupervisorMsg::Fence);
                         })
                     },
                 },
@@ -329,18 +332,18 @@ fn hint_sink(
             .and_then(|p| p.as_ref().map(|p| p.director.clone()));
         let read_events = || {
             if let Some(member) = member.read().ok().and_then(|m| m.clone()) {
-                let _ = member.send_message(MemberMsg::ReadEvents);
+                crate::mailbox::tell(&member, MemberMsg::ReadEvents);
             }
         };
         match hint {
             Hint::TaskReady { task_id } => {
                 if let Some(director) = director {
-                    let _ = director.send_message(TaskDirectorMsg::Activate { task_id });
+                    crate::mailbox::tell(&director, TaskDirectorMsg::Activate { task_id });
                 }
             }
             Hint::TaskCancelled { task_id } => {
                 if let Some(director) = director {
-                    let _ = director.send_message(TaskDirectorMsg::Cancelled { task_id });
+                    crate::mailbox::tell(&director, TaskDirectorMsg::Cancelled { task_id });
                 }
                 read_events();
             }
@@ -448,6 +451,7 @@ impl Actor for DispatchSupervisor {
             SupervisorMsg::Shutdown { reply } => {
                 state.stopping = true;
                 if let Some(sweeper) = state.sweeper.take() {
+                    // An actor that does not stop in time is left to end with the runtime.
                     let _ = sweeper
                         .stop_and_wait(None, Some(Duration::from_secs(5)))
                         .await;
@@ -456,12 +460,13 @@ impl Actor for DispatchSupervisor {
                     stop_parts(&parts).await;
                 }
                 if let Some(member) = state.member.take() {
+                    // An actor that does not stop in time is left to end with the runtime.
                     let _ = member
                         .stop_and_wait(None, Some(Duration::from_secs(5)))
                         .await;
                 }
                 crate::cluster::leave(&state.args.store, &state.args.view).await;
-                let _ = reply.send(());
+                crate::mailbox::answer(reply, ());
             }
         }
         Ok(())

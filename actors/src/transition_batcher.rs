@@ -135,22 +135,28 @@ pub fn notify_transition(
         && !in_flight(new.status)
         && let Some(robot_id) = old.robot_id
     {
-        let _ = registry.send_message(RobotRegistryMsg::ItemLeft {
-            robot_id,
-            item_id: old.id,
-            lease_id: old.lease_id.clone(),
-        });
+        crate::mailbox::tell(
+            registry,
+            RobotRegistryMsg::ItemLeft {
+                robot_id,
+                item_id: old.id,
+                lease_id: old.lease_id.clone(),
+            },
+        );
     }
     if new.status == ItemStatus::Pending
         && let Some(director) = director
     {
-        let _ = director.send_message(TaskDirectorMsg::Requeued {
-            task_id: new.task_id,
-            items: vec![PendingItem {
-                id: new.id,
-                not_before: new.not_before,
-            }],
-        });
+        crate::mailbox::tell(
+            director,
+            TaskDirectorMsg::Requeued {
+                task_id: new.task_id,
+                items: vec![PendingItem {
+                    id: new.id,
+                    not_before: new.not_before,
+                }],
+            },
+        );
     }
 }
 
@@ -226,9 +232,10 @@ impl BatcherState {
             Ok(leftovers) => leftovers,
             Err((requests, err)) => {
                 for request in requests {
-                    let _ = request
-                        .reply
-                        .send(Err(Unavailable::Batch(err.clone()).into()));
+                    crate::mailbox::answer(
+                        request.reply,
+                        Err(Unavailable::Batch(err.clone()).into()),
+                    );
                 }
                 Vec::new()
             }
@@ -241,11 +248,11 @@ impl BatcherState {
                 .store
                 .assign_items(lease.task_id, &lease.grants, now)
                 .await;
-            let _ = lease.reply.send(outcome);
+            crate::mailbox::answer(lease.reply, outcome);
         }
         for request in leftovers {
             let outcome = self.act_alone(&request).await;
-            let _ = request.reply.send(outcome);
+            crate::mailbox::answer(request.reply, outcome);
         }
     }
 
@@ -301,10 +308,10 @@ impl BatcherState {
                     notify_transition(&self.args.registry, self.director.as_ref(), old, new);
                 }
                 for (request, outcome) in held {
-                    let _ = request.reply.send(outcome);
+                    crate::mailbox::answer(request.reply, outcome);
                 }
                 for (lease, got) in leases.drain(..).zip(leased) {
-                    let _ = lease.reply.send(Ok(got));
+                    crate::mailbox::answer(lease.reply, Ok(got));
                 }
                 Ok(retry_alone(Vec::new()))
             }
@@ -346,9 +353,10 @@ fn plan_batch(
     let mut unplanned = Vec::new();
     for request in requests {
         let Some(old) = current.get(&request.item_id) else {
-            let _ = request
-                .reply
-                .send(Err(DispatchError::ItemNotFound(request.item_id)));
+            crate::mailbox::answer(
+                request.reply,
+                Err(DispatchError::ItemNotFound(request.item_id)),
+            );
             continue;
         };
         let Some(policy) = policies.get(&old.task_id) else {
@@ -377,7 +385,7 @@ fn plan_batch(
         if written.contains(&request.item_id) {
             held.push((request, outcome));
         } else {
-            let _ = request.reply.send(outcome);
+            crate::mailbox::answer(request.reply, outcome);
         }
     }
     // One change per item: from the stored state to the last planned one.

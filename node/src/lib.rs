@@ -160,6 +160,7 @@ impl Node {
         }
         let (shutdown, stop) = oneshot::channel::<()>();
         let stop = futures_util::FutureExt::shared(async move {
+            // A dropped sender stops the server too.
             let _ = stop.await;
         });
         let metrics = match config.metrics_listen {
@@ -211,11 +212,14 @@ impl Node {
     /// closes the store.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
+            // The server may have ended already.
             let _ = tx.send(());
         }
         self.dispatcher.close_robot_connections().await;
+        // The server's task ended; a panic in it was reported where it happened.
         let _ = (&mut self.server).await;
         if let Some((_, metrics)) = self.metrics.take() {
+            // The metrics server's task ended; a panic in it was reported where it happened.
             let _ = metrics.await;
         }
         self.dispatcher.shutdown().await;
@@ -244,12 +248,14 @@ async fn wait_for_signal() {
                 }
             }
             Err(_) => {
+                // Without a signal handler the node runs until killed.
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
     {
+        // Without a signal handler the node runs until killed.
         let _ = tokio::signal::ctrl_c().await;
     }
 }

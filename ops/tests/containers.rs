@@ -22,6 +22,7 @@
 mod support;
 
 use anyhow::{Context, Result, bail, ensure};
+use orchestrator_test_kit::until;
 use reqwest::Client;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -177,22 +178,23 @@ impl Stack {
 
     /// Until the SurrealDB server answers `/health` through its published port.
     async fn wait_db(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(port) = self.db.get_host_port_ipv4(8000).await {
-                let health = self
-                    .http
-                    .get(format!("http://127.0.0.1:{port}/health"))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await;
-                if health.is_ok_and(|r| r.status().is_success()) {
-                    return Ok(());
-                }
-            }
-            ensure!(Instant::now() < deadline, "SurrealDB did not come up");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        until(Duration::from_secs(60), "SurrealDB came up", || async {
+            let Ok(port) = self.db.get_host_port_ipv4(8000).await else {
+                return Ok(Err("no published port yet".into()));
+            };
+            let health = self
+                .http
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            Ok(match health {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("/health answered {}", r.status())),
+                Err(err) => Err(err.to_string()),
+            })
+        })
+        .await
     }
 
     fn name(&self, n: usize) -> String {
@@ -253,23 +255,27 @@ impl Stack {
     }
 
     async fn wait_healthy(&self, n: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let health = self
-                .http
-                .get(self.url(n, "/healthz"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "n{n} not healthy after 60 s:\n{}",
-                self.logs(n).await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let healthy = until(
+            Duration::from_secs(60),
+            &format!("n{n} healthy"),
+            || async {
+                let health = self
+                    .http
+                    .get(self.url(n, "/healthz"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                Ok(match health {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("/healthz answered {}", r.status())),
+                    Err(err) => Err(err.to_string()),
+                })
+            },
+        )
+        .await;
+        match healthy {
+            Ok(()) => Ok(()),
+            Err(err) => Err(err.context(self.logs(n).await)),
         }
     }
 
@@ -338,36 +344,32 @@ impl Stack {
         incarnation: i64,
     ) -> Result<Duration> {
         let started = Instant::now();
-        loop {
+        let what = format!("n{n} sees {id} alive={alive}, incarnation >= {incarnation}");
+        until(Duration::from_secs(60), &what, || async {
             let member = self.member(n, token, id).await?;
-            if member["alive"] == alive
-                && member["incarnation"].as_i64().unwrap_or(0) >= incarnation
-            {
-                return Ok(started.elapsed());
-            }
-            ensure!(
-                started.elapsed() < Duration::from_secs(60),
-                "n{n} still sees {member} (waiting for alive={alive}, incarnation \
-                 >= {incarnation})"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let seen = member["alive"] == alive
+                && member["incarnation"].as_i64().unwrap_or(0) >= incarnation;
+            Ok(if seen {
+                Ok(started.elapsed())
+            } else {
+                Err(member.to_string())
+            })
+        })
+        .await
     }
 
     /// Waits until the cluster has completed at least `at_least` items (asked of node `n`).
     async fn wait_completed(&self, n: usize, token: &str, at_least: i64) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        until(Duration::from_secs(120), "the fleet got going", || async {
             let stats = self.get(n, "/api/v1/stats", token).await?;
-            if stats["items"]["completed"].as_i64().unwrap_or(0) >= at_least {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "the fleet did not get going: {stats}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let going = stats["items"]["completed"].as_i64().unwrap_or(0) >= at_least;
+            Ok(if going {
+                Ok(())
+            } else {
+                Err(stats.to_string())
+            })
+        })
+        .await
     }
 
     /// The Docker client testcontainers uses, for what it does not wrap (kill, networks).

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use orchestrator_node::{Node, NodeConfig};
+pub use orchestrator_test_kit::{eventually, throughout, until};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -179,24 +180,6 @@ pub async fn expect_error(
         bail!("expected error {code} containing '{fragment}', got {body}");
     }
     Ok(())
-}
-
-/// Polls `check` until it returns `Some`, or fails after `deadline`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if start.elapsed() > deadline {
-            bail!("condition not met within {deadline:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A seed-format CSV (`linea,valor,field_name`) with `rows` rows.

@@ -10,7 +10,11 @@ use orchestrator_actors::domain::{
 use orchestrator_actors::lifecycle::{ItemState, RobotAction};
 use orchestrator_actors::store::{NewItem, NewProcess, NewRobot, RobotPatch};
 use orchestrator_actors::{Store, StoreConfig};
-use orchestrator_tests::eventually;
+use orchestrator_tests::{eventually, throughout};
+
+/// How long a test watches for something that must not happen once the clock moved (the
+/// rigs sweep every 20 ms: fifteen sweeps).
+const QUIET: Duration = Duration::from_millis(300);
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -172,12 +176,11 @@ async fn a_robot_silent_past_the_pulse_timeout_is_ended_and_its_items_released()
 
     // 29 s of silence is still within the timeout: nothing happens.
     rig.advance(Duration::from_secs(29));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(rig.dispatcher.loads().await?.len(), 1);
-    assert_eq!(
-        rig.store.robot_items_in_flight(rig.robot.id).await?.len(),
-        2
-    );
+    throughout(QUIET, "the robot keeps its session and items", || async {
+        Ok(rig.dispatcher.loads().await?.len() == 1
+            && rig.store.robot_items_in_flight(rig.robot.id).await?.len() == 2)
+    })
+    .await?;
 
     rig.advance(Duration::from_secs(2));
     let robot = eventually(Duration::from_secs(10), || async {
@@ -490,9 +493,11 @@ async fn a_standby_item_goes_back_before_its_lease_can_expire() -> Result<()> {
 
     // Within the first half of its lease the standby stays put.
     rig.advance(Duration::from_secs(25));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let now = rig.store.item_state(standby.id).await?.expect("item");
-    assert_eq!(now.lease_id, standby.lease_id);
+    throughout(QUIET, "the standby keeps its lease", || async {
+        let now = rig.store.item_state(standby.id).await?.expect("item");
+        Ok(now.lease_id == standby.lease_id)
+    })
+    .await?;
 
     // Past half its lease it goes back (not an attempt, no expiry) and a fresh one is leased.
     rig.advance(Duration::from_secs(10));
@@ -517,7 +522,10 @@ async fn a_standby_item_goes_back_before_its_lease_can_expire() -> Result<()> {
         )
         .await?;
     rig.advance(Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    throughout(QUIET, "no lease expires", || async {
+        Ok(rig.items().await?.iter().all(|i| i.lease_expiries == 0))
+    })
+    .await?;
     let items = rig.items().await?;
     assert!(items.iter().all(|i| i.lease_expiries == 0), "{items:?}");
     assert!(

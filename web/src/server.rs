@@ -216,6 +216,7 @@ async fn refuse(mut stream: TcpStream, cap: usize) {
          retry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
+    // A refused client that does not read is dropped after two seconds either way.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;

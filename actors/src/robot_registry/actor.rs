@@ -265,9 +265,12 @@ impl RegistryState {
     fn tell_revoked(&self, revoked: &BTreeMap<i64, Vec<i64>>) {
         for (robot_id, item_ids) in revoked {
             if let Some(session) = self.sessions.get(robot_id) {
-                let _ = session.actor.send_message(RobotSessionMsg::Revoke {
-                    item_ids: item_ids.clone(),
-                });
+                crate::mailbox::tell(
+                    &session.actor,
+                    RobotSessionMsg::Revoke {
+                        item_ids: item_ids.clone(),
+                    },
+                );
             }
         }
     }
@@ -311,7 +314,7 @@ impl RegistryState {
         }
         if let Some(director) = &self.director {
             for (task_id, items) in released.requeued {
-                let _ = director.send_message(TaskDirectorMsg::Requeued { task_id, items });
+                crate::mailbox::tell(director, TaskDirectorMsg::Requeued { task_id, items });
             }
         }
     }
@@ -332,9 +335,12 @@ impl RegistryState {
             && session.told_window != Some(capacity)
         {
             session.told_window = Some(capacity);
-            let _ = session.actor.send_message(RobotSessionMsg::Limits {
-                window: capacity.max(0) as usize,
-            });
+            crate::mailbox::tell(
+                &session.actor,
+                RobotSessionMsg::Limits {
+                    window: capacity.max(0) as usize,
+                },
+            );
         }
     }
 
@@ -356,9 +362,12 @@ impl RegistryState {
             if slot.standby_held() > 0
                 && let Some(session) = self.sessions.get(robot_id)
             {
-                let _ = session.actor.send_message(RobotSessionMsg::Withdraw {
-                    processes: processes.clone(),
-                });
+                crate::mailbox::tell(
+                    &session.actor,
+                    RobotSessionMsg::Withdraw {
+                        processes: processes.clone(),
+                    },
+                );
             }
         }
     }

@@ -170,6 +170,7 @@ mod tests {
         assert!(board.session(7).is_none());
         assert!(board.session(7).is_none());
         actor.stop(None);
+        // The writer's last flush ended; its outcome was logged there.
         let _ = handle.await;
     }
 }

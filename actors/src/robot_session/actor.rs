@@ -120,11 +120,13 @@ impl Connection {
     }
 
     fn close(self, reason: &str) {
+        // A full or closed queue: the reader is aborted next, which ends the connection anyway.
         let _ = self.outbound.try_send(Outbound::Close(reason.into()));
         self.reader.abort();
     }
 
     fn restart(self, reason: &str) {
+        // A full or closed queue: the reader is aborted next, which ends the connection anyway.
         let _ = self.outbound.try_send(Outbound::Restart(reason.into()));
         self.reader.abort();
     }
@@ -314,13 +316,13 @@ impl SessionState {
     }
 
     fn streaming(&self, on: bool) {
-        let _ = self
-            .args
-            .registry
-            .send_message(RobotRegistryMsg::Streaming {
+        crate::mailbox::tell(
+            &self.args.registry,
+            RobotRegistryMsg::Streaming {
                 robot_id: self.args.robot_id,
                 on,
-            });
+            },
+        );
     }
 
     /// Items leased to the robot: pushed on its WebSocket, given to parked claims, or kept
@@ -372,7 +374,7 @@ impl SessionState {
         let given = self.take_new(&mut mailbox, max);
         self.mailbox = mailbox;
         if !given.is_empty() || wait.is_zero() {
-            let _ = reply.send(given);
+            crate::mailbox::answer(reply, given);
         } else {
             self.next_waiter += 1;
             let id = self.next_waiter;
@@ -411,7 +413,7 @@ impl SessionState {
                     session: myself.clone(),
                 };
                 ws::read_frames(robot, dispatcher, link, ping_every).await;
-                let _ = myself.send_message(RobotSessionMsg::Detached { conn: id });
+                crate::mailbox::tell(&myself, RobotSessionMsg::Detached { conn: id });
             })
         };
         self.ws = Some(Connection {
@@ -465,6 +467,7 @@ impl SessionState {
         if let Some(conn) = &self.ws
             && !shown.is_empty()
         {
+            // A connection that cannot take the frame is being closed; the robot resumes from the store.
             let _ = conn.push(ws::revoke_frame(&shown));
         }
         self.fill_window();
@@ -548,7 +551,7 @@ impl Actor for RobotSession {
                 if let Some(pos) = state.waiters.iter().position(|w| w.id == waiter)
                     && let Some(w) = state.waiters.remove(pos)
                 {
-                    let _ = w.reply.send(Vec::new());
+                    crate::mailbox::answer(w.reply, Vec::new());
                 }
             }
             RobotSessionMsg::AttachWs(attach) => state.attach_ws(&myself, *attach).await?,
@@ -598,9 +601,9 @@ impl Actor for RobotSession {
                     conn.restart("the node is shutting down; reconnect");
                 }
                 for waiter in state.waiters.drain(..) {
-                    let _ = waiter.reply.send(Vec::new());
+                    crate::mailbox::answer(waiter.reply, Vec::new());
                 }
-                let _ = reply.send(());
+                crate::mailbox::answer(reply, ());
                 myself.stop(Some("node shutting down".into()));
             }
             RobotSessionMsg::Expiring { now } => {

@@ -380,12 +380,14 @@ impl Reader {
         );
         self.last_ready = Some(tokio::spawn(async move {
             if let Some(before) = before {
+                // The earlier task answered its robot itself; only that it ended matters here.
                 let _ = before.await;
             }
             let reply = match dispatcher.ready(&robot, capacity).await {
                 Ok(()) => ack_frame(reference, None),
                 Err(err) => error_frame(err.code().name, &err.public_message(None), reference),
             };
+            // A closed connection drops the answer: the robot sends again what was not acknowledged.
             let _ = outbound.send(reply).await;
             drop(permit);
         }));
@@ -417,10 +419,13 @@ impl Reader {
         ) {
             // The session is told so it can push the next item; if it is gone, the reader
             // ends with the connection anyway.
-            let _ = self.session.send_message(RobotSessionMsg::Finished {
-                item_id,
-                lease_id: lease_id.clone(),
-            });
+            crate::mailbox::tell(
+                &self.session,
+                RobotSessionMsg::Finished {
+                    item_id,
+                    lease_id: lease_id.clone(),
+                },
+            );
         }
         let dispatcher = self.dispatcher.clone();
         let outbound = self.outbound.clone();
@@ -431,6 +436,7 @@ impl Reader {
         }
         let task = tokio::spawn(async move {
             if let Some(before) = before {
+                // The earlier task answered its robot itself; only that it ended matters here.
                 let _ = before.await;
             }
             let reply = match dispatcher
@@ -443,6 +449,7 @@ impl Reader {
                 ),
                 Err(err) => error_frame(err.code().name, &err.public_message(None), reference),
             };
+            // A closed connection drops the answer: the robot sends again what was not acknowledged.
             let _ = outbound.send(reply).await;
             drop(permit);
         });

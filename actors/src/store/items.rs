@@ -3,7 +3,7 @@
 //! the tasks' counters, so counters never drift and two writers never both win.
 
 use super::Store;
-use super::chunks::{Cached, Chunk, Payload, TaskDelta, chunk_of};
+use super::chunks::{CHUNK_ITEMS, Cached, Chunk, Payload, TaskDelta, chunk_of};
 use crate::domain::{Item, ItemCounts, ItemStatus, Millis, rfc3339};
 use crate::error::StoreError;
 use crate::lifecycle::{ItemState, add_counts, count_delta};
@@ -404,6 +404,22 @@ impl Store {
             );
         }
         Ok(found)
+    }
+
+    /// The id ranges of a task's items cut into reads of four chunks each, in id order: an
+    /// export reads them one after the other with [`Store::items_in_range`].
+    pub async fn task_slices(&self, task_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        const SLICE: i64 = 4 * CHUNK_ITEMS;
+        let mut slices = Vec::new();
+        for (first, last) in self.task_id_ranges(task_id).await? {
+            let mut from = first;
+            while from <= last {
+                let to = (from + SLICE - 1).min(last);
+                slices.push((from, to));
+                from = to + 1;
+            }
+        }
+        Ok(slices)
     }
 
     /// The id ranges a task's items occupy.

@@ -19,14 +19,15 @@ mod tasks;
 mod throughput;
 mod users;
 
-pub use chunks::{CHUNK_ITEMS, chunk_of};
+pub(crate) use chunks::CHUNK_ITEMS;
 pub use items::{Grant, LeasedItem, PendingItem};
 pub use nodes::{EventKind, EventRow, NodeBeat, NodeRow, SingletonRow};
 pub use processes::{NewProcess, ProcessPatch};
 pub use robots::{NewRobot, RobotPatch};
 pub use schema::SCHEMA_VERSION;
 pub use tasks::{ItemFilter, NewItem, Stats, TaskFilter};
-pub use throughput::{MinuteCount, minute_of};
+pub use throughput::MinuteCount;
+pub(crate) use throughput::minute_of;
 pub use users::{NewUser, UserPatch};
 
 use crate::error::StoreError;
@@ -512,10 +513,14 @@ impl Store {
     /// Flushes and closes an embedded store (its background tasks stop cleanly); a no-op for a
     /// shared server. Call once, when nothing will use the store again.
     pub async fn close(&self) {
-        if let Db::Embedded(_, datastore) = &*self.db
-            && let Err(err) = datastore.shutdown().await
-        {
-            tracing::warn!(error = %err, "store did not close cleanly");
+        if let Db::Embedded(_, datastore) = &*self.db {
+            if let Err(err) = datastore.shutdown().await {
+                tracing::warn!(error = %err, "store did not close cleanly");
+            }
+            // The engine shuts its datastore down again when the last SDK handle drops; that
+            // second pass found the commit path closed and logged "ERROR The datastore is
+            // shutting down" (a stop in three). The closed store keeps one handle for good.
+            std::mem::forget(self.clone());
         }
     }
 

@@ -235,7 +235,7 @@ mod tests {
         let rows: Vec<Value> = store
             .rows(
                 "SELECT VALUE string::len(state) FROM type::record('chunk', $n);",
-                json!({ "n": crate::store::chunk_of(first) }),
+                json!({ "n": crate::store::chunks::chunk_of(first) }),
                 0,
             )
             .await?;

@@ -19,11 +19,21 @@ pub struct MinuteCount {
 }
 
 /// The epoch minute holding `at`.
-pub fn minute_of(at: Millis) -> i64 {
+pub(crate) fn minute_of(at: Millis) -> i64 {
     at.div_euclid(60_000)
 }
 
 impl Store {
+    /// The last `minutes` minutes up to the one holding `now`, oldest first.
+    pub async fn recent_throughput(
+        &self,
+        minutes: i64,
+        now: Millis,
+    ) -> Result<Vec<MinuteCount>, StoreError> {
+        let last = minute_of(now);
+        self.throughput(last - minutes + 1, last).await
+    }
+
     /// Every minute from `first` to `last` inclusive, oldest first; minutes with no row count 0.
     pub async fn throughput(&self, first: i64, last: i64) -> Result<Vec<MinuteCount>, StoreError> {
         // At most an hour of minutes per node is kept: the table is small.

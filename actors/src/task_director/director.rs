@@ -108,10 +108,13 @@ impl DirectorState {
         {
             self.tasks.remove(&task_id);
         }
-        let _ = self.args.registry.send_message(RobotRegistryMsg::TaskGone {
-            task_id,
-            actor: actor.get_id(),
-        });
+        crate::mailbox::tell(
+            &self.args.registry,
+            RobotRegistryMsg::TaskGone {
+                task_id,
+                actor: actor.get_id(),
+            },
+        );
         Some(task_id)
     }
 }

@@ -156,9 +156,7 @@ impl TaskState {
             if !items.is_empty() {
                 // A session that ended meanwhile loses nothing: the lease stays in the
                 // store and is released when the robot is declared lost.
-                let _ = grant
-                    .session
-                    .send_message(RobotSessionMsg::Deliver { items });
+                crate::mailbox::tell(&grant.session, RobotSessionMsg::Deliver { items });
             }
         }
         debug!(task_id = self.args.task_id, wanted, ?unused, "leased");

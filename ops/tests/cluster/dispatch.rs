@@ -49,11 +49,15 @@ async fn a_task_cancelled_on_one_node_gets_no_new_lease_on_any_node() -> Result<
         }));
     }
     // Cancel on node 1 once the robots are well under way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&cluster.task(1, &admin, work.task).await?, "completed") < 200 {
-        ensure!(Instant::now() < deadline, "the robots did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(Duration::from_secs(60), "the robots started", || async {
+        let task = cluster.task(1, &admin, work.task).await?;
+        Ok(if count(&task, "completed") >= 200 {
+            Ok(())
+        } else {
+            Err(task.to_string())
+        })
+    })
+    .await?;
     cluster
         .json(
             1,
@@ -105,15 +109,17 @@ async fn a_scarce_task_goes_to_the_least_loaded_robot_of_any_node() -> Result<()
     wait_loads(&cluster, 1, &admin, &work.ids[..1], &[3]).await?;
     let idle = ws_robot_ready(&cluster, 2, &work.tokens[1]).await?;
     // n1 learns of n2's idle robot from n2's next heartbeat (the cluster page shows it too).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let view = cluster.cluster_view(1, &admin).await?;
-        if node_in(&view, "n2")["free_slots"] == 5 && node_in(&view, "n1")["free_slots"] == 2 {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "no summaries: {view}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        "load summaries of both nodes",
+        || async {
+            let view = cluster.cluster_view(1, &admin).await?;
+            let seen =
+                node_in(&view, "n2")["free_slots"] == 5 && node_in(&view, "n1")["free_slots"] == 2;
+            Ok(if seen { Ok(()) } else { Err(view.to_string()) })
+        },
+    )
+    .await?;
     // The row is there; n1's member reads the rows every sweep (200 ms) into what its
     // registry plans with.
     tokio::time::sleep(5 * SWEEP).await;

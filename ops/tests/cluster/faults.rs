@@ -55,20 +55,7 @@ async fn a_killed_nodes_robots_move_or_are_released_and_the_work_completes() -> 
         .output();
     let sim = tokio::spawn(sim);
     // Kill the victim once about 30 % of the fleet's items are done.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let stats = cluster
-            .json(survivor, Method::GET, "/api/v1/stats", &admin, None)
-            .await?;
-        if stats["items"]["completed"].as_i64().unwrap_or(0) >= 900 {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the fleet did not get going: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_completed(&cluster, survivor, &admin, 900).await?;
     cluster.node(victim)?.signal("KILL")?;
     let killed = Instant::now();
     pulses.abort();
@@ -219,14 +206,16 @@ async fn a_rolling_restart_of_every_node_under_load_loses_nothing() -> Result<()
         cluster.wait_healthy(n).await?;
         // The fleet keeps finishing items: measure how long until it moved again.
         let other = n % 3 + 1;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while completed_now(&cluster, other, &admin).await? <= before {
-            ensure!(
-                Instant::now() < deadline,
-                "the fleet stopped after n{n} restarted"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("the fleet moving again after n{n} restarted");
+        until(Duration::from_secs(30), &what, || async {
+            let now = completed_now(&cluster, other, &admin).await?;
+            Ok(if now > before {
+                Ok(())
+            } else {
+                Err(format!("{now} completed"))
+            })
+        })
+        .await?;
         longest_pause = longest_pause.max(stopping.elapsed());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

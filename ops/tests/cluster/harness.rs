@@ -8,10 +8,11 @@ pub(crate) use orchestrator_actors::domain::Clock;
 pub(crate) use orchestrator_actors::domain::Platform;
 pub(crate) use orchestrator_actors::store::{Lane, NewRobot};
 pub(crate) use orchestrator_actors::{Store, StoreConfig};
+pub(crate) use orchestrator_test_kit::{Proc, free_port, until};
 pub(crate) use reqwest::{Client, Method};
 pub(crate) use serde_json::{Value, json};
 pub(crate) use std::path::{Path, PathBuf};
-pub(crate) use std::process::{Child, Command, Stdio};
+pub(crate) use std::process::{Command, Stdio};
 pub(crate) use std::time::{Duration, Instant};
 
 pub(crate) const ADMIN_PASSWORD: &str = "cluster-test-password";
@@ -23,12 +24,6 @@ pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(1);
 /// One cluster test at a time.
 pub(crate) static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 pub(crate) fn node_binary() -> Result<PathBuf> {
     let path = Path::new(env!("CARGO_BIN_EXE_surreal")).with_file_name("orchestrator");
     ensure!(
@@ -37,30 +32,6 @@ pub(crate) fn node_binary() -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-/// A child process killed when dropped.
-pub(crate) struct Proc {
-    pub(crate) child: Child,
-    pub(crate) name: String,
-}
-
-impl Proc {
-    pub(crate) fn signal(&self, signal: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()?;
-        ensure!(status.success(), "kill -{signal} {} failed", self.name);
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.signal("CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Timers of the nodes, and whether they exchange hints.
@@ -152,18 +123,16 @@ impl Cluster {
                 .context("start surreal")?,
             name: "surreal".into(),
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self
-            .http
-            .get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-            .map_or(true, |r| !r.status().is_success())
-        {
-            ensure!(Instant::now() < deadline, "surreal did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        until(Duration::from_secs(60), "surreal started", || async {
+            let up = self
+                .http
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            Ok(if up { Ok(()) } else { Err("no answer".into()) })
+        })
+        .await
     }
 
     pub(crate) fn spawn_node(&self, n: usize) -> Result<Proc> {
@@ -204,22 +173,20 @@ impl Cluster {
     }
 
     pub(crate) async fn wait_healthy(&self, n: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = self
-                .http
-                .get(format!("{}/healthz", self.urls[n - 1]))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("n{n} did not become healthy:\n{}", self.log(n));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until(
+            Duration::from_secs(60),
+            &format!("n{n} healthy"),
+            || async {
+                let ok = self
+                    .http
+                    .get(format!("{}/healthz", self.urls[n - 1]))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                Ok(if ok { Ok(()) } else { Err(self.log(n)) })
+            },
+        )
+        .await
     }
 
     pub(crate) fn log(&self, n: usize) -> String {
@@ -560,18 +527,16 @@ pub(crate) async fn wait_loads(
     ids: &[i64],
     want: &[i64],
 ) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("n{n} shows loads {want:?} for robots {ids:?}");
+    until(Duration::from_secs(10), &what, || async {
         let now = loads(cluster, n, admin, ids).await?;
-        if now == want {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "n{n} shows loads {now:?} for robots {ids:?}, not {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(if now == want {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        })
+    })
+    .await
 }
 
 /// Connects the robot with `token` to node `n` over WebSocket and says it is ready; the socket
@@ -617,20 +582,18 @@ pub(crate) async fn wait_completed(
     admin: &str,
     at_least: i64,
 ) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    until(Duration::from_secs(90), "the fleet got going", || async {
         let stats = cluster
             .json(n, Method::GET, "/api/v1/stats", admin, None)
             .await?;
-        if stats["items"]["completed"].as_i64().unwrap_or(0) >= at_least {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the fleet did not get going: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let going = stats["items"]["completed"].as_i64().unwrap_or(0) >= at_least;
+        Ok(if going {
+            Ok(())
+        } else {
+            Err(stats.to_string())
+        })
+    })
+    .await
 }
 
 /// A WebSocket to a node's robot channel.

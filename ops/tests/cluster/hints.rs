@@ -16,27 +16,26 @@ async fn nodes_with_a_cookie_hint_each_other_before_their_store_poll() -> Result
     };
     let cluster = Cluster::start_with(2, timers).await?;
     let admin = cluster.login(1).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let v1 = until(Duration::from_secs(30), "the nodes connected", || async {
         let (v1, v2) = (
             cluster.cluster_view(1, &admin).await?,
             cluster.cluster_view(2, &admin).await?,
         );
-        if v1["hints"]["peers"] == json!(["n2"]) && v2["hints"]["peers"] == json!(["n1"]) {
-            assert_eq!(v1["hints"]["enabled"], true, "{v1}");
-            assert_eq!(
-                node_in(&v1, "n2")["cluster"],
-                format!("127.0.0.1:{}", ports[1]),
-                "{v1}"
-            );
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "nodes never connected: {v1} {v2}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let connected =
+            v1["hints"]["peers"] == json!(["n2"]) && v2["hints"]["peers"] == json!(["n1"]);
+        Ok(if connected {
+            Ok(v1)
+        } else {
+            Err(format!("{v1} {v2}"))
+        })
+    })
+    .await?;
+    assert_eq!(v1["hints"]["enabled"], true, "{v1}");
+    assert_eq!(
+        node_in(&v1, "n2")["cluster"],
+        format!("127.0.0.1:{}", ports[1]),
+        "{v1}"
+    );
     let work = cluster.work(&admin, "hints", 2, 40).await?;
     // Robot 0 polls node 2 over REST, robot 1 holds a WebSocket there.
     cluster.activate(2, &work.tokens[0]).await?;

@@ -11,16 +11,17 @@ async fn three_nodes_started_together_on_an_empty_database_all_come_up() -> Resu
     for n in 1..=3 {
         cluster.login(n).await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let view = loop {
+    let view = until(Duration::from_secs(10), "all three alive", || async {
         let view = cluster.cluster_view(3, &admin).await?;
         let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
-        if nodes.len() == 3 && nodes.iter().all(|n| n["alive"] == true) {
-            break view;
-        }
-        ensure!(Instant::now() < deadline, "not all alive: {view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        let alive = nodes.len() == 3 && nodes.iter().all(|n| n["alive"] == true);
+        Ok(if alive {
+            Ok(view)
+        } else {
+            Err(view.to_string())
+        })
+    })
+    .await?;
     let holder = view["housekeeping"]
         .as_str()
         .context("a housekeeping node")?;
@@ -175,32 +176,25 @@ async fn a_frozen_node_declared_dead_fences_itself_and_rejoins() -> Result<()> {
     let cluster = Cluster::start(3).await?;
     let admin = cluster.login(1).await?;
     cluster.node(3)?.signal("STOP")?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    until(Duration::from_secs(15), "n3 declared dead", || async {
         let view = cluster.cluster_view(1, &admin).await?;
-        let n3 = node_in(&view, "n3");
-        if n3["alive"] == false {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "n3 never declared dead: {view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let dead = node_in(&view, "n3")["alive"] == false;
+        Ok(if dead { Ok(()) } else { Err(view.to_string()) })
+    })
+    .await?;
     tokio::time::sleep(DEAD_AFTER).await;
     cluster.node(3)?.signal("CONT")?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    until(Duration::from_secs(15), "n3 rejoined", || async {
         let view = cluster.cluster_view(1, &admin).await?;
         let n3 = node_in(&view, "n3");
-        if n3["alive"] == true && n3["incarnation"] == 2 {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "n3 did not rejoin: {view}\n{}",
-            cluster.log(3)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let back = n3["alive"] == true && n3["incarnation"] == 2;
+        Ok(if back {
+            Ok(())
+        } else {
+            Err(format!("{view}\n{}", cluster.log(3)))
+        })
+    })
+    .await?;
     assert!(
         cluster.log(3).contains("declared dead by the cluster"),
         "n3 says it fenced itself:\n{}",

@@ -60,6 +60,7 @@ pub(super) fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                             let ended = warp::sse::Event::default()
                                 .event("ended")
                                 .data(json!({ "message": why }).to_string());
+                            // The browser may have gone already.
                             let _ = tx.send(Ok(ended)).await;
                             return;
                         }

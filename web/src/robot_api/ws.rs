@@ -135,6 +135,7 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
         } else {
             CloseCode::Error
         };
+        // The robot may be gone already; there is no one left to tell.
         let _ = sink.send(close(code, reason)).await;
         return;
     }
@@ -171,6 +172,7 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
                 break;
             }
         }
+        // The robot may be gone already; there is no one left to tell.
         let _ = sink.close().await;
     });
     while let Some(message) = stream.next().await {
@@ -191,6 +193,7 @@ async fn pump(state: AppState, robot: Robot, socket: Socket) {
     }
     // Dropping the sender tells the session the connection is gone.
     drop(inbound_tx);
+    // The writer ended with the connection; nothing is left to do with its outcome.
     let _ = writer.await;
 }
 

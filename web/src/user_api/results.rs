@@ -17,9 +17,6 @@ use warp::filters::BoxedFilter;
 use warp::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use warp::reply::Response;
 
-/// Items read per query while exporting.
-const SLICE: i64 = 4 * orchestrator_actors::store::CHUNK_ITEMS;
-
 /// The outcome columns appended after the original ones.
 const OUTCOME_COLUMNS: [&str; 9] = [
     "status",
@@ -82,20 +79,15 @@ async fn write_results(
     if tx.send(Ok(csv_rows(&[header])?)).await.is_err() {
         return Ok(());
     }
-    for (first, last) in store.task_id_ranges(task.id).await? {
-        let mut from = first;
-        while from <= last {
-            let to = (from + SLICE - 1).min(last);
-            let items = store.items_in_range(from, to).await?;
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .filter(|item| item.task_id == task.id)
-                .map(|item| result_row(&task.columns, item))
-                .collect();
-            if !rows.is_empty() && tx.send(Ok(csv_rows(&rows)?)).await.is_err() {
-                return Ok(()); // the client went away
-            }
-            from = to + 1;
+    for (from, to) in store.task_slices(task.id).await? {
+        let items = store.items_in_range(from, to).await?;
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .filter(|item| item.task_id == task.id)
+            .map(|item| result_row(&task.columns, item))
+            .collect();
+        if !rows.is_empty() && tx.send(Ok(csv_rows(&rows)?)).await.is_err() {
+            return Ok(()); // the client went away
         }
     }
     Ok(())

@@ -7,7 +7,6 @@ use crate::query::query;
 use crate::state::{AppState, with_state};
 use crate::views;
 use orchestrator_actors::domain::now_millis;
-use orchestrator_actors::store::minute_of;
 use serde::Deserialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -56,7 +55,6 @@ pub(crate) async fn throughput(
     state: &AppState,
     minutes: i64,
 ) -> Result<views::ThroughputView, ApiError> {
-    let last = minute_of(now_millis());
-    let rows = state.store.throughput(last - minutes + 1, last).await?;
+    let rows = state.store.recent_throughput(minutes, now_millis()).await?;
     Ok(views::throughput(&rows))
 }

@@ -60,7 +60,7 @@ pub(super) async fn on_connect(
     }
     state.apply_settings(&robot);
     if let Some(session) = state.sessions.get(&robot_id) {
-        let _ = reply.send(session.actor.clone());
+        crate::mailbox::answer(reply, session.actor.clone());
     }
     state.pulse(robot_id, now);
     state.pulse_writer.flush();
@@ -191,9 +191,7 @@ pub(super) fn on_item_left(
     if let Some(session) = state.sessions.get(&robot_id)
         && session.streaming
     {
-        let _ = session
-            .actor
-            .send_message(RobotSessionMsg::Left { item_id, lease_id });
+        crate::mailbox::tell(&session.actor, RobotSessionMsg::Left { item_id, lease_id });
     }
     state.schedule_dispatch(myself);
 }
@@ -390,9 +388,7 @@ pub(super) async fn on_sweep(
         );
     }
     for session in state.sessions.values().filter(|s| s.streaming) {
-        let _ = session
-            .actor
-            .send_message(RobotSessionMsg::Expiring { now });
+        crate::mailbox::tell(&session.actor, RobotSessionMsg::Expiring { now });
     }
     if state.args.view.leads() {
         housekeeping(state, now, timeout).await?;
@@ -438,7 +434,7 @@ pub(super) async fn on_shutdown(state: &mut RegistryState, reply: RpcReplyPort<(
         sessions = sessions.len(),
         "robot sessions closed for shutdown"
     );
-    let _ = reply.send(());
+    crate::mailbox::answer(reply, ());
 }
 
 /// Loads of robots connected here.
@@ -456,5 +452,5 @@ pub(super) fn on_loads(state: &mut RegistryState, reply: RpcReplyPort<Vec<RobotL
             last_pulse_at: state.sessions.get(id).map_or(0, |s| s.last_pulse),
         })
         .collect();
-    let _ = reply.send(loads);
+    crate::mailbox::answer(reply, loads);
 }

@@ -110,6 +110,7 @@ pub(super) fn write_statements(
     finished: (usize, usize),
     now: Millis,
 ) -> Result<(String, Map<String, Value>), StoreError> {
+    // `write!` into a String cannot fail: its results below are dropped.
     use std::fmt::Write as _;
     let mut sql = String::with_capacity(200 + 120 * chunks.len() + 400 * tasks.len());
     let mut vars = Map::new();
@@ -178,6 +179,7 @@ fn task_statements(
     chunks: &[Chunk],
     now: Millis,
 ) {
+    // `write!` into a String cannot fail: its results below are dropped.
     use std::fmt::Write as _;
     let c = &d.counts;
     // Counters go to this node's shard of the task (`task_count:[task, node]`), which only
