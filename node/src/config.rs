@@ -15,7 +15,7 @@ use thiserror::Error;
 /// A configuration problem, reported before the node starts.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

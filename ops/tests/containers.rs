@@ -188,11 +188,7 @@ impl Stack {
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
-            Ok(match health {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("/health answered {}", r.status())),
-                Err(err) => Err(err.to_string()),
-            })
+            Ok(answered_ok(health))
         })
         .await
     }
@@ -265,11 +261,7 @@ impl Stack {
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await;
-                Ok(match health {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("/healthz answered {}", r.status())),
-                    Err(err) => Err(err.to_string()),
-                })
+                Ok(answered_ok(health))
             },
         )
         .await;
@@ -375,6 +367,15 @@ impl Stack {
     /// The Docker client testcontainers uses, for what it does not wrap (kill, networks).
     async fn docker(&self) -> Result<testcontainers::bollard::Docker> {
         Ok(testcontainers::core::client::docker_client_instance().await?)
+    }
+}
+
+/// A health check's outcome for [`until`]: `Ok` on a 2xx, else what was seen.
+fn answered_ok(answer: reqwest::Result<reqwest::Response>) -> Result<(), String> {
+    match answer {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("answered {}", r.status())),
+        Err(err) => Err(err.to_string()),
     }
 }
 

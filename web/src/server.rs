@@ -144,8 +144,10 @@ pub async fn serve<F>(
             }
         });
     }
+    let local = listener.local_addr().ok();
     drop(listener);
     info!(
+        addr = ?local,
         open = graceful.count(),
         grace = ?limits.grace,
         "no longer accepting connections; finishing requests in flight"
