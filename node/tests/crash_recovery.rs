@@ -2,6 +2,7 @@
 //! nothing: every item ends exactly once in a final state and no completion is accepted twice.
 
 use anyhow::{Context, Result, bail};
+use orchestrator_test_kit::until;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -202,11 +203,15 @@ async fn a_node_killed_mid_task_resumes_without_losing_or_repeating_items() -> R
         .collect();
 
     // Kill the node once a good share of the work is done, then start it again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while accepted.lock().map(|m| m.len()).unwrap_or(0) < rows / 4 {
-        anyhow::ensure!(Instant::now() < deadline, "robots made no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(60), "robots made progress", || async {
+        let n = accepted.lock().map(|m| m.len()).unwrap_or(0);
+        Ok(if n >= rows / 4 {
+            Ok(())
+        } else {
+            Err(format!("{n} accepted"))
+        })
+    })
+    .await?;
     node.kill()?;
     node.wait()?;
     let done_at_kill = accepted.lock().map(|m| m.len()).unwrap_or(0);
@@ -216,25 +221,23 @@ async fn a_node_killed_mid_task_resumes_without_losing_or_repeating_items() -> R
         *b = base;
     }
 
-    let final_task = loop {
+    let final_task = until(Duration::from_secs(120), "the task completed", || async {
         let resp = shared
             .http
             .get(shared.url(&format!("/api/v1/tasks/{task_id}")))
             .header("authorization", &admin)
             .send()
             .await;
-        if let Ok(resp) = resp
-            && let Ok(task) = resp.json::<Value>().await
-            && task["status"] == "COMPLETED"
-        {
-            break task;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline + Duration::from_secs(60),
-            "task did not complete"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Ok(match resp {
+            Ok(resp) => match resp.json::<Value>().await {
+                Ok(task) if task["status"] == "COMPLETED" => Ok(task),
+                Ok(task) => Err(task.to_string()),
+                Err(err) => Err(err.to_string()),
+            },
+            Err(err) => Err(err.to_string()),
+        })
+    })
+    .await?;
     if let Ok(mut s) = stop.lock() {
         *s = true;
     }

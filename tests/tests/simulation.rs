@@ -6,14 +6,14 @@
 
 use anyhow::Result;
 use orchestrator_node::NodeConfig;
-use orchestrator_tests::{RestRobot, TestNode, expect, seed_csv};
+use orchestrator_tests::{RestRobot, TestNode, expect, seed_csv, until};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type Accepted = Arc<Mutex<BTreeMap<i64, HashSet<String>>>>;
 
@@ -111,18 +111,16 @@ async fn a_chaotic_fleet_leaves_every_item_final_exactly_once() -> Result<()> {
             done.clone(),
         )));
     }
-    let deadline = Instant::now() + Duration::from_secs(400);
-    let task = loop {
+    let what = format!("the task finished (seed {seed})");
+    let task = until(Duration::from_secs(400), &what, || async {
         let task = t.get(&format!("/api/v1/tasks/{task_id}")).await?;
-        if task["status"] == "COMPLETED" {
-            break task;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not finished in time (seed {seed}): {task}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        Ok(if task["status"] == "COMPLETED" {
+            Ok(task)
+        } else {
+            Err(task.to_string())
+        })
+    })
+    .await?;
     if let Ok(mut d) = done.lock() {
         *d = true;
     }
